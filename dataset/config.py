@@ -1,0 +1,26 @@
+"""DataConfig: where the pretokenized data lives and how it is read (flat command-line keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATA_FORMATS = ("z2all", "raw_uint16")
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = ""  # directory of pretokenized .bin shards; "" = the demo corpus (built on first use)
+    valid_data_dir: str = ""  # separate validation shards; "" = split off valid_ratio of data_dir's windows
+    valid_ratio: float = 0.01  # fraction of windows held out for validation when valid_data_dir is ""
+    tokenizer_dir: str = ""  # tokenizer used to make data_dir; "" = the demo tokenizer
+    data_format: str = "z2all"  # z2all (headered .bin) | raw_uint16 (nanoGPT-style headerless)
+    data_seed: int = 1234  # sampler shuffle seed (per epoch: data_seed + epoch)
+    num_workers: int = 0  # DataLoader worker processes
+    prefetch: bool = True  # pinned-memory prefetch of the next batch on CUDA
+
+    def validate(self) -> None:
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"--data_format={self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
+        if not 0.0 <= self.valid_ratio < 1.0:
+            raise ValueError(f"--valid_ratio must be in [0, 1), got {self.valid_ratio}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num_workers must be >= 0, got {self.num_workers}")

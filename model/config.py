@@ -1,0 +1,107 @@
+"""Z2allConfig: the shape and options of the Z2all decoder.
+
+Every field is a flat, command-line settable key (``--hidden_dim=512``). Units are in the comments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+OP_IMPLS = ("auto", "triton", "torch")
+ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "torch")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+
+
+@dataclass
+class Z2allConfig:
+    """The model shape (defaults: the seed 1.25B shape) and the op choices."""
+
+    vocab_size: int = 64320  # tokens; rounded up to a multiple of 64 by the tokenizer
+    hidden_dim: int = 2048  # model width d
+    n_layers: int = 22  # decoder blocks
+    n_heads: int = 32  # query heads; head_dim = hidden_dim // n_heads
+    n_kv_heads: int = 8  # key/value heads (GQA); 1 is MQA, n_heads is MHA
+    intermediate_size: int = 0  # SwiGLU width; 0 = 8/3·hidden_dim rounded up to multiple_of
+    multiple_of: int = 256  # rounding for the derived intermediate_size
+    max_seq_len: int = 2048  # tokens per training window and the RoPE table length
+    rope_theta: float = 10000.0  # RoPE base
+    rope_scaling_type: str = "none"  # none | linear | dynamic (NTK)
+    rope_scaling_factor: float = 1.0  # context extension factor for rope_scaling_type
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon
+    initializer_range: float = 0.02  # init std; output projections use std/sqrt(2·n_layers)
+    tie_word_embeddings: bool = False  # share the embedding and LM head weights
+    attention_bias: bool = False  # bias on q/k/v projections (Qwen2 style; o has none)
+    attention_dropout: float = 0.0  # dropout probability on attention weights
+    residual_dropout: float = 0.0  # dropout probability before each residual add
+    residual_in_fp32: bool = True  # keep the residual stream in fp32 when params are bf16/fp16
+    bos_token_id: int = 1  # set from the tokenizer by train.py
+    eos_token_id: int = 2  # set from the tokenizer by train.py
+    pad_token_id: int = 0  # set from the tokenizer by train.py
+    use_fused_rmsnorm: str = "auto"  # auto | triton | torch (auto: triton on CUDA, torch on CPU)
+    use_fused_rope: str = "auto"  # auto | triton | torch
+    use_fused_swiglu: str = "auto"  # auto | triton | torch
+    use_fused_cross_entropy: str = "auto"  # auto | triton | torch (chunked linear+CE either way)
+    attn_impl: str = "auto"  # auto | sdpa | flash_attn | torch
+    sdpa_backend: str = "auto"  # auto | cudnn | flash | efficient | math
+    cross_entropy_chunk_size: int = 4096  # tokens per chunk of the fused linear cross-entropy
+    activation_checkpointing: str = "none"  # none | full | selective
+    debug_checks: bool = False  # host-syncing input checks on CUDA (always on for CPU)
+
+    def __post_init__(self) -> None:
+        if self.intermediate_size == 0:
+            raw = int(8 * self.hidden_dim / 3)
+            self.intermediate_size = self.multiple_of * math.ceil(raw / self.multiple_of)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.n_heads
+
+    def validate(self) -> None:
+        """Raise ValueError naming the clashing values and the flag that fixes them."""
+        if self.hidden_dim % self.n_heads != 0:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} is not divisible by n_heads={self.n_heads}; "
+                f"choose --n_heads that divides --hidden_dim"
+            )
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
+                f"choose --n_kv_heads that divides --n_heads"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE; change --hidden_dim or --n_heads")
+        choices = {
+            "use_fused_rmsnorm": OP_IMPLS,
+            "use_fused_rope": OP_IMPLS,
+            "use_fused_swiglu": OP_IMPLS,
+            "use_fused_cross_entropy": OP_IMPLS,
+            "attn_impl": ATTN_IMPLS,
+            "sdpa_backend": SDPA_BACKENDS,
+            "rope_scaling_type": ROPE_SCALING_TYPES,
+            "activation_checkpointing": ACTIVATION_CHECKPOINTING,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"--{name}={value!r} is not one of {', '.join(allowed)}")
+        for name in ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("attention_dropout", "residual_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Z2allConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,46 @@
+"""OptimizerConfig: AdamW, the LR schedule, clipping, loss scaling and ZeRO-1 (flat command-line keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPTIMIZER_IMPLS = ("auto", "torch_fused", "foreach", "apex")
+
+
+@dataclass
+class OptimizerConfig:
+    learning_rate: float = 3e-4  # peak LR after warmup
+    min_lr: float = 3e-5  # LR at the end of the cosine decay
+    warmup_iters: int = 2000  # optimizer steps of linear warmup
+    lr_decay_iters: int = 0  # steps of cosine decay; 0 = max_iters
+    decay_lr: bool = True  # False keeps the LR at learning_rate after warmup
+    weight_decay: float = 0.1  # AdamW decay, applied to params with ndim >= 2 only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm (all params, all ranks); 0 disables
+    optimizer_impl: str = "auto"  # auto | torch_fused | foreach | apex (auto: fused on CUDA)
+    loss_scale: float = 0.0  # fp16 only: 0 = dynamic loss scaling, >0 = this fixed scale
+    initial_loss_scale: float = 65536.0  # dynamic scaler start value
+    min_loss_scale: float = 1.0  # dynamic scaler floor
+    loss_scale_window: int = 1000  # clean steps before the dynamic scale doubles
+    hysteresis: int = 2  # overflowing steps tolerated before the scale halves
+    use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
+    overlap_param_gather: bool = False  # ZeRO-1: hide the param all-gather behind the next forward
+    overlap_optim_step: bool = False  # step each bucket's shard as soon as its reduction finishes
+
+    def validate(self) -> None:
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise ValueError(f"--optimizer_impl={self.optimizer_impl!r} is not one of {', '.join(OPTIMIZER_IMPLS)}")
+        if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"need 0 <= --min_lr <= --learning_rate and --learning_rate > 0, "
+                f"got learning_rate={self.learning_rate}, min_lr={self.min_lr}"
+            )
+        if self.warmup_iters < 0 or self.lr_decay_iters < 0:
+            raise ValueError("--warmup_iters and --lr_decay_iters must be >= 0")
+        if self.grad_clip < 0:
+            raise ValueError(f"--grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if self.loss_scale < 0:
+            raise ValueError(f"--loss_scale must be >= 0 (0 = dynamic), got {self.loss_scale}")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ValueError("--overlap_param_gather needs --use_distributed_optimizer (there is no gather without ZeRO-1)")

@@ -1,0 +1,29 @@
+"""DDPConfig: settings of the hand-written data parallelism (flat command-line keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce")
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
+@dataclass
+class DDPConfig:
+    grad_reduce_in_fp32: bool = True  # main_grad dtype: fp32 (True) or the param dtype (False)
+    overlap_grad_reduce: bool = True  # launch a bucket's reduction in backward as soon as it is ready
+    bucket_size: int = 40_000_000  # elements per bucket (about; padded to lcm(world, 128))
+    disable_bucketing: bool = False  # one bucket for the whole buffer
+    comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce
+    loss_reduction: str = "mean"  # mean: average grads over ranks; sum: divide by total tokens
+    dist_timeout_s: int = 600  # seconds before a hung collective becomes an error
+    check_for_unused_params: bool = True  # fail when a trainable param never receives a gradient
+
+    def validate(self) -> None:
+        if self.comm_hook not in COMM_HOOKS:
+            raise ValueError(f"--comm_hook={self.comm_hook!r} is not one of {', '.join(COMM_HOOKS)}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"--loss_reduction={self.loss_reduction!r} is not one of {', '.join(LOSS_REDUCTIONS)}")
+        if self.bucket_size <= 0:
+            raise ValueError(f"--bucket_size must be positive, got {self.bucket_size}")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"--dist_timeout_s must be positive, got {self.dist_timeout_s}")
