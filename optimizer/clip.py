@@ -1,0 +1,52 @@
+"""Global gradient-norm clipping without host syncs.
+
+The norm is over all params on all ranks. Who holds what decides the reduction:
+- replicated grads (plain data parallel, after the all-reduce): every rank holds every grad, so the
+  local norm already is the global one; summing across ranks would count each grad ``world`` times;
+- sharded grads (ZeRO-1, after the reduce-scatter): each rank holds a disjoint slice, so the squared
+  local norms are summed with one all-reduce; padding is never part of any slice.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+_EPS = 1e-6  # keeps the coefficient finite when the norm is 0
+
+
+def squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum of squares of all elements of ``tensors`` as an fp32 scalar on ``device`` (0 if empty)."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm(tensors, 2.0)
+    return torch.stack([n.float() for n in norms]).square().sum()
+
+
+def global_norm(
+    tensors: list[torch.Tensor],
+    device: torch.device,
+    sharded: bool,
+    group=None,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """The L2 norm over all ranks' tensors (see the module docstring for ``sharded``)."""
+    sq = squared_norm(tensors, device)
+    if sharded and world_size > 1:
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
+    return sq.sqrt()
+
+
+def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """min(1, max_norm / (norm + eps)) as a tensor, so the caller never syncs to decide."""
+    return (max_norm / (total_norm + _EPS)).clamp(max=1.0)
+
+
+def clip_grads_(grads: list[torch.Tensor], total_norm: torch.Tensor, max_norm: float) -> None:
+    """Scale ``grads`` in place so that their global norm is at most ``max_norm``.
+
+    Always multiplies (by exactly 1.0 when under the limit, which leaves the values unchanged), so
+    no host sync is needed to decide whether to clip.
+    """
+    if max_norm <= 0 or not grads:
+        return
+    torch._foreach_mul_(grads, clip_coefficient(total_norm, max_norm))
