@@ -14,9 +14,9 @@ class OptimizerConfig:
     lr_decay_iters: int = 0  # steps of cosine decay; 0 = max_iters
     decay_lr: bool = True  # False keeps the LR at learning_rate after warmup
     weight_decay: float = 0.1  # AdamW decay, applied to params with ndim >= 2 only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    adam_eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # max global grad norm (all params, all ranks); 0 disables
     optimizer_impl: str = "auto"  # auto | torch_fused | foreach | apex (auto: fused on CUDA)
     loss_scale: float = 0.0  # fp16 only: 0 = dynamic loss scaling, >0 = this fixed scale

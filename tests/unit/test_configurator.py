@@ -1,0 +1,118 @@
+"""configurator.py: parsing, typing, unknown keys, cross-field rules, exp_config.py round trip."""
+import os
+
+import pytest
+
+import configurator as c
+
+
+def test_default_recipe_is_applied_without_a_config_file():
+    cfg = c.build_config([])
+    assert cfg.train.out_dir == "out/default"
+    assert cfg.model.hidden_dim == 256 and cfg.model.vocab_size == 4096
+    # intermediate_size is derived from the final hidden_dim, not the dataclass default's.
+    assert cfg.model.intermediate_size == 704
+
+
+def test_config_file_then_overrides(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_text("import math\nbatch_size = 4\nlearning_rate = 1\nhidden_dim = 512\n_private = 3\n")
+    cfg = c.build_config([str(path), "--batch_size=2", "--compile", "--min_lr=0.5"])
+    assert cfg.train.batch_size == 2
+    assert cfg.train.compile is True
+    assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
+    assert cfg.model.hidden_dim == 512 and cfg.model.intermediate_size == 1536
+
+
+@pytest.mark.parametrize("raw,expected", [("true", True), ("False", False), ("1", True), ("no", False)])
+def test_bool_parsing(raw, expected):
+    assert c.build_config([f"--compile={raw}"]).train.compile is expected
+
+
+def test_int_accepts_integral_exponent():
+    assert c.build_config(["--bucket_size=4e7"]).ddp.bucket_size == 40_000_000
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--batchsize=3"], "did you mean --batch_size"),
+        (["--batch_size=x"], "not a valid int"),
+        (["--learning_rate=fast"], "not a valid float"),
+        (["--compile=maybe"], "not a valid bool"),
+        (["--batch_size"], "needs a value"),
+        (["--batch_size=0"], "must be positive"),
+        (["--keep_last_n=1"], "keep_last_n must be >= 2"),
+        (["--device=tpu"], "not one of"),
+        (["--hidden_dim=100", "--n_heads=3"], "not divisible by n_heads"),
+        (["--n_heads=4", "--n_kv_heads=3"], "not divisible by n_kv_heads"),
+        (["--comm_hook=reduce_scatter"], "needs --use_distributed_optimizer"),
+        (["--use_distributed_optimizer", "--comm_hook=bf16_allreduce"], "needs --comm_hook=reduce_scatter"),
+        (["--overlap_param_gather"], "needs --use_distributed_optimizer"),
+        (["--overlap_optim_step"], "grad_clip=0"),
+        (["--loss_scale=128"], "float16 only"),
+        (["--resume"], "add --out_dir"),
+        (["--resume", "--init_from=x", "--out_dir=y"], "cannot resume"),
+        (["a.py", "b.py"], "two config files"),
+        (["missing_config.py"], "does not exist"),
+    ],
+)
+def test_errors_name_the_fix(argv, match):
+    with pytest.raises(ValueError, match=match):
+        c.build_config(argv)
+
+
+def test_config_file_errors(tmp_path):
+    bad_type = tmp_path / "t.py"
+    bad_type.write_text("batch_size = 'eight'\n")
+    with pytest.raises(TypeError, match="batch_size.*must be int"):
+        c.build_config([str(bad_type)])
+    unknown = tmp_path / "u.py"
+    unknown.write_text("lerning_rate = 1e-3\n")
+    with pytest.raises(ValueError, match="did you mean --learning_rate"):
+        c.build_config([str(unknown)])
+    broken = tmp_path / "b.py"
+    broken.write_text("batch_size = = 3\n")
+    with pytest.raises(ValueError, match="failed to execute"):
+        c.build_config([str(broken)])
+
+
+def test_distributed_optimizer_derives_reduce_scatter():
+    cfg = c.build_config(["--use_distributed_optimizer"])
+    assert cfg.ddp.comm_hook == "reduce_scatter"
+
+
+def test_world_size_rule():
+    cfg = c.build_config(["--gradient_accumulation_steps=6"])
+    c.check_world_size(cfg, 3)
+    with pytest.raises(ValueError, match="divisible by the world size 4; use --gradient_accumulation_steps=4"):
+        c.check_world_size(cfg, 4)
+
+
+def test_exp_config_round_trip_and_resume_overrides(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = c.build_config([f"--out_dir={out}", "--batch_size=3", "--hidden_dim=128", "--sample_prompt=it's \"x\""])
+    c.save_config(cfg, out)
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+    resumed = c.build_config(["--resume", f"--out_dir={out}", "--max_iters=7"])
+    assert resumed.train.resume is True
+    assert resumed.train.max_iters == 7  # the command line wins over exp_config.py
+    assert resumed.train.batch_size == 3 and resumed.model.hidden_dim == 128
+    assert resumed.train.sample_prompt == "it's \"x\""
+    resumed.train.resume, resumed.train.max_iters = False, cfg.train.max_iters
+    assert resumed.flat() == cfg.flat()
+
+
+def test_resume_rejects_a_config_file(tmp_path):
+    with pytest.raises(ValueError, match="drop"):
+        c.build_config(["configs/default.py", "--resume", f"--out_dir={tmp_path}"])
+
+
+def test_every_key_has_a_comment():
+    import inspect
+
+    for section in c.ExperimentConfig().sections().values():
+        source = inspect.getsource(type(section))
+        for key in c.dataclasses.asdict(section):
+            line = next(l for l in source.splitlines() if l.strip().startswith(f"{key}:"))
+            assert "#" in line, f"{key} has no comment with its meaning/unit"
