@@ -1,0 +1,79 @@
+"""Durable, atomic file writes.
+
+A reader of a path written through these helpers sees either the old content or the new content, never a
+partial file: the data goes to a temporary file in the same directory (same filesystem, so the rename is
+atomic), is flushed and fsync'ed, then renamed over the target, and the directory entry is fsync'ed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory by path (a directory fsync makes its renames and new entries durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_sibling(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside `path` (same directory, so os.replace onto `path` is atomic)."""
+    p = Path(path)
+    return p.with_name(f".tmp-{p.name}-{secrets.token_hex(4)}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` atomically. durable=False skips the fsyncs (still atomic, not crash-durable)."""
+    target = Path(path)
+    tmp = tmp_sibling(target)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    """Write UTF-8 `text` to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
+
+
+def write_file_durable(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a new file at `path` and fsync it (for files inside a not-yet-published temp dir)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks so large checkpoints do not need to fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(_HASH_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
