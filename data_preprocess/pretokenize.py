@@ -1,0 +1,213 @@
+"""Pretokenize text into .bin shards: `python -m data_preprocess.pretokenize --input=FILES_OR_DIR
+--tokenizer_dir=DIR --out_dir=DIR [--num_workers=N] [--text_field=text] [--skip_bad_records]
+[--shard_tokens=N] [--overwrite]`.
+
+Output (out_dir):
+- shard_000000.bin, shard_000001.bin, ...: the dataset/format.py layout, each document as BOS ids EOS.
+  Every shard but the last holds exactly --shard_tokens tokens, so shards are bounded and a document may
+  continue in the next shard (training windows cross shard ends anyway). A shard's header counts the
+  documents that end in it.
+- tokenizer/: a copy of the tokenizer, so the data directory says how to decode it (train.py can use it
+  when --tokenizer_dir is not given).
+- pretokenize.json: input files, tokenizer sizes, shard list and counts; written last, it marks a complete
+  run. It holds no timings, so two runs on the same input write byte-identical directories.
+
+Determinism: the token stream is the documents in input order, each encoded independently, and shards
+are cut at fixed token counts; workers only encode batches of documents, whose results are consumed in
+submission order. Hence the output does not depend on --num_workers.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from data_preprocess.readers import ReadStats, iter_all_documents, list_input_files
+from dataset.format import BinWriter, token_dtype
+from tokenizer import Z2allTokenizer
+
+DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
+BATCH_DOCS = 512  # documents per task sent to a worker
+BATCH_CHARS = 4_000_000  # ... or fewer, so one task holds a bounded amount of text
+SUMMARY_FILE = "pretokenize.json"
+
+_WORKER_TOK: Z2allTokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    # One encode thread per worker process: the processes are the parallelism (no oversubscription).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    global _WORKER_TOK
+    _WORKER_TOK = Z2allTokenizer.from_pretrained(tokenizer_dir)
+
+
+def encode_documents(tok: Z2allTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """BOS+ids+EOS of each text, concatenated in the file's dtype, and the cumulative document ends."""
+    ids = tok.encode_batch(texts, add_bos=True, add_eos=True)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=token_dtype(tok.vocab_size), count=int(lengths.sum()))
+    return flat, np.cumsum(lengths)
+
+
+def _worker_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return encode_documents(_WORKER_TOK, texts)
+
+
+def batch_documents(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch, chars = [], 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc)
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def encoded_batches(batches: Iterator[list[str]], tokenizer_dir: str, num_workers: int,
+                    tok: Z2allTokenizer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(num_docs, tokens, doc_ends) per batch, in input order.
+
+    num_workers <= 1 encodes in this process. Otherwise a pool of spawned processes encodes; at most
+    2 * num_workers batches are in flight (Pool.imap would read the whole input ahead into memory).
+    """
+    if num_workers <= 1:
+        for texts in batches:
+            yield (len(texts), *encode_documents(tok, texts))
+        return
+    ctx = mp.get_context("spawn")  # fresh interpreters: no forked tokenizer thread pools
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_dir,)) as pool:
+        pending: collections.deque = collections.deque()
+        for texts in batches:
+            pending.append((len(texts), pool.apply_async(_worker_encode, (texts,))))
+            if len(pending) >= 2 * num_workers:
+                n, res = pending.popleft()
+                yield (n, *res.get())
+        while pending:
+            n, res = pending.popleft()
+            yield (n, *res.get())
+
+
+class ShardSink:
+    """Cut the token stream into shard_XXXXXX.bin files of exactly shard_tokens tokens (the last: fewer)."""
+
+    def __init__(self, out_dir: Path, vocab_size: int, shard_tokens: int):
+        self.out_dir, self.vocab_size, self.shard_tokens = out_dir, vocab_size, shard_tokens
+        self.writer: BinWriter | None = None
+        self.paths: list[Path] = []
+
+    def add(self, tokens: np.ndarray, doc_ends: np.ndarray) -> None:
+        pos = 0
+        while pos < len(tokens):
+            if self.writer is None:
+                self.writer = BinWriter(self.out_dir / f"shard_{len(self.paths):06d}.bin", self.vocab_size)
+            take = min(self.shard_tokens - self.writer.num_tokens, len(tokens) - pos)
+            ended = int(np.searchsorted(doc_ends, pos + take, "right") - np.searchsorted(doc_ends, pos, "right"))
+            self.writer.write(tokens[pos:pos + take], ended)
+            pos += take
+            if self.writer.num_tokens == self.shard_tokens:
+                self._close()
+
+    def _close(self) -> None:
+        self.paths.append(self.writer.close())
+        self.writer = None
+
+    def finish(self) -> list[Path]:
+        if self.writer is not None:
+            self._close()
+        return self.paths
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier run's shards unless --overwrite, which removes them (and old indexes)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old = sorted(out_dir.glob("*.bin")) + sorted(out_dir.glob("*sample_index_*")) + sorted(out_dir.glob(SUMMARY_FILE))
+    if old and not overwrite:
+        raise ValueError(f"{out_dir} already holds {len(old)} data file(s) (e.g. {old[0].name}): pass "
+                         f"--overwrite to replace them, or choose an empty --out_dir")
+    for path in old:
+        path.unlink()
+
+
+def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_workers: int = 1,
+                text_field: str = "text", skip_bad_records: bool = False,
+                shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
+                txt_mode: str = "paragraph", log=print) -> dict:
+    """Tokenize every document of `input` into out_dir (see the module docstring); returns the summary."""
+    if shard_tokens < 1:
+        raise ValueError(f"--shard_tokens must be >= 1, got {shard_tokens}")
+    files = list_input_files(input)
+    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    out = Path(out_dir)
+    prepare_out_dir(out, overwrite)
+    stats = ReadStats()
+    docs = iter_all_documents(files, text_field, skip_bad_records, stats, txt_mode)
+    sink = ShardSink(out, tok.vocab_size, shard_tokens)
+    num_docs = num_tokens = 0
+    t0 = time.perf_counter()
+    bar = tqdm(unit="doc", desc="pretokenize", disable=not progress, mininterval=1.0)
+    try:
+        for n, tokens, doc_ends in encoded_batches(batch_documents(docs), tokenizer_dir, num_workers, tok):
+            sink.add(tokens, doc_ends)
+            num_docs += n
+            num_tokens += len(tokens)
+            bar.update(n)
+            bar.set_postfix_str(f"{num_tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s", refresh=False)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        bar.close()
+    shards = sink.finish()
+    elapsed = time.perf_counter() - t0
+    if num_docs == 0:
+        raise ValueError(f"no documents found in {files} (text field {text_field!r}; {stats.summary()}): check "
+                         f"--input and --text_field")
+    tok.save_pretrained(str(out / "tokenizer"))
+    summary = {"input_files": files, "text_field": text_field, "documents": num_docs, "tokens": num_tokens,
+               "shards": [p.name for p in shards], "shard_tokens": shard_tokens, "vocab_size": tok.vocab_size,
+               "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+               "bad_records": stats.bad_records, "empty_documents": stats.empty}
+    tmp = out / f".{SUMMARY_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / SUMMARY_FILE)
+    log(f"pretokenize: {stats.summary()}; wrote {num_docs} documents, {num_tokens} tokens in {len(shards)} "
+        f"shard(s) to {out} in {elapsed:.1f}s ({num_tokens / max(elapsed, 1e-9):,.0f} tokens/s, "
+        f"{num_workers} worker(s))")
+    return {**summary, "seconds": elapsed, "tokens_per_s": num_tokens / max(elapsed, 1e-9)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--input", required=True, help="files or directories, comma-separated (.txt .json .jsonl .parquet)")
+    p.add_argument("--tokenizer_dir", required=True, help="a directory written by tokenizer.train_tokenizer")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    p.add_argument("--text_field", default="text", help="record field with the text (or title+content)")
+    p.add_argument("--txt_mode", default="paragraph", help="for .txt: paragraph | line (one document each)")
+    p.add_argument("--skip_bad_records", action="store_true", help="skip and count malformed records")
+    p.add_argument("--shard_tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    p.add_argument("--overwrite", action="store_true", help="replace the .bin shards already in out_dir")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    return pretokenize(a.input, a.tokenizer_dir, a.out_dir, a.num_workers, a.text_field, a.skip_bad_records,
+                       a.shard_tokens, a.overwrite, not a.no_progress, a.txt_mode)
+
+
+if __name__ == "__main__":
+    main()
