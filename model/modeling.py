@@ -1,0 +1,441 @@
+"""Z2all: a Llama2-style decoder built from the fused ops in model/ops.
+
+Shape legend (used in the comments of this file and of model/generate.py):
+    B   batch (rows)                      T   tokens per row in this call
+    P   tokens already in the KV cache    L   P + T, keys visible to the last query
+    N   B * T, tokens flattened            d   hidden_dim
+    Hq  n_heads (query heads)             Hk  n_kv_heads (key/value heads; Hq % Hk == 0)
+    D   head_dim = d // Hq                I   intermediate_size (SwiGLU width)
+    V   vocab_size
+
+Parameter layout (the state dict keys of the contract):
+    qkv_proj.weight (Hq*D + 2*Hk*D, d): rows [q heads | k heads | v heads], each head D rows, so the
+    Hugging Face q_proj/k_proj/v_proj weights are plain row slices (GQA: query head h reads kv head
+    h // (Hq // Hk), the repeat_interleave order of HF and of SDPA's enable_gqa).
+    gate_up_proj.weight (2I, d): rows [gate | up].
+RoPE is rotate-half (x1 = x[..., :D/2], x2 = x[..., D/2:]), the same as HF Llama, so no permutation of
+q/k rows is needed on import or export.
+
+The residual stream: each block does `normed, residual = add_rms_norm(h, residual)` (residual kept in fp32
+when residual_in_fp32), then the sublayer on `normed`; the final norm adds the last sublayer output.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+import model.ops as ops
+from model.config import Z2allConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+class Z2allOutput(NamedTuple):
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+# ---------------------------------------------------------------------------------------------
+# selective activation checkpointing: keep matmul/attention outputs, recompute the rest
+
+
+def _saved_ops() -> frozenset:
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention_for_cpu")
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+_SAVE_OPS = _saved_ops()
+
+
+def _selective_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    if func in _SAVE_OPS or "flash_attn" in str(func):
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_selective_context = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# modules
+
+
+class Z2allRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+
+def add_norm(h, residual, norm: Z2allRMSNorm, dropout_p: float, training: bool, flag: str, residual_in_fp32: bool):
+    """(normed, new_residual) = rmsnorm(residual + dropout(h)), residual None → h (the embeddings: no dropout)."""
+    if dropout_p > 0.0 and residual is not None:
+        h = F.dropout(h, dropout_p, training)
+    return ops.add_rms_norm(h, residual, norm.weight, norm.eps, impl=ops.resolve_impl(flag, h.device),
+                            residual_in_fp32=residual_in_fp32)
+
+
+class Z2allAttention(nn.Module):
+    def __init__(self, cfg: Z2allConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_dim, qkv_out, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_dim, bias=False)
+        self.dropout_p = cfg.attention_dropout
+        self.attn_impl, self.sdpa_backend = cfg.attn_impl, cfg.sdpa_backend
+        self.rope_flag = cfg.use_fused_rope
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, kv_cache=None, layer_idx=0):
+        B, T, _ = x.shape
+        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+        q, k = ops.apply_rope(q, k, cos, sin, impl=ops.resolve_impl(self.rope_flag, x.device))
+        if kv_cache is not None:
+            out = kv_cache.attend(layer_idx, q, k, v)
+        else:
+            out = ops.attention(q, k, v, causal=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                                dropout_p=self.dropout_p if self.training else 0.0,
+                                impl=self.attn_impl, sdpa_backend=self.sdpa_backend)
+        return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
+
+
+class Z2allMLP(nn.Module):
+    def __init__(self, cfg: Z2allConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_dim, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_dim, bias=False)
+        self.swiglu_flag = cfg.use_fused_swiglu
+
+    def forward(self, x):
+        h = ops.swiglu(self.gate_up_proj(x), impl=ops.resolve_impl(self.swiglu_flag, x.device))
+        return self.down_proj(h)
+
+
+class Z2allBlock(nn.Module):
+    def __init__(self, cfg: Z2allConfig):
+        super().__init__()
+        self.attn_norm = Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps)
+        self.attn = Z2allAttention(cfg)
+        self.mlp_norm = Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps)
+        self.mlp = Z2allMLP(cfg)
+        self.residual_dropout = cfg.residual_dropout
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm_flag = cfg.use_fused_rmsnorm
+
+    def _add_norm(self, h, residual, norm: Z2allRMSNorm):
+        return add_norm(h, residual, norm, self.residual_dropout, self.training, self.norm_flag, self.residual_in_fp32)
+
+    def forward(self, hidden, residual, cos, sin, cu_seqlens, max_seqlen, kv_cache=None, layer_idx=0):
+        """hidden (B,T,d): the previous sublayer's output, not yet added; residual (B,T,d) or None."""
+        normed, residual = self._add_norm(hidden, residual, self.attn_norm)
+        hidden = self.attn(normed, cos, sin, cu_seqlens, max_seqlen, kv_cache, layer_idx)
+        normed, residual = self._add_norm(hidden, residual, self.mlp_norm)
+        return self.mlp(normed), residual
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class Z2allForCausalLM(nn.Module):
+    def __init__(self, config: Z2allConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_dim)
+        self.layers = nn.ModuleList(Z2allBlock(config) for _ in range(config.n_layers))
+        self.norm = Z2allRMSNorm(config.hidden_dim, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_dim, config.vocab_size, bias=False)
+        self._rope_tables: dict = {}
+        self._tie()
+        self.reset_parameters()
+        self.register_state_dict_post_hook(_drop_tied_head)
+        self.register_load_state_dict_pre_hook(_fill_tied_head)
+
+    def _tie(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, initializer_range) for matrices; o_proj/down_proj scaled by 1/sqrt(2·n_layers)."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scaled = name.endswith("o_proj") or name.endswith("down_proj")
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if scaled else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, Z2allRMSNorm):
+                nn.init.ones_(module.weight)
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Unique parameters; non_embedding drops the input embedding but keeps the LM head (tied or not)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed_tokens.weight.numel()
+            if self.config.tie_word_embeddings:
+                n += self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """PaLM training FLOPs per token: 6·N (non-input-embedding params) + 12·L·d·T (attention)."""
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layers * c.hidden_dim * seq_len
+
+    # -- RoPE ----------------------------------------------------------------------------------
+
+    def _rope(self, T: int, past: int, position_ids, max_seqlen: int, device):
+        """cos/sin for this call: (T, D/2) for contiguous positions past..past+T-1, else (B, T, D/2)."""
+        c = self.config
+        length = max(past + T, max_seqlen)
+        if c.rope_scaling_type == "none" and length > c.max_seq_len:
+            raise ValueError(
+                f"sequence length {length} (tokens {T} + cached {past}, or max_seqlen {max_seqlen}) exceeds "
+                f"max_seq_len={c.max_seq_len}; shorten the input or set --rope_scaling_type=linear|dynamic"
+            )
+        length = max(length, c.max_seq_len)
+        key = (str(device), length)
+        table = self._rope_tables.get(key)
+        if table is None:
+            table = ops.rope_cache(length, c.head_dim, c.rope_theta, scaling_type=c.rope_scaling_type,
+                                   scaling_factor=c.rope_scaling_factor, device=device,
+                                   original_max_seq_len=c.max_seq_len)
+            if length == c.max_seq_len:  # the training length; longer (generation) tables are not kept
+                self._rope_tables[key] = table
+        cos, sin = table
+        if position_ids is None:
+            return cos[past:past + T], sin[past:past + T]
+        if self._host_checks(position_ids):
+            _check_range("position_ids", position_ids, length)
+        return cos[position_ids], sin[position_ids]
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _host_checks(self, t: torch.Tensor) -> bool:
+        return t.device.type == "cpu" or self.config.debug_checks
+
+    def _hidden(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, kv_cache=None):
+        """Final normed hidden states (B, T, d)."""
+        B, T = _check_shapes(input_ids, position_ids, cu_seqlens)
+        if self._host_checks(input_ids):
+            _check_range("input_ids", input_ids, self.config.vocab_size)
+        max_seqlen = T if max_seqlen is None else max_seqlen
+        if cu_seqlens is not None:
+            if self._host_checks(cu_seqlens):
+                _check_cu_seqlens(cu_seqlens, B * T, max_seqlen)
+            if position_ids is None:
+                position_ids = _positions_from_cu_seqlens(cu_seqlens, B, T)
+        past = 0 if kv_cache is None else kv_cache.length
+        cos, sin = self._rope(T, past, position_ids, max_seqlen, input_ids.device)
+        hidden, residual = self.embed_tokens(input_ids), None
+        mode = self.config.activation_checkpointing
+        use_ckpt = mode != "none" and self.training and kv_cache is None and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            args = (hidden, residual, cos, sin, cu_seqlens, max_seqlen, kv_cache, i)
+            if not use_ckpt:
+                hidden, residual = layer(*args)
+            elif mode == "full":
+                hidden, residual = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                hidden, residual = checkpoint(layer, *args, use_reentrant=False, context_fn=_selective_context)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        c = self.config
+        normed, _ = add_norm(hidden, residual, self.norm, c.residual_dropout, self.training, c.use_fused_rmsnorm,
+                             c.residual_in_fp32)
+        return normed
+
+    def forward(self, input_ids, labels=None, targets=None, position_ids=None, cu_seqlens=None,
+                return_logits: bool | None = None, loss_reduction: str = "mean", max_seqlen: int | None = None,
+                kv_cache=None) -> Z2allOutput:
+        """Loss (and logits when asked).
+
+        input_ids (B,T) int64. labels (B,T): HF convention, shifted inside (position t predicts labels[t+1]).
+        targets (B,T): already aligned (position t predicts targets[t]); -100 is ignored in both.
+        position_ids (B,T) or (1,T): RoPE positions (default: 0..T-1, or per document when cu_seqlens is
+        given). cu_seqlens (n_docs+1,) int32: document offsets over the flattened B*T tokens; attention
+        never crosses a document. max_seqlen: the longest document (default T; pass it when documents may
+        span rows). loss_reduction: "mean" over non-ignored tokens or "sum".
+        Logits (B,T,V) are returned when return_logits=True, or when neither labels nor targets is given;
+        the loss never materialises them (fused linear cross-entropy in chunks).
+        """
+        if labels is not None and targets is not None:
+            raise ValueError("pass either labels (HF convention, shifted inside) or targets (pre-aligned), not both")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        for name, t in (("labels", labels), ("targets", targets)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"{name} shape {tuple(t.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
+        if labels is not None:
+            targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        hidden = self._hidden(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
+        loss = logits = None
+        if targets is not None:
+            loss = ops.fused_linear_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1),
+                ignore_index=-100, reduction=loss_reduction, chunk_size=self.config.cross_entropy_chunk_size,
+                impl=ops.resolve_impl(self.config.use_fused_cross_entropy, hidden.device),
+            )
+        if return_logits or (return_logits is None and targets is None):
+            logits = self.lm_head(hidden)
+        return Z2allOutput(loss, logits)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue prompt_ids ((B,T) tensor or list of ids); temperature=0 is greedy. See model/generate.py."""
+        from model.generate import generate
+
+        return generate(self, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_id=eos_id, use_cache=use_cache, generator=generator)
+
+    # -- save / load ---------------------------------------------------------------------------
+
+    def save_pretrained(self, save_dir: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors (lm_head.weight left out when tied)."""
+        from safetensors.torch import save_file
+
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+        (save_dir / CONFIG_NAME).write_text(self.config.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None, config_overrides: dict | None = None) -> "Z2allForCausalLM":
+        """Load a saved dir, a checkpoint step dir, or a run dir (its newest complete checkpoint).
+
+        config_overrides replace config fields that do not change the shape (e.g. op impls, dropout).
+        """
+        config, state = load_config_and_state(path)
+        for key, value in (config_overrides or {}).items():
+            if not hasattr(config, key):
+                raise ValueError(f"config_overrides: unknown Z2allConfig field {key!r}")
+            setattr(config, key, value)
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        model._tie()
+        return model.to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _drop_tied_head(module, state_dict, prefix, local_metadata) -> None:
+    if module.config.tie_word_embeddings:
+        state_dict.pop(prefix + "lm_head.weight", None)
+
+
+def _fill_tied_head(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                    error_msgs) -> None:
+    head, embed = prefix + "lm_head.weight", prefix + "embed_tokens.weight"
+    if module.config.tie_word_embeddings and head not in state_dict and embed in state_dict:
+        state_dict[head] = state_dict[embed]
+
+
+def _check_shapes(input_ids, position_ids, cu_seqlens) -> tuple[int, int]:
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be a (B, T) int64 tensor, got shape {tuple(input_ids.shape)} "
+                         f"dtype {input_ids.dtype}")
+    B, T = input_ids.shape
+    if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[1] != T
+                                     or position_ids.shape[0] not in (1, B)):
+        raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T}) or (1, {T})")
+    if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32):
+        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor of document offsets, got shape "
+                         f"{tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
+    return B, T
+
+
+@torch.compiler.disable
+def _check_range(name: str, t: torch.Tensor, upper: int) -> None:
+    """Host-syncing check 0 <= t < upper (CPU always; CUDA only with --debug_checks)."""
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+        raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(t.min())}, {int(t.max())}]; "
+                         f"check the tokenizer/data against --vocab_size (ids) or --max_seq_len (positions)")
+
+
+@torch.compiler.disable
+def _check_cu_seqlens(cu: torch.Tensor, total: int, max_seqlen: int) -> None:
+    c = cu.tolist()
+    lengths = [b - a for a, b in zip(c[:-1], c[1:])]
+    if len(c) < 2 or c[0] != 0 or c[-1] != total or min(lengths) < 0:
+        raise ValueError(f"cu_seqlens must rise from 0 to B*T={total}, got {c}")
+    if max(lengths) > max_seqlen:
+        raise ValueError(f"a document has {max(lengths)} tokens > max_seqlen={max_seqlen}; pass max_seqlen")
+
+
+def _positions_from_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """Positions restarting at 0 in each document, computed on the device (no host sync)."""
+    idx = torch.arange(B * T, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    doc = torch.searchsorted(cu_seqlens, idx, right=True) - 1
+    return (idx - cu_seqlens[doc]).view(B, T).long()
+
+
+def _strip_prefixes(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _STRIP_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A dir holding config.json + model.safetensors: a saved dir itself, or a checkpoint/run dir resolved."""
+    p = Path(path)
+    if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file() and not (p / "ckpt").is_dir():
+        return p
+    try:
+        from utils.checkpoint import resolve_checkpoint
+    except ImportError as e:
+        raise ValueError(f"{p} has no {CONFIG_NAME} + {WEIGHTS_NAME}, and utils.checkpoint is unavailable "
+                         f"to resolve a run or checkpoint dir") from e
+    resolved = Path(resolve_checkpoint(p))
+    if not (resolved / CONFIG_NAME).is_file() or not (resolved / WEIGHTS_NAME).is_file():
+        raise ValueError(f"checkpoint {resolved} lacks {CONFIG_NAME} or {WEIGHTS_NAME}")
+    return resolved
+
+
+def load_config_and_state(path: str | os.PathLike) -> tuple[Z2allConfig, dict]:
+    """(config, state dict) of a saved dir, checkpoint step dir or run dir, on the CPU."""
+    from safetensors.torch import load_file
+
+    model_dir = resolve_model_dir(path)
+    raw = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    if isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    config = Z2allConfig.from_dict(raw)
+    state = _strip_prefixes(load_file(str(model_dir / WEIGHTS_NAME)))
+    return config, state
