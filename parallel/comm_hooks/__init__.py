@@ -1,0 +1,12 @@
+"""Communication hooks `hook(state, bucket) -> torch.futures.Future[Tensor]` for the hand-written DDP."""
+from parallel.comm_hooks.default import (
+    DefaultHookState,
+    allreduce_hook,
+    bf16_compress_wrapper,
+    build_hook,
+    reduce_scatter_hook,
+    stream_wrapper,
+)
+
+__all__ = ["DefaultHookState", "allreduce_hook", "bf16_compress_wrapper", "build_hook", "reduce_scatter_hook",
+           "stream_wrapper"]

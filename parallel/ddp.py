@@ -1,0 +1,295 @@
+"""Hand-written bucketed data parallelism over ParamAndGradBuffer, with comm hooks and overlapped grad reduce.
+
+Per step (see DistributedDataParallel):
+  zero_grad_buffer() -> [no_sync(): forward/backward]* -> forward/backward -> finish_grad_sync() -> optimizer.
+Every rank issues its collectives in the same order: buckets are launched strictly in global bucket order
+(buffers in creation order, buckets in buffer order = backward order), a bucket that is ready early waits for
+its predecessors. Mismatched orders would deadlock NCCL or silently sum different buckets.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+
+import torch
+from torch import nn
+
+from parallel.comm_hooks.default import _all_gather, build_hook
+from parallel.config import DDPConfig
+from parallel.dist import DistContext
+from parallel.param_and_grad_buffer import Bucket, ParamAndGradBuffer
+
+
+class BucketStatus(enum.IntEnum):
+    RESET = 0  # grads being accumulated (or nothing yet)
+    READY = 1  # every param of the bucket reported its grad in the last micro-batch (or finish_grad_sync forced it)
+    STARTED = 2  # comm hook launched, future pending
+    FINISHED = 3  # future waited; grad_data holds the reduced grads
+
+
+class _BucketState:
+    """Per-bucket bookkeeping of the DDP (the Bucket itself is shared with the optimizer)."""
+
+    __slots__ = ("bucket", "gid", "status", "ready", "future", "gather")
+
+    def __init__(self, bucket: Bucket, gid: int):
+        self.bucket, self.gid = bucket, gid
+        self.status = BucketStatus.RESET
+        self.ready: set = set()
+        self.future = None
+        self.gather = None
+
+    def expect(self, *allowed: BucketStatus, action: str) -> None:
+        assert self.status in allowed, (
+            f"bucket {self.gid}: cannot {action} in state {self.status.name} "
+            f"(allowed: {', '.join(s.name for s in allowed)})")
+
+
+class DistributedDataParallel(nn.Module):
+    """Wrap `module`: grads go into flat per-dtype buffers and are reduced bucket by bucket by a comm hook.
+
+    1. Group the trainable params by (param dtype, grad dtype) and build one ParamAndGradBuffer per group
+       (params re-pointed into it); frozen params stay outside.
+    2. Register a post-accumulate-grad hook per param: add param.grad into its main_grad, free param.grad,
+       and outside no_sync() mark the param ready in its bucket.
+    3. With overlap_grad_reduce, a bucket whose params are all ready is launched at once (in global order) on a
+       communication stream; finish_grad_sync() launches what is left (buckets with unused params reduce
+       their zeros) and waits for every future.
+    """
+
+    def __init__(self, module: nn.Module, ddp_config: DDPConfig, ctx: DistContext,
+                 use_distributed_optimizer: bool = False):
+        super().__init__()
+        ddp_config.validate()
+        self.module, self.config, self.ctx = module, ddp_config, ctx
+        self.use_distributed_optimizer = use_distributed_optimizer
+        self.param_to_name = {p: n for n, p in module.named_parameters()}
+        trainable = [p for p in self.param_to_name if p.requires_grad]
+        if not trainable:
+            raise ValueError("DistributedDataParallel: the module has no parameter with requires_grad=True")
+        for p in trainable:
+            if p.device != ctx.device:
+                raise ValueError(f"param {self.param_to_name[p]} is on {p.device} but the DistContext device is "
+                                 f"{ctx.device}; call model.to(ctx.device) before wrapping")
+        self.buffers = self._build_buffers(trainable)
+        self._states = []
+        for buf in self.buffers:
+            for b in buf.buckets:
+                b.group, b.rank = (ctx.group if ctx.world_size > 1 else None), ctx.rank
+                self._states.append(_BucketState(b, len(self._states)))
+        self._main_grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._param_state: dict[nn.Parameter, _BucketState] = {}
+        for buf, first in zip(self.buffers, self._first_gids()):
+            for p, (_, _, b) in buf.param_index_map.items():
+                self._main_grads[p] = buf.main_grad(p)
+                self._param_state[p] = self._states[first + b]
+        self._sync_enabled = True
+        self._next_launch = 0
+        self._seen: set = set()
+        self._comm_stream = torch.cuda.Stream(device=ctx.device) if ctx.device.type == "cuda" else None
+        self._gather_pending = False
+        self._prehooks_installed = False
+        self.comm_hook_state, self._comm_hook = build_hook(ddp_config.comm_hook)
+        self.set_grad_scale(1.0 / ctx.world_size)
+        self._hook_handles = [p.register_post_accumulate_grad_hook(self._make_grad_hook(p)) for p in trainable]
+
+    def _build_buffers(self, trainable: list[nn.Parameter]) -> list[ParamAndGradBuffer]:
+        groups: dict[tuple[torch.dtype, torch.dtype], list[nn.Parameter]] = {}
+        for p in trainable:
+            grad_dtype = torch.float32 if self.config.grad_reduce_in_fp32 else p.dtype
+            groups.setdefault((p.dtype, grad_dtype), []).append(p)
+        return [ParamAndGradBuffer(ps, pd, gd, self.config.bucket_size, self.ctx.world_size,
+                                   self.config.disable_bucketing) for (pd, gd), ps in groups.items()]
+
+    def _first_gids(self) -> list[int]:
+        firsts, n = [], 0
+        for buf in self.buffers:
+            firsts.append(n)
+            n += len(buf.buckets)
+        return firsts
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def main_grad(self, param: nn.Parameter) -> torch.Tensor:
+        """The fp32 (or grad-dtype) accumulated gradient of `param`: a view into its buffer's grad_data."""
+        try:
+            return self._main_grads[param]
+        except KeyError:
+            name = self.param_to_name.get(param, f"<param of shape {tuple(param.shape)}>")
+            raise ValueError(f"{name} is not managed by this DDP (frozen, or not part of the module)") from None
+
+    def set_grad_scale(self, scale: float | torch.Tensor) -> None:
+        """Factor applied to the grads by the comm hook: 1/world (mean, default) or 1/total_tokens (sum loss)."""
+        self.grad_scale = scale
+        for s in self._states:
+            s.bucket.grad_scale = scale
+
+    def register_comm_hook(self, state, hook) -> None:
+        """Use `hook(state, bucket) -> Future[Tensor]` for every bucket from now on (not during a sync)."""
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        busy = [s.gid for s in self._states if s.status == BucketStatus.STARTED]
+        if busy:
+            raise RuntimeError(f"register_comm_hook during a grad sync (buckets {busy} in flight); "
+                               "call finish_grad_sync() first")
+        self.comm_hook_state, self._comm_hook = state, hook
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate grads without reducing them (all micro-batches but the last of a step)."""
+        previous, self._sync_enabled = self._sync_enabled, False
+        try:
+            yield
+        finally:
+            self._sync_enabled = previous
+
+    def zero_grad_buffer(self) -> None:
+        """Zero every main_grad and reset the buckets for a new step."""
+        for s in self._states:
+            if s.status == BucketStatus.STARTED:
+                raise RuntimeError(f"zero_grad_buffer() while bucket {s.gid}'s reduction is in flight; "
+                                   "call finish_grad_sync() first")
+            s.status, s.future = BucketStatus.RESET, None
+            s.ready.clear()
+        for buf in self.buffers:
+            buf.grad_data.zero_()
+        for p in self._main_grads:
+            p.grad = None
+        self._seen.clear()
+        self._next_launch = 0
+
+    def finish_grad_sync(self) -> None:
+        """Launch every bucket not yet launched (in order), then wait for all of them.
+
+        1. Check that every trainable param got a gradient during the step (check_for_unused_params).
+        2. Buckets still RESET become READY (their missing params contribute zeros) and are launched.
+        3. Wait on each future (CUDA: the current stream waits; gloo: blocks) and on the comm stream.
+        """
+        if not self._sync_enabled:
+            raise RuntimeError("finish_grad_sync() inside no_sync(); call it after the last micro-batch's backward")
+        if self.config.check_for_unused_params and len(self._seen) != len(self._main_grads):
+            self._raise_unused()
+        for s in self._states[self._next_launch:]:
+            if s.status == BucketStatus.RESET:
+                s.status = BucketStatus.READY
+        self._launch_ready()
+        for s in self._states:
+            s.expect(BucketStatus.STARTED, BucketStatus.FINISHED, action="finish its grad sync")
+            if s.status == BucketStatus.STARTED:
+                s.future.wait()
+                s.status, s.future = BucketStatus.FINISHED, None
+        if self._comm_stream is not None:
+            torch.cuda.current_stream(self.ctx.device).wait_stream(self._comm_stream)
+        self._seen.clear()
+
+    def broadcast_params(self) -> None:
+        """Copy rank 0's params (buffers and frozen params) to every rank; call once after construction."""
+        if self.ctx.group is None or self.ctx.world_size == 1:
+            return
+        src = torch.distributed.get_global_rank(self.ctx.group, 0)
+        with torch.no_grad():
+            for buf in self.buffers:
+                torch.distributed.broadcast(buf.param_data, src=src, group=self.ctx.group)
+            for p in self.param_to_name:
+                if p not in self._main_grads:
+                    torch.distributed.broadcast(p.data, src=src, group=self.ctx.group)
+
+    # ------------------------------------------------------------------ grad hooks
+    def _make_grad_hook(self, param: nn.Parameter):
+        main_grad, state = self._main_grads[param], self._param_state[param]
+        overlap, seen = self.config.overlap_grad_reduce, self._seen
+
+        def hook(p: nn.Parameter) -> None:
+            if state.status >= BucketStatus.STARTED:
+                raise RuntimeError(
+                    f"{self.param_to_name[p]} got a gradient after its bucket {state.gid} was reduced "
+                    f"({state.status.name}); run extra micro-batches under ddp.no_sync() and call "
+                    "zero_grad_buffer() before the next step")
+            main_grad.add_(p.grad)
+            p.grad = None
+            seen.add(p)
+            if overlap and self._sync_enabled:
+                state.ready.add(p)
+                if len(state.ready) == len(state.bucket.params):
+                    state.status = BucketStatus.READY
+                    self._launch_ready()
+
+        return hook
+
+    def _launch_ready(self) -> None:
+        """Launch consecutive READY buckets starting at the next unlaunched one (same order on every rank)."""
+        while self._next_launch < len(self._states) and self._states[self._next_launch].status == BucketStatus.READY:
+            self._launch(self._states[self._next_launch])
+            self._next_launch += 1
+
+    def _launch(self, s: _BucketState) -> None:
+        s.expect(BucketStatus.READY, action="launch its comm hook")
+        if self._comm_stream is None:
+            s.future = self._comm_hook(self.comm_hook_state, s.bucket)
+        else:
+            # the comm stream must see the finished grads of this backward: wait on the compute stream first
+            self._comm_stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
+            with torch.cuda.stream(self._comm_stream):
+                s.future = self._comm_hook(self.comm_hook_state, s.bucket)
+        s.status = BucketStatus.STARTED
+
+    def _raise_unused(self) -> None:
+        missing = [self.param_to_name[p] for p in self._main_grads if p not in self._seen]
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise RuntimeError(
+            f"{len(missing)} trainable param(s) received no gradient during this step: {shown}. "
+            "Freeze them (requires_grad=False) before wrapping in DDP, make the forward use them, or set "
+            "--check_for_unused_params=False (their grads are then reduced as zeros)")
+
+    # ------------------------------------------------------------------ ZeRO-1 param all-gather
+    def start_param_sync(self, overlap: bool) -> None:
+        """All-gather each bucket's rank shard of param_data (after a ZeRO-1 step updated only the own shard).
+
+        Gathers are issued last bucket first (the first layers' params live in the last buckets). With
+        overlap, forward pre-hooks wait on a bucket's gather just before the first module using its params;
+        without, all gathers are waited here. A previous gather still pending is finished first.
+        """
+        self.finish_param_sync()
+        if self.ctx.group is None or self.ctx.world_size == 1:
+            return
+        for s in reversed(self._states):
+            b = s.bucket
+            start, end = b.shard_range(b.rank)
+            s.gather = _all_gather(b.param_data, b.param_data[start:end], group=b.group, async_op=True)
+        self._gather_pending = True
+        if overlap:
+            self._install_prehooks()
+        else:
+            self.finish_param_sync()
+
+    def finish_param_sync(self) -> None:
+        """Wait for every pending param gather (a no-op when none is pending)."""
+        if not self._gather_pending:
+            return
+        for s in reversed(self._states):
+            self._wait_gather(s)
+        self._gather_pending = False
+
+    def _wait_gather(self, s: _BucketState) -> None:
+        if s.gather is not None:
+            s.gather.wait()
+            s.gather = None
+
+    def _install_prehooks(self) -> None:
+        if self._prehooks_installed:
+            return
+        for m in self.module.modules():
+            states = {self._param_state[p].gid: self._param_state[p]
+                      for p in m.parameters(recurse=False) if p in self._param_state}
+            if states:
+                m.register_forward_pre_hook(self._make_prehook([states[g] for g in sorted(states)]))
+        self._prehooks_installed = True
+
+    def _make_prehook(self, states: list[_BucketState]):
+        def prehook(module, args):
+            if self._gather_pending:
+                for s in states:
+                    self._wait_gather(s)
+        return prehook
