@@ -56,8 +56,9 @@ class ResumableBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            yield self.micro_batch(self._start + self._yielded * self.world_size + self.rank)
-            self._yielded += 1
+            g = self._start + self._yielded * self.world_size + self.rank
+            self._yielded += 1  # counted before the yield: the consumer may never resume this generator
+            yield self.micro_batch(g)
 
     def state_dict(self, local_consumed: int | None = None) -> dict:
         consumed = self._yielded if local_consumed is None else local_consumed
