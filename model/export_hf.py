@@ -1,0 +1,153 @@
+"""Export a Z2all checkpoint as a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM when attention_bias).
+
+    python -m model.export_hf --ckpt=RUN_OR_CKPT_DIR --out_dir=DIR [--tokenizer_dir=DIR] [--dtype=keep]
+
+The output loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`, no custom code.
+
+Layout notes (why the conversion is plain slicing):
+- RoPE: z2all uses the rotate-half layout (pairs (i, i + D/2)), the same as HF Llama/Qwen2, so q/k rows
+  need no permutation (the interleaved (2i, 2i+1) layout of Meta's original checkpoints would).
+- qkv_proj rows are [q heads | k heads | v heads], each head D consecutive rows, heads in HF order; GQA
+  maps query head h to kv head h // (Hq/Hk) in both, so q_proj/k_proj/v_proj are row slices.
+- gate_up_proj rows are [gate | up] → gate_proj, up_proj.
+- attention_bias means q/k/v bias without o bias: Qwen2 has exactly that; HF Llama's attention_bias would
+  also add an o_proj bias, so such models are exported as Qwen2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from model.config import Z2allConfig
+from model.modeling import load_config_and_state, resolve_model_dir
+
+DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
+    """The HF config.json: llama, or qwen2 when attention_bias. RoPE is written both as the 4.x keys
+    (rope_theta, rope_scaling) and the 5.x rope_parameters, which agree."""
+    qwen = cfg.attention_bias
+    rope_type = "default" if cfg.rope_scaling_type == "none" else cfg.rope_scaling_type
+    rope_parameters = {"rope_type": rope_type, "rope_theta": cfg.rope_theta}
+    rope_scaling = None
+    if rope_type != "default":
+        rope_parameters["factor"] = cfg.rope_scaling_factor
+        rope_scaling = {"type": rope_type, "rope_type": rope_type, "factor": cfg.rope_scaling_factor}
+    dtype_name = str(dtype).removeprefix("torch.")
+    out = {
+        "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
+        "model_type": "qwen2" if qwen else "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_dim,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "initializer_range": cfg.initializer_range,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "rope_parameters": rope_parameters,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_dropout": cfg.attention_dropout,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "use_cache": True,
+        "torch_dtype": dtype_name,
+        "dtype": dtype_name,
+    }
+    if qwen:
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layers)
+    else:
+        out.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
+    return out
+
+
+def to_hf_state(cfg: Z2allConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Z2all state dict → HF Llama/Qwen2 state dict (contiguous copies; no lm_head when tied)."""
+    D, Hq, Hk, I = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size
+    out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(cfg.n_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        out[dst + "input_layernorm.weight"] = state[src + "attn_norm.weight"]
+        out[dst + "post_attention_layernorm.weight"] = state[src + "mlp_norm.weight"]
+        for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
+            q, k, v = state[f"{src}attn.qkv_proj.{kind}"].split([Hq * D, Hk * D, Hk * D], dim=0)
+            out[f"{dst}self_attn.q_proj.{kind}"] = q
+            out[f"{dst}self_attn.k_proj.{kind}"] = k
+            out[f"{dst}self_attn.v_proj.{kind}"] = v
+        out[dst + "self_attn.o_proj.weight"] = state[src + "attn.o_proj.weight"]
+        gate, up = state[src + "mlp.gate_up_proj.weight"].split([I, I], dim=0)
+        out[dst + "mlp.gate_proj.weight"] = gate
+        out[dst + "mlp.up_proj.weight"] = up
+        out[dst + "mlp.down_proj.weight"] = state[src + "mlp.down_proj.weight"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def find_tokenizer_dir(ckpt: str | Path, tokenizer_dir: str | None) -> Path | None:
+    """--tokenizer_dir if given, else `<run>/tokenizer/` of the run that holds the checkpoint, else None."""
+    if tokenizer_dir:
+        p = Path(tokenizer_dir)
+        if not p.is_dir():
+            raise ValueError(f"--tokenizer_dir={tokenizer_dir} is not a directory")
+        return p
+    model_dir = resolve_model_dir(ckpt).resolve()
+    for cand in (Path(ckpt) / "tokenizer", model_dir / "tokenizer", model_dir.parent.parent / "tokenizer"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None, dtype: str = "keep") -> Path:
+    """Write config.json, model.safetensors and the tokenizer files into out_dir. Returns out_dir.
+
+    1. Resolve ckpt (saved dir, step dir or run dir) and read its config and weights.
+    2. Cast floating tensors if --dtype is not keep; unfuse qkv_proj and gate_up_proj.
+    3. Write the HF config (llama or qwen2) and the weights; copy every tokenizer file.
+    """
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype={dtype} is not one of {', '.join(DTYPES)}")
+    cfg, state = load_config_and_state(ckpt)
+    if DTYPES[dtype] is not None:
+        state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(to_hf_state(cfg, state), str(out / "model.safetensors"), metadata={"format": "pt"})
+    param_dtype = state["embed_tokens.weight"].dtype
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, param_dtype), indent=2) + "\n", encoding="utf-8")
+    tok = find_tokenizer_dir(ckpt, tokenizer_dir)
+    if tok is not None:
+        for f in tok.iterdir():
+            if f.is_dir():
+                shutil.copytree(f, out / f.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(f, out / f.name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True, help="run dir, checkpoint step dir or save_pretrained dir")
+    ap.add_argument("--out_dir", required=True, help="output dir for the HF model")
+    ap.add_argument("--tokenizer_dir", default="", help="tokenizer files to copy (default: <run>/tokenizer/)")
+    ap.add_argument("--dtype", default="keep", choices=list(DTYPES), help="weight dtype of the export")
+    args = ap.parse_args(argv)
+    out = export_hf(args.ckpt, args.out_dir, args.tokenizer_dir or None, args.dtype)
+    print(f"exported {args.ckpt} to {out} (transformers.AutoModelForCausalLM.from_pretrained('{out}'))")
+
+
+if __name__ == "__main__":
+    main()
