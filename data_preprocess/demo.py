@@ -1,0 +1,143 @@
+"""The demo data of `python train.py`: built once from the Python standard library, reused afterwards.
+
+`ensure_demo_data(cache_dir="data/demo", vocab_size=4096)` makes, under cache_dir:
+    corpus/     the demo corpus (data_preprocess.demo_corpus.build_demo_corpus), jsonl with "text"
+    sft/        the demo SFT/DPO set (data_preprocess.demo_corpus.build_demo_sft_dpo)
+    tokenizer/  a byte-level BPE tokenizer trained on (a prefix of) the corpus
+    bin/        the corpus pretokenized into .bin shards (with its own tokenizer/ copy)
+    DEMO_COMPLETE  written last (JSON: version, vocab_size, counts); while it is missing or does not match
+                the request, the tokenizer and the shards are rebuilt, so a crash mid-build never leaves a
+                half-built set in use. The corpus has its own marker and is kept across vocab changes.
+A file lock on cache_dir/.lock lets several processes (e.g. torchrun ranks) call this at once: one builds,
+the others wait and then reuse. CLI: `python -m data_preprocess.demo [--cache_dir=DIR] [--vocab_size=N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_VERSION = 1
+MARKER = "DEMO_COMPLETE"
+CORPUS_MARKER = "CORPUS_COMPLETE"
+TOKENIZER_MAX_CHARS = 8_000_000  # BPE merges settle on a few MB of text; training on all of it only costs time
+
+
+@dataclass(frozen=True)
+class DemoData:
+    data_dir: str
+    tokenizer_dir: str
+    sft_dir: str
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): single-process use only
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_complete(cache: Path, vocab_size: int) -> bool:
+    meta = _read_json(cache / MARKER)
+    return bool(meta) and meta.get("version") == DEMO_VERSION and meta.get("vocab_size") == vocab_size
+
+
+def _corpus(cache: Path, log) -> list[str]:
+    from data_preprocess.demo_corpus import build_demo_corpus, build_demo_sft_dpo
+
+    marker = cache / CORPUS_MARKER
+    meta = _read_json(marker)
+    if meta and meta.get("version") == DEMO_VERSION and all(os.path.isfile(f) for f in meta["files"]):
+        return meta["files"]
+    t0 = time.perf_counter()
+    log(f"demo data: building the corpus from the Python standard library into {cache / 'corpus'}")
+    files = [str(f) for f in build_demo_corpus(str(cache / "corpus"))]
+    build_demo_sft_dpo(str(cache / "sft"))
+    _write_json(marker, {"version": DEMO_VERSION, "files": files})
+    log(f"demo data: corpus done ({len(files)} files, {time.perf_counter() - t0:.1f}s)")
+    return files
+
+
+def _build(cache: Path, vocab_size: int, num_workers: int, log) -> dict:
+    from data_preprocess.pretokenize import pretokenize
+    from tokenizer.train_tokenizer import train_tokenizer
+
+    t0 = time.perf_counter()
+    files = _corpus(cache, log)
+    t1 = time.perf_counter()
+    log(f"demo data: training a {vocab_size}-token byte-level BPE tokenizer on up to "
+        f"{TOKENIZER_MAX_CHARS:,} characters")
+    train_tokenizer(files, vocab_size, "bbpe", str(cache / "tokenizer"), max_chars=TOKENIZER_MAX_CHARS)
+    t2 = time.perf_counter()
+    log(f"demo data: tokenizer done ({t2 - t1:.1f}s); pretokenizing into {cache / 'bin'}")
+    summary = pretokenize(files, str(cache / "tokenizer"), str(cache / "bin"), num_workers=num_workers,
+                          overwrite=True, log=log)
+    t3 = time.perf_counter()
+    return {"version": DEMO_VERSION, "vocab_size": vocab_size, "documents": summary["documents"],
+            "tokens": summary["tokens"], "seconds": {"corpus": round(t1 - t0, 1), "tokenizer": round(t2 - t1, 1),
+                                                     "pretokenize": round(t3 - t2, 1)}}
+
+
+def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_workers: int | None = None,
+                     log=print) -> DemoData:
+    """Build the demo corpus, tokenizer and shards on first use (see the module docstring); reuse afterwards.
+
+    1. Complete and matching marker: return at once. 2. Else take the lock, check again (another process
+    may have just built it), drop the marker, build the missing stages, and write the marker last.
+    """
+    cache = Path(cache_dir)
+    paths = DemoData(str(cache / "bin"), str(cache / "tokenizer"), str(cache / "sft"))
+    if _is_complete(cache, vocab_size):
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / ".lock"):
+        if _is_complete(cache, vocab_size):
+            return paths
+        (cache / MARKER).unlink(missing_ok=True)
+        workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        meta = _build(cache, vocab_size, workers, log)
+        _write_json(cache / MARKER, meta)
+        log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
+            f"{meta['tokens']} tokens) at {cache}")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> DemoData:
+    p = argparse.ArgumentParser(description="Build (or reuse) the demo data of `python train.py`.")
+    p.add_argument("--cache_dir", default="data/demo")
+    p.add_argument("--vocab_size", type=int, default=4096)
+    p.add_argument("--num_workers", type=int, default=None, help="pretokenize workers (default: min(2, cores))")
+    a = p.parse_args(argv)
+    data = ensure_demo_data(a.cache_dir, a.vocab_size, a.num_workers)
+    print(data)
+    return data
+
+
+if __name__ == "__main__":
+    main()
