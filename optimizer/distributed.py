@@ -1,0 +1,39 @@
+"""ZeRO-1: the distributed optimizer shards fp32 main params and Adam state over data-parallel ranks.
+
+Each rank owns the contiguous 1/world slice ``bucket.shard_range(rank)`` of every bucket, whatever the
+param boundaries (optimizer/range_map.py maps shards to param slices, with a worked example).
+
+Shard storage choice: per bucket, one flat fp32 tensor for the rank's shard (``_Region.main``), with
+one view per param slice handed to torch's AdamW. The flat tensor makes the copy into the model's
+param buffer (and, for bf16 grads, the copy out of the grad buffer) one op per bucket; the per-slice
+views let torch keep m/v per slice and put each slice in the decayed or the undecayed group, so a
+1-D param gets no weight decay even where it shares a bucket (or a shard) with 2-D params. Padding
+elements belong to no slice and carry no optimizer state.
+
+One step (after ``ddp.finish_grad_sync()``, which reduce-scattered the grads into each rank's shard):
+1. fp16: unscale the shard and check it for inf/NaN; one all-reduce (MAX) of the flag, one host read.
+2. Global grad norm: sum of the shards' squared norms, all-reduced (each element counted once).
+3. Clip, AdamW on the shard, cast the shard into the model's param buffer slice.
+4. ``ddp.start_param_sync(overlap=--overlap_param_gather)`` all-gathers every bucket's shards into
+   the param buffer; without the overlap it is finished before step() returns, with it the next
+   forward waits for each bucket just before the first module that uses it.
+"""
+from __future__ import annotations
+
+from optimizer.mixed_precision import MixedPrecisionOptimizer
+
+
+class DistributedOptimizer(MixedPrecisionOptimizer):
+    """ZeRO-1 over the DDP's buffers (the DDP must be built with use_distributed_optimizer=True)."""
+
+    sharded = True
+
+    def _region_range(self, bucket) -> tuple[int, int]:
+        lo, hi = bucket.shard_range(self.rank)
+        return bucket.offset + lo, bucket.offset + hi
+
+    def _after_update(self) -> None:
+        overlap = self.cfg.overlap_param_gather
+        self.ddp.start_param_sync(overlap=overlap)
+        if not overlap:
+            self.ddp.finish_param_sync()
