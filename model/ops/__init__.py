@@ -1,0 +1,34 @@
+"""Fused ops for the Z2all model: Triton kernels with plain-PyTorch references (see DESIGN.md, "Ops").
+
+Each op's `impl` is "auto" | "triton" | "torch"; auto = Triton on CUDA, the reference elsewhere.
+Triton is optional: without it every op still works through its torch path.
+"""
+from model.ops._triton_utils import resolve_impl, triton_available
+from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
+from model.ops.attention import attention, attention_ref, flash_attn_available
+from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_ref
+from model.ops.patch_hf import patch_hf
+from model.ops.rmsnorm import rms_norm, rms_norm_ref
+from model.ops.rope import apply_rope, apply_rope_ref, rope_cache
+from model.ops.swiglu import silu_mul, swiglu, swiglu_ref
+
+__all__ = [
+    "add_rms_norm",
+    "add_rms_norm_ref",
+    "apply_rope",
+    "apply_rope_ref",
+    "attention",
+    "attention_ref",
+    "flash_attn_available",
+    "fused_linear_cross_entropy",
+    "linear_cross_entropy_ref",
+    "patch_hf",
+    "resolve_impl",
+    "rms_norm",
+    "rms_norm_ref",
+    "rope_cache",
+    "silu_mul",
+    "swiglu",
+    "swiglu_ref",
+    "triton_available",
+]

@@ -1,0 +1,133 @@
+"""Shared helpers for the fused ops: impl resolution, lazy Triton kernels, launch sizes.
+
+Triton is optional. Nothing here imports it at module import time, so `import model.ops` works on a machine
+without Triton; asking for impl="triton" there raises a RuntimeError that says what to install or which flag to
+change.
+
+Kernels are written as plain module-level functions and wrapped in `LazyKernel`. The wrapper calls `triton.jit`
+on first launch, separately for compiled and interpreted mode. Triton decides between the two when `triton.jit`
+runs (it reads TRITON_INTERPRET then), so deferring it lets tests set TRITON_INTERPRET=1 at any point before
+their first launch, whatever was imported earlier.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+IMPLS = ("auto", "triton", "torch")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when the triton package can be imported (it is not imported here)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def resolve_impl(flag: str, device: torch.device | str) -> str:
+    """Map an op flag ("auto" | "triton" | "torch") and a tensor device to "triton" or "torch".
+
+    1. Reject unknown flags.
+    2. "auto": "triton" on CUDA when triton is importable, else "torch".
+    3. "triton": require the triton package, and on a non-CUDA device require the interpreter
+       (TRITON_INTERPRET=1), because compiled Triton kernels only run on GPUs.
+    """
+    if flag not in IMPLS:
+        raise ValueError(f"impl={flag!r} is not one of {IMPLS}; pass impl='auto', 'triton' or 'torch'")
+    device = torch.device(device)
+    if flag == "torch":
+        return "torch"
+    if flag == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if not triton_available():
+        raise RuntimeError("impl='triton' needs the triton package (pip install triton); or pass impl='torch'")
+    if device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(
+            f"impl='triton' on a {device.type} tensor needs the Triton CPU interpreter: set TRITON_INTERPRET=1 "
+            f"in the environment, or use impl='auto'/'torch' off the GPU"
+        )
+    return "triton"
+
+
+class LazyKernel:
+    """A Triton kernel that is jit-wrapped on first launch (once for compiled mode, once for interpreter mode)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._jitted: dict[bool, object] = {}
+        functools.update_wrapper(self, fn)
+
+    def jitted(self):
+        mode = interpret_mode()
+        kernel = self._jitted.get(mode)
+        if kernel is None:
+            import triton
+
+            kernel = triton.jit(self.fn)
+            self._jitted[mode] = kernel
+        return kernel
+
+    def __getitem__(self, grid):
+        return self.jitted()[grid]
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def num_warps_for(block_elems: int) -> int:
+    """Warps for a program touching `block_elems` elements per step: more lanes for wider blocks."""
+    if block_elems >= 16384:
+        return 16
+    if block_elems >= 4096:
+        return 8
+    if block_elems >= 1024:
+        return 4
+    return 2
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def persistent_programs(device: torch.device, work_items: int, per_sm: int = 4) -> int:
+    """Program count for loops that stride over work (per-program partial sums): a few per SM on CUDA,
+    a small number in the interpreter (enough to exercise the partial-sum reduction)."""
+    if device.type == "cuda":
+        return max(1, min(work_items, per_sm * _sm_count(device.index or torch.cuda.current_device())))
+    return max(1, min(work_items, 3))
+
+
+def tl_dtype(dtype: torch.dtype):
+    """The triton.language dtype for a torch floating dtype (used for constexpr store casts)."""
+    import triton.language as tl
+
+    table = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+    if dtype not in table:
+        raise TypeError(f"dtype {dtype} is not supported by the fused ops; use float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    """TypeError unless t is fp32/bf16/fp16."""
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{name} has dtype {t.dtype}; the fused ops take float32, bfloat16 or float16 tensors")
+
+
+def rows_2d(x: torch.Tensor) -> torch.Tensor:
+    """View x as (rows, last_dim) with a unit last-dim stride, copying only when no such view exists."""
+    if x.dim() == 0:
+        raise ValueError("expected a tensor with at least one dimension, got a scalar")
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[-1] > 1 and x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return x2

@@ -1,0 +1,204 @@
+"""Fused linear + cross-entropy: the LM head and the loss in token chunks; (N x V) logits never exist at once.
+
+fused_linear_cross_entropy(hidden (N,d), weight (V,d), targets (N,), bias=None, ignore_index=-100,
+reduction="mean"|"sum", chunk_size=4096, impl) -> fp32 scalar. Mean is over targets != ignore_index (0 if none).
+
+Algorithm (forward computes the gradients too, so backward only scales them):
+1. scale = 1/max(#valid, 1) for "mean", 1 for "sum" (a device tensor: no host sync).
+2. For each chunk of C tokens:
+   a. logits = h_c @ W^T (+ b) with torch.mm into one reused (C, V) buffer in the input dtype;
+   b. per row: a Triton program (or the torch path) computes lse = logsumexp(logits) with an online max/sum
+      over V in blocks, loss = lse - logits[target], and overwrites the row in place with
+      scale * (softmax - onehot(target)) (zeros for ignored rows);
+   c. grad_h[c] = dlogits @ W; grad_W (+)= dlogits^T @ h_c (accumulated by addmm in W's dtype);
+      grad_b += column sums of dlogits (fp32).
+3. loss = sum(row losses) * scale. Backward multiplies the stored grads by grad_output in place.
+Peak extra memory: one (C, V) chunk + grad_h + grad_W, instead of (N, V) logits in fp32 plus their grad.
+impl "triton" and "torch" share the chunking; they differ in step 2b only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: without triton only the torch path is available
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    tl = None
+
+from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, resolve_impl
+
+REDUCTIONS = ("mean", "sum")
+
+
+def linear_cross_entropy_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Unfused reference: full logits (input dtype), fp32 cross-entropy; mean over non-ignored targets."""
+    logits = F.linear(hidden, weight, bias).float()
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    if reduction == "mean":
+        loss = loss / (targets != ignore_index).sum().clamp(min=1)
+    return loss
+
+
+def _ce_rows_kernel(
+    LOGITS, TARGETS, LOSS, SCALE, n_cols, stride_row, ignore_index,
+    COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    # One program per row. Steps: 1. online max / sum-exp over V in BLOCK_V pieces; 2. loss = lse - x[target]
+    # (0 for ignored rows); 3. if COMPUTE_GRAD, second sweep writing scale*(softmax - onehot) over the logits.
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_row
+    target = tl.load(TARGETS + row)
+    valid = target != ignore_index
+    in_range = valid & (target >= 0) & (target < n_cols)
+    safe_target = tl.where(in_range, target, 0)
+    m = float("-inf")
+    d = 0.0
+    for start in range(0, n_cols, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        x = tl.load(base + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(d)
+    x_target = tl.load(base + safe_target).to(tl.float32)
+    loss = tl.where(valid, lse - x_target, 0.0)
+    tl.store(LOSS + row, loss)
+    if COMPUTE_GRAD:
+        scale = tl.load(SCALE).to(tl.float32)
+        row_scale = tl.where(valid, scale, 0.0)
+        for start in range(0, n_cols, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            cmask = cols < n_cols
+            x = tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
+            p = tl.exp(x - lse)
+            g = (p - tl.where(cols == safe_target, 1.0, 0.0)) * row_scale
+            tl.store(base + cols, g.to(LOGITS.dtype.element_ty), mask=cmask)
+
+
+_ce_rows = LazyKernel(_ce_rows_kernel)
+
+
+def _rows_triton(logits, targets, loss_out, scale, ignore_index, compute_grad) -> None:
+    n_rows, n_cols = logits.shape
+    if n_rows == 0:
+        return
+    block_v = min(4096, next_power_of_2(n_cols))
+    _ce_rows[(n_rows,)](
+        logits, targets, loss_out, scale, n_cols, logits.stride(0), int(ignore_index),
+        COMPUTE_GRAD=compute_grad, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
+    )
+
+
+def _rows_torch(logits, targets, loss_out, scale, ignore_index, compute_grad) -> None:
+    valid = targets != ignore_index
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    lf = logits.float()
+    lse = torch.logsumexp(lf, dim=-1)
+    x_target = lf.gather(1, safe[:, None]).squeeze(1)
+    loss_out.copy_(torch.where(valid, lse - x_target, torch.zeros_like(lse)))
+    if compute_grad:
+        grad = torch.exp(lf - lse[:, None])
+        grad.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
+        grad.mul_((scale * valid.float())[:, None])
+        logits.copy_(grad)
+
+
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    """Chunked LM head + cross-entropy; gradients are computed in forward and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton):
+        n_tok, vocab = hidden.shape[0], weight.shape[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        compute_grad = need_h or need_w or need_b
+        valid = targets != ignore_index
+        if reduction == "mean":
+            scale = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
+        else:
+            scale = torch.ones((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w and n_tok == 0 else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_b else None
+        loss_rows = torch.empty(n_tok, dtype=torch.float32, device=hidden.device)
+        rows_fn = _rows_triton if use_triton else _rows_torch
+        buf = torch.empty((min(chunk_size, n_tok), vocab), dtype=hidden.dtype, device=hidden.device)
+        for start in range(0, n_tok, chunk_size):
+            end = min(start + chunk_size, n_tok)
+            h_c, logits = hidden[start:end], buf[: end - start]
+            torch.mm(h_c, weight.t(), out=logits)
+            if bias is not None:
+                logits.add_(bias)
+            rows_fn(logits, targets[start:end], loss_rows[start:end], scale, ignore_index, compute_grad)
+            if not compute_grad:
+                continue
+            if need_h:
+                torch.mm(logits, weight, out=grad_h[start:end])
+            if need_w:
+                if grad_w is None:
+                    grad_w = torch.mm(logits.t(), h_c)
+                else:
+                    grad_w.addmm_(logits.t(), h_c)
+            if need_b:
+                grad_b += logits.float().sum(dim=0)
+        ctx.grads = (grad_h, grad_w, grad_b.to(bias.dtype) if need_b else None)
+        return loss_rows.sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_cross_entropy: backward called twice (retain_graph is not supported)")
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
+        g = grad_out.to(torch.float32)  # a 0-dim tensor: multiplying keeps each grad's dtype
+        for t in (grad_h, grad_w, grad_b):
+            if t is not None:
+                t.mul_(g)
+        return grad_h, grad_w, None, grad_b, None, None, None, None
+
+
+def _check_ce_args(hidden, weight, targets, bias, reduction, chunk_size) -> None:
+    check_float("hidden", hidden)
+    check_float("weight", weight)
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden must be (N, d) and weight (V, d); got hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}"
+        )
+    if targets.shape != (hidden.shape[0],) or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"targets must be an int64 tensor of shape ({hidden.shape[0]},); got {targets.dtype} {tuple(targets.shape)}"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},); got {tuple(bias.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1; fix --cross_entropy_chunk_size")
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    chunk_size: int = 4096,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Cross-entropy of (hidden @ weight^T + bias) against targets, chunked over tokens; fp32 scalar."""
+    _check_ce_args(hidden, weight, targets, bias, reduction, chunk_size)
+    use_triton = resolve_impl(impl, hidden.device) == "triton"
+    return FusedLinearCrossEntropyFunction.apply(
+        hidden.contiguous(), weight, targets.contiguous(), bias, int(ignore_index), reduction, int(chunk_size),
+        use_triton,
+    )

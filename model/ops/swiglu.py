@@ -1,0 +1,168 @@
+"""SwiGLU activation: silu(gate) * up, reading the fused gate/up projection output without a copy.
+
+`swiglu(gate_up)`: gate_up (..., 2I), gate = [..., :I], up = [..., I:] -> (..., I) in the input dtype.
+`silu_mul(gate, up)`: the same op for separate gate and up tensors (used when patching Hugging Face MLPs,
+which keep two projections).
+
+Triton path: the kernels take separate gate and up pointers with their own row strides, so the fused tensor is
+read in place through two views. Programs cover (rows x columns) tiles (several rows per tile for narrow
+widths). The backward recomputes silu from the saved input (nothing else is stored) and writes d(gate) and
+d(up) straight into the two halves of one (..., 2I) gradient buffer. Math in fp32:
+    s = sigmoid(g); out = g*s*u; d_up = dout*g*s; d_gate = dout*u*s*(1 + g*(1 - s))
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: without triton only the torch reference path is available
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    tl = None
+
+from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, num_warps_for, resolve_impl, rows_2d
+
+
+def silu_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch silu(gate) * up in fp32, cast to gate.dtype."""
+    return (F.silu(gate.float()) * up.float()).to(gate.dtype)
+
+
+def swiglu_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch SwiGLU of a fused (..., 2I) gate/up tensor."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return silu_mul_ref(gate, up)
+
+
+def _swiglu_fwd_kernel(
+    G, U, O, n_rows, n_cols, stride_g, stride_u, stride_o,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Steps: 1. tile (rows, cols) from the 2D program id; 2. load gate and up in fp32;
+    # 3. out = g*sigmoid(g)*u, stored in O's dtype.
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + rows[:, None] * stride_u + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    out = g * tl.sigmoid(g) * u
+    tl.store(O + rows[:, None] * stride_o + cols[None, :], out.to(O.dtype.element_ty), mask=mask)
+
+
+def _swiglu_bwd_kernel(
+    DO, G, U, DG, DU, n_rows, n_cols, stride_do, stride_g, stride_u, stride_dg, stride_du,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Steps: 1. reload g, u and dout; 2. recompute s = sigmoid(g); 3. write d_gate and d_up.
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    do = tl.load(DO + rows[:, None] * stride_do + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + rows[:, None] * stride_u + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = tl.sigmoid(g)
+    silu = g * s
+    dg = do * u * s * (1.0 + g * (1.0 - s))
+    tl.store(DG + rows[:, None] * stride_dg + cols[None, :], dg.to(DG.dtype.element_ty), mask=mask)
+    tl.store(DU + rows[:, None] * stride_du + cols[None, :], (do * silu).to(DU.dtype.element_ty), mask=mask)
+
+
+_swiglu_fwd = LazyKernel(_swiglu_fwd_kernel)
+_swiglu_bwd = LazyKernel(_swiglu_bwd_kernel)
+
+
+def _tiles(n_rows: int, n_cols: int) -> tuple[int, int, tuple[int, int]]:
+    block_c = min(1024, next_power_of_2(n_cols))
+    block_r = max(1, min(64, 2048 // block_c))
+    grid = ((n_rows + block_r - 1) // block_r, (n_cols + block_c - 1) // block_c)
+    return block_r, block_c, grid
+
+
+def silu_mul_fwd_triton(g2: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """(N, I) gate and up views (unit column stride) -> (N, I) output."""
+    n_rows, n_cols = g2.shape
+    out = torch.empty((n_rows, n_cols), dtype=g2.dtype, device=g2.device)
+    if n_rows * n_cols == 0:
+        return out
+    block_r, block_c, grid = _tiles(n_rows, n_cols)
+    _swiglu_fwd[grid](
+        g2, u2, out, n_rows, n_cols, g2.stride(0), u2.stride(0), out.stride(0),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps_for(block_r * block_c),
+    )
+    return out
+
+
+def silu_mul_bwd_triton(do2, g2, u2, dg2, du2) -> None:
+    """Write d(gate) into dg2 and d(up) into du2 (both (N, I), unit column stride)."""
+    n_rows, n_cols = g2.shape
+    if n_rows * n_cols == 0:
+        return
+    block_r, block_c, grid = _tiles(n_rows, n_cols)
+    _swiglu_bwd[grid](
+        do2, g2, u2, dg2, du2, n_rows, n_cols,
+        do2.stride(0), g2.stride(0), u2.stride(0), dg2.stride(0), du2.stride(0),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps_for(block_r * block_c),
+    )
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """Fused gate_up (..., 2I) -> (..., I); saves only the input."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        x2 = rows_2d(gate_up)
+        half = x2.shape[1] // 2
+        out = silu_mul_fwd_triton(x2[:, :half], x2[:, half:])
+        ctx.save_for_backward(x2)
+        ctx.in_shape = gate_up.shape
+        return out.view(*gate_up.shape[:-1], half)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (x2,) = ctx.saved_tensors
+        half = x2.shape[1] // 2
+        dx = torch.empty((x2.shape[0], 2 * half), dtype=x2.dtype, device=x2.device)
+        silu_mul_bwd_triton(rows_2d(dout), x2[:, :half], x2[:, half:], dx[:, :half], dx[:, half:])
+        return dx.view(ctx.in_shape)
+
+
+class SiluMulFunction(torch.autograd.Function):
+    """Separate gate and up (..., I) -> (..., I); saves both inputs."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        g2, u2 = rows_2d(gate), rows_2d(up)
+        out = silu_mul_fwd_triton(g2, u2)
+        ctx.save_for_backward(g2, u2)
+        ctx.in_shape = gate.shape
+        return out.view(gate.shape)
+
+    @staticmethod
+    def backward(ctx, dout):
+        g2, u2 = ctx.saved_tensors
+        dg = torch.empty_like(g2, memory_format=torch.contiguous_format)
+        du = torch.empty_like(u2, memory_format=torch.contiguous_format)
+        silu_mul_bwd_triton(rows_2d(dout), g2, u2, dg, du)
+        return dg.view(ctx.in_shape), du.view(ctx.in_shape)
+
+
+def swiglu(gate_up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """silu(gate) * up for gate_up (..., 2I) with gate = [..., :I], up = [..., I:]; returns (..., I)."""
+    check_float("gate_up", gate_up)
+    if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up last dim must be even (gate and up halves); got shape {tuple(gate_up.shape)}")
+    if resolve_impl(impl, gate_up.device) == "torch":
+        return swiglu_ref(gate_up)
+    return SwiGLUFunction.apply(gate_up)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """silu(gate) * up for two tensors of the same shape and dtype."""
+    check_float("gate", gate)
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(
+            f"gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} must match in shape and dtype"
+        )
+    if resolve_impl(impl, gate.device) == "torch":
+        return silu_mul_ref(gate, up)
+    return SiluMulFunction.apply(gate, up)
