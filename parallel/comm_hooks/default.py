@@ -47,6 +47,15 @@ def completed_future(t: torch.Tensor) -> torch.futures.Future:
     return fut
 
 
+def work_future(work) -> torch.futures.Future:
+    """The future of an async collective; gloo lacks it for some collectives (reduce_scatter): wait, then wrap."""
+    try:
+        return work.get_future()
+    except RuntimeError:
+        work.wait()
+        return completed_future(torch.empty(0))
+
+
 def _no_collective(bucket) -> bool:
     return bucket.group is None or bucket.world_size == 1
 
@@ -60,8 +69,8 @@ def allreduce_hook(state: DefaultHookState, bucket) -> torch.futures.Future:
         return completed_future(t if state.prescale else apply_scale(t, scale))
     work = dist.all_reduce(t, group=bucket.group, async_op=True)
     if state.prescale:
-        return work.get_future().then(lambda _: t)
-    return work.get_future().then(lambda _: apply_scale(t, scale))
+        return work_future(work).then(lambda _: t)
+    return work_future(work).then(lambda _: apply_scale(t, scale))
 
 
 def reduce_scatter_hook(state: DefaultHookState, bucket) -> torch.futures.Future:
@@ -78,13 +87,13 @@ def reduce_scatter_hook(state: DefaultHookState, bucket) -> torch.futures.Future
     shard = t[start:end]
     work = _reduce_scatter(shard, t, group=bucket.group, async_op=True)
     if state.prescale:
-        return work.get_future().then(lambda _: t)
+        return work_future(work).then(lambda _: t)
 
     def _post(_):
         apply_scale(shard, scale)
         return t
 
-    return work.get_future().then(_post)
+    return work_future(work).then(_post)
 
 
 def _first_tensor(value) -> torch.Tensor:
