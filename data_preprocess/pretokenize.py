@@ -36,8 +36,8 @@ from dataset.format import BinWriter, token_dtype
 from tokenizer import Z2allTokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
-BATCH_DOCS = 512  # documents per task sent to a worker
-BATCH_CHARS = 4_000_000  # ... or fewer, so one task holds a bounded amount of text
+BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
+BATCH_CHARS = 1_000_000  # ... or fewer, so one task holds a bounded amount of text
 SUMMARY_FILE = "pretokenize.json"
 
 _WORKER_TOK: Z2allTokenizer | None = None
