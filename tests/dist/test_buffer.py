@@ -61,10 +61,11 @@ def _gather_case(ctx, overlap: bool):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_layout_and_param_gather(world):
-    layouts = run_dist(_layout_case, world)
+    layouts = run_dist(_layout_and_gather, world)
     assert all(lay == layouts[0] for lay in layouts), "every rank has the same layout"
-    run_dist(_gather_both, world)
 
 
-def _gather_both(ctx):
-    return _gather_case(ctx, True) and _gather_case(ctx, False)
+def _layout_and_gather(ctx):
+    layout = _layout_case(ctx)
+    assert _gather_case(ctx, True) and _gather_case(ctx, False)
+    return layout
