@@ -89,11 +89,19 @@ class ReadStats:
         return text
 
 
+def _is_data_file(name: str) -> bool:
+    if name.startswith(".") or name == "manifest.json" or name.endswith("_manifest.json"):
+        return False
+    return name.endswith(SUPPORTED_SUFFIXES)
+
+
 def list_input_files(files_or_dir: str | Iterable[str]) -> list[str]:
     """Expand files and directories (a list, or one string with commas) into a sorted list of input files.
 
     Directories are walked recursively and contribute the files with a supported suffix
-    (.txt .json .jsonl .parquet); files named explicitly must have such a suffix too.
+    (.txt .json .jsonl .parquet), except metadata: hidden files and ``manifest.json`` / ``*_manifest.json``
+    (the demo corpus and other tools write those beside their data). Files named explicitly must have a
+    supported suffix and are always taken.
     """
     items = [s for s in files_or_dir.split(",")] if isinstance(files_or_dir, str) else list(files_or_dir)
     items = [s.strip() for s in items if s and s.strip()]
@@ -104,7 +112,7 @@ def list_input_files(files_or_dir: str | Iterable[str]) -> list[str]:
         if os.path.isdir(item):
             for root, dirs, names in os.walk(item):
                 dirs.sort()
-                found.update(os.path.join(root, n) for n in names if n.endswith(SUPPORTED_SUFFIXES))
+                found.update(os.path.join(root, n) for n in names if _is_data_file(n))
         elif os.path.isfile(item):
             if not item.endswith(SUPPORTED_SUFFIXES):
                 raise ValueError(f"input file {item!r} has an unsupported suffix; "

@@ -24,6 +24,8 @@ def test_jsonl_json_parquet_txt(tmp_path):
     (tmp_path / "d.txt").write_text("a b\nc\n\n\nd\n", encoding="utf-8")
     assert list(iter_documents(str(tmp_path / "d.txt"))) == ["a b\nc", "d"]
     assert list(iter_documents(str(tmp_path / "d.txt"), txt_mode="line")) == ["a b", "c", "d"]
+    (tmp_path / "manifest.json").write_text("{}", encoding="utf-8")  # metadata beside the data is skipped
+    (tmp_path / "notes.md").write_text("x", encoding="utf-8")
     files = list_input_files(str(tmp_path))
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl", "b.json", "c.parquet", "d.txt"]
     stats = ReadStats()
