@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataset.format import tmp_sibling
+
 DEMO_VERSION = 1
 MARKER = "DEMO_COMPLETE"
 CORPUS_MARKER = "CORPUS_COMPLETE"
@@ -42,7 +44,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = tmp_sibling(path)
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_preprocess.readers import ReadStats, iter_all_documents, list_input_files
-from dataset.format import BinWriter, token_dtype
+from dataset.format import BinWriter, tmp_sibling, token_dtype
 from tokenizer import Z2allTokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
@@ -183,7 +183,7 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
                "shards": [p.name for p in shards], "shard_tokens": shard_tokens, "vocab_size": tok.vocab_size,
                "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                "bad_records": stats.bad_records, "empty_documents": stats.empty}
-    tmp = out / f".{SUMMARY_FILE}.tmp{os.getpid()}"
+    tmp = tmp_sibling(out / SUMMARY_FILE)
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out / SUMMARY_FILE)
     log(f"pretokenize: {stats.summary()}; wrote {num_docs} documents, {num_tokens} tokens in {len(shards)} "

@@ -15,6 +15,7 @@ file under the final name. nanoGPT-style headerless uint16 files are read with d
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +137,11 @@ def check_token_range(tokens: np.ndarray, vocab_size: int, path) -> int:
     return max_id
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+def tmp_sibling(path: str | os.PathLike) -> Path:
+    """A unique temporary name beside `path` (pid + random: ranks on several hosts may share a filesystem),
+    hidden and without the final suffix, so shard globs such as *.bin never pick it up."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}.{uuid.uuid4().hex[:8]}")
 
 
 class BinWriter:
@@ -153,7 +157,7 @@ class BinWriter:
         self.dtype = token_dtype(self.vocab_size)
         self.num_tokens = 0
         self.num_docs = 0
-        self._tmp = _tmp_path(self.path)
+        self._tmp = tmp_sibling(self.path)
         self._f = open(self._tmp, "wb")
         self._f.write(make_header(self.vocab_size, 0, 0).tobytes())
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.format import DATA_FORMATS, max_token_id, open_bin, read_header, token_range_error
+from dataset.format import DATA_FORMATS, max_token_id, open_bin, read_header, tmp_sibling, token_range_error
 
 INDEX_VERSION = 1
 HASH_BYTES = 1 << 20
@@ -117,7 +117,7 @@ def write_windows(npy_path: Path, counts: np.ndarray, max_seq_len: int) -> int:
     num_windows = (total - 1) // max_seq_len if total > 0 else 0
     ends = np.cumsum(counts.astype(np.int64))
     starts = ends - counts
-    tmp = npy_path.with_name(f".{npy_path.name}.tmp{os.getpid()}")
+    tmp = tmp_sibling(npy_path)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(num_windows, 2))
     for c0 in range(0, num_windows, _CHUNK):
         c1 = min(num_windows, c0 + _CHUNK)
@@ -201,6 +201,7 @@ def load_or_build_sample_index(data_path: str | os.PathLike, max_seq_len: int, v
 
 def _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log) -> dict:
     cache = _cached_stats(json_path.parent)
+    json_path.unlink(missing_ok=True)  # no sidecar may describe a map that is being replaced
     stats = [shard_stats(p, data_format, fp, cache) for p, fp in zip(shards, fps)]
     counts = np.array([s["num_tokens"] for s in stats], dtype=np.int64)
     total = int(counts.sum())
@@ -212,7 +213,7 @@ def _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log) -> d
     meta = {"version": INDEX_VERSION, "max_seq_len": max_seq_len, "data_format": data_format,
             "num_tokens": total, "num_windows": num_windows,
             "hash": "sha256 over (8-byte size, first MiB, last MiB) of each shard", "shards": stats}
-    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp = tmp_sibling(json_path)
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, json_path)
     log(f"sample index {npy_path}: {num_windows} windows of {max_seq_len + 1} tokens over {total} tokens "
