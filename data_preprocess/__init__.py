@@ -1,0 +1,1 @@
+"""Data preparation: streaming readers, pretokenization, sample-index maps and the demo corpus."""

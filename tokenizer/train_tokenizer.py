@@ -96,8 +96,12 @@ def _sp_sentences(docs: Iterable[str]) -> Iterator[str]:
             yield "".join(buf)
 
 
-def train_sentencepiece(docs: Iterable[str], vocab_size: int, max_sentences: int = 5_000_000) -> Z2allTokenizer:
-    """Train sentencepiece BPE with byte fallback; the special tokens are control symbols 1..16."""
+def train_sentencepiece(docs: Iterable[str], vocab_size: int, max_sentences: int = 1_000_000) -> Z2allTokenizer:
+    """Train sentencepiece BPE with byte fallback; the special tokens are control symbols 1..16.
+
+    sentencepiece keeps its training sentences in memory: at most ``max_sentences`` chunks of up to
+    ~4000 characters (a uniform sample when there are more), so use ``--max_chars`` on huge inputs.
+    """
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--txt_mode", default="paragraph", choices=("paragraph", "line"),
                    help=".txt files: one document per paragraph (blank-line separated) or per line")
     p.add_argument("--skip_bad_records", action="store_true", help="skip malformed records and count them")
-    p.add_argument("--max_chars", type=int, default=0, help="train on at most this many characters (0: all)")
+    p.add_argument("--max_chars", type=int, default=0, help="train on at most the first N characters of the input (0: all); bounds "
+                   "time, and memory for sentencepiece, on very large inputs")
     args = p.parse_args(argv)
     tok = train_tokenizer(args.input.split(","), args.vocab_size, args.type, args.out_dir, args.text_field,
                           args.skip_bad_records, args.max_chars, args.txt_mode)
