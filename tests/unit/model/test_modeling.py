@@ -208,3 +208,25 @@ def test_torch_compile_traces():
     torch.testing.assert_close(loss, m(x, labels=x).loss, rtol=1e-5, atol=1e-5)
     loss.backward()
     assert math.isfinite(m.embed_tokens.weight.grad.sum().item())
+
+
+def test_selective_recomputes_norms_not_matmuls():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    counts = {}
+    for ac in ("none", "full", "selective"):
+        loss = make(activation_checkpointing=ac)(ids(), targets=ids(seed=3)).loss
+        with Count() as c:
+            loss.backward()
+        counts[ac] = {name: sum(op == f"aten.{name}.default" for op in c.ops) for name in ("mm", "rsqrt", "silu")}
+    assert counts["none"]["rsqrt"] == 0 and counts["selective"]["rsqrt"] > 0 and counts["selective"]["silu"] > 0
+    assert counts["selective"]["mm"] == counts["none"]["mm"] < counts["full"]["mm"]
