@@ -295,6 +295,13 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
     fsync_path(dst)
 
 
+def _remove_dir_atomically(path: Path) -> None:
+    """Rename a step dir to a .tmp-* name before deleting it: a kill mid-delete leaves no half step dir."""
+    doomed = path.parent / f"{TMP_PREFIX}del-{path.name}-{secrets.token_hex(4)}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def _remove_stale_tmp(parent: Path, prefix: str = TMP_PREFIX) -> None:
     for entry in parent.iterdir():
         if entry.name.startswith(prefix):
@@ -436,7 +443,7 @@ class CheckpointManager:
                               f"would pick it. Delete it if it belongs to an abandoned run", RuntimeWarning)
                 continue
             if kept >= self.keep_last_n:
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_dir_atomically(path)
             elif _check_checkpoint(path, check_hashes=False) is None:
                 kept += 1
         fsync_path(self.ckpt_root)

@@ -3,8 +3,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,9 +15,6 @@ from utils import checkpoint as ck
 from utils.checkpoint import (CheckpointManager, copy_tokenizer, get_rng_state, load_model_state,
                               load_optim_states, load_trainer_state, resolve_checkpoint, set_rng_state,
                               verify_checkpoint)
-
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def _save(m, step, value=None, best=False, **kw):
     value = float(step) if value is None else value
@@ -102,6 +97,23 @@ def test_crash_between_swap_renames(tmp_path, monkeypatch):
     assert m.latest().name == "step_000000001"
     _save(m, 3)
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_crash_mid_prune_leaves_no_half_step_dir(tmp_path, monkeypatch):
+    m = CheckpointManager(tmp_path)
+    _save(m, 1)
+    _save(m, 2)
+
+    def dying_rmtree(path, ignore_errors=False):
+        (Path(path) / "COMPLETE").unlink()  # deleted a file, then the process died
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.shutil, "rmtree", dying_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        _save(m, 3)
+    monkeypatch.undo()
+    assert _steps(tmp_path)[-2:] == ["step_000000002", "step_000000003"]
+    assert all(verify_checkpoint(p) for p in (tmp_path / "ckpt").glob("step_*"))
 
 
 @pytest.mark.parametrize("damage", ["flip_model", "truncate_complete", "truncate_optim", "no_complete"])
@@ -199,55 +211,58 @@ def test_rng_roundtrip_exact():
         set_rng_state({"python": state["python"]})
 
 
-_KILL_SCRIPT = r"""
-import sys, time, torch
-from utils import checkpoint as ck
-out, mode = sys.argv[1], sys.argv[2]
-m = ck.CheckpointManager(out, keep_last_n=2)
-def save(step):
-    m.save(step, {"w": torch.full((256, 512), float(step))}, {"m": torch.randn(512, 512)}, {"iter": step})
-    print(f"saved {step}", flush=True)
-if mode == "stall":
-    save(1)
-    def torn_model(tmp, state):
-        # write half of the model file, then stall: the parent SIGKILLs us mid-write
-        (tmp / "model.safetensors").write_bytes(b"\0" * 100000)
-        print("MIDWRITE", flush=True)
-        time.sleep(600)
-    ck._write_model = torn_model
-    save(2)
-else:
+def _saver(out, mode, progress):
+    """Child process body: save checkpoints, appending "saved N" lines to `progress`, until SIGKILLed."""
+    m = CheckpointManager(out, keep_last_n=2)
+
+    def save(step):
+        m.save(step, {"w": torch.full((256, 512), float(step))}, {"m": torch.randn(512, 512)}, {"iter": step})
+        with open(progress, "a") as fh:
+            fh.write(f"saved {step}\n")
+
+    if mode == "stall":
+        save(1)
+
+        def torn_model(tmp, state):
+            # half a model file, then stall: the parent SIGKILLs us mid-write
+            (tmp / "model.safetensors").write_bytes(b"\0" * 100000)
+            with open(progress, "a") as fh:
+                fh.write("MIDWRITE\n")
+            time.sleep(600)
+
+        ck._write_model = torn_model
+        save(2)
     step = 0
     while True:
         step += 1
         save(step)
-"""
 
 
-def _spawn(out, mode):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out), mode], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, text=True)
+def _start_saver(out, mode, wait_for, timeout=60):
+    """Fork a saver (it inherits the imported torch, so it starts at once) and wait for a progress line."""
+    import multiprocessing
 
-
-def _wait_for(proc, token, timeout=60):
-    deadline, lines = time.time() + timeout, []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.strip())
-        if line.strip() == token:
-            return lines
+    progress = Path(str(out) + ".progress")
+    proc = multiprocessing.get_context("fork").Process(target=_saver, args=(str(out), mode, str(progress)))
+    proc.start()
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.is_alive():
+        if progress.exists() and wait_for in progress.read_text().splitlines():
+            return proc, progress
+        time.sleep(0.01)
     proc.kill()
-    raise AssertionError(f"subprocess never printed {token!r}; got {lines}")
+    raise AssertionError(f"saver never reported {wait_for!r}")
+
+
+def _sigkill(proc):
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
 
 
 def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path):
-    proc = _spawn(tmp_path, "stall")
-    _wait_for(proc, "MIDWRITE")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc, _ = _start_saver(tmp_path, "stall", "MIDWRITE")
+    _sigkill(proc)
     m = CheckpointManager(tmp_path)
     assert m.latest().name == "step_000000001"
     assert [n for n in _steps(tmp_path) if n.startswith(".tmp-step_000000002-")], "the torn write is left in tmp"
@@ -258,55 +273,56 @@ def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path):
 
 def test_sigkill_at_random_times(tmp_path):
     rng = random.Random(0)
-    for trial in range(2):
+    for trial in range(4):
         out = tmp_path / f"run{trial}"
-        proc = _spawn(out, "loop")
-        lines = _wait_for(proc, "saved 2")
-        time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(proc.pid, signal.SIGKILL)
-        lines += [ln.strip() for ln in proc.stdout.read().splitlines()]
-        proc.wait()
-        last_printed = max(int(ln.split()[1]) for ln in lines if ln.startswith("saved"))
+        proc, progress = _start_saver(out, "loop", "saved 2")
+        time.sleep(rng.uniform(0.0, 0.3))
+        _sigkill(proc)
+        lines = progress.read_text().splitlines()
+        last_reported = max(int(ln.split()[1]) for ln in lines if ln.startswith("saved "))
         latest = CheckpointManager(out).latest()
         assert verify_checkpoint(latest)
         step = int(latest.name.split("_")[1])
-        assert step in (last_printed, last_printed + 1)  # killed before/after the print of a finished save
+        assert step in (last_reported, last_reported + 1)  # killed before/after reporting a finished save
         for p in (out / "ckpt").iterdir():
             if p.name.startswith("step_"):
                 assert verify_checkpoint(p), p
         assert torch.equal(load_model_state(latest)["w"], torch.full((256, 512), float(step)))
 
 
-def _dist_worker(rank, world, out, store, rank1_has_optim):
+def _dist_worker(rank, world, out, store):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        m = CheckpointManager(out, keep_last_n=2, rank=rank, world_size=world, barrier=dist.barrier)
-        for step in (1, 2, 3):
-            optim = {"rank": rank, "t": torch.full((2,), 10.0 * rank + step)}
-            if rank == 1 and not rank1_has_optim:
-                optim = None
-            m.save(step, {"w": torch.full((3,), float(step))}, optim,
-                   {"iter": step} if rank == 0 else None, is_best=step == 2)
-            assert verify_checkpoint(m.latest())  # after the final barrier every rank sees the new checkpoint
+        for rank1_has_optim in (True, False):
+            m = CheckpointManager(f"{out}/{rank1_has_optim}", keep_last_n=2, rank=rank, world_size=world,
+                                  barrier=dist.barrier)
+            for step in (1, 2, 3):
+                optim = {"rank": rank, "t": torch.full((2,), 10.0 * rank + step)}
+                if rank == 1 and not rank1_has_optim:
+                    optim = None
+                m.save(step, {"w": torch.full((3,), float(step))}, optim,
+                       {"iter": step} if rank == 0 else None, is_best=step == 2)
+                assert verify_checkpoint(m.latest())  # after the final barrier every rank sees it
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("rank1_has_optim", [True, False])
-def test_two_rank_gloo_save(tmp_path, rank1_has_optim):
+def test_two_rank_gloo_save(tmp_path):
     import torch.multiprocessing as mp
 
-    out = tmp_path / "run"
     store = Path(tempfile.mkdtemp(dir=tmp_path)) / "store"
-    mp.spawn(_dist_worker, args=(2, str(out), str(store), rank1_has_optim), nprocs=2, join=True)
-    assert _steps(out) == ["best", "step_000000002", "step_000000003"]
-    latest = CheckpointManager(out).latest()
-    states = load_optim_states(latest)
-    expected = [0, 1] if rank1_has_optim else [0]
-    assert [s["rank"] for s in states] == expected
-    for s in states:
-        assert torch.equal(s["t"], torch.full((2,), 10.0 * s["rank"] + 3))
-    assert len(load_optim_states(out / "ckpt" / "best")) == len(expected)
-    assert load_trainer_state(latest) == {"iter": 3}
+    # fork: the children inherit the imported torch instead of importing it again (CPU only, no CUDA state)
+    mp.start_processes(_dist_worker, args=(2, str(tmp_path), str(store)), nprocs=2, join=True,
+                       start_method="fork")
+    for rank1_has_optim, expected in ((True, [0, 1]), (False, [0])):
+        out = tmp_path / str(rank1_has_optim)
+        assert _steps(out) == ["best", "step_000000002", "step_000000003"]
+        latest = CheckpointManager(out).latest()
+        states = load_optim_states(latest)
+        assert [s["rank"] for s in states] == expected
+        for s in states:
+            assert torch.equal(s["t"], torch.full((2,), 10.0 * s["rank"] + 3))
+        assert len(load_optim_states(out / "ckpt" / "best")) == len(expected)
+        assert load_trainer_state(latest) == {"iter": 3}
