@@ -173,3 +173,10 @@ def run_case(ctx, case: Case, parts: int, steps: int = 20) -> dict:
 
 def with_optim(case: Case, **kw) -> Case:
     return replace(case, optim={**case.optim, **kw})
+
+
+def load_params(model, params: dict[str, np.ndarray]) -> None:
+    """Copy saved (fp32 numpy) params into the model, cast to its dtype (what a checkpoint load does)."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.from_numpy(params[n]).to(p.dtype).view(p.shape))
