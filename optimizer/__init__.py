@@ -48,6 +48,12 @@ def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) ->
 
     ZeRO-1 (--use_distributed_optimizer) -> DistributedOptimizer (any dtype; fp16 with a scaler);
     fp32 params -> FP32Optimizer; bf16/fp16 params -> Float16OptimizerWithFloat16Params.
+
+    Order: model -> DDP -> ddp.broadcast_params() -> (load model weights) -> build_optimizer ->
+    (optimizer.load_state_dict on resume). The fp32 main params are copied from the model's params
+    here; after changing the weights later without optimizer state, call optimizer.reload_model_params().
+    With --overlap_param_gather, call ddp.finish_param_sync() before reading the model's weights
+    outside a forward (saving a checkpoint). With --overlap_optim_step, call set_lr before the backward.
     """
     _validate(cfg, ddp, param_dtype, ctx)
     if cfg.use_distributed_optimizer:

@@ -178,6 +178,18 @@ class MixedPrecisionOptimizer:
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.grad_scaler.scale if self.grad_scaler is not None else loss
 
+    def reload_model_params(self) -> None:
+        """Re-copy the fp32 main params from the model's params.
+
+        The main params are copied once at construction; call this after changing the model's weights
+        outside the optimizer (e.g. loading pretrained weights without optimizer state). Not needed
+        after ``load_state_dict``, which restores the main params themselves.
+        """
+        with torch.no_grad():
+            for r in self.regions:
+                if not r.alias_params:
+                    r.main.copy_(r.buffer.param_data[r.start:r.end])
+
     def set_lr(self, lr: float) -> None:
         """Set the LR of every group. With --overlap_optim_step call it before the backward."""
         for r in self.regions:

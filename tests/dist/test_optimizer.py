@@ -148,3 +148,20 @@ def test_load_state_dict_roundtrip_single_process():
         broken["params"]["blocks.0.weight"]["end"] -= 1
         broken["params"]["blocks.0.weight"]["main"] = broken["params"]["blocks.0.weight"]["main"][:-1]
         opt.load_state_dict([broken])
+
+
+def test_fp16_scaler_state_and_reload_model_params():
+    case = Case(dtype=torch.float16, optim={"loss_scale_window": 2, "initial_loss_scale": 256.0})
+    out = run_case(single_ctx(), case, parts=1, steps=5)
+    assert out["state"]["grad_scaler"]["scale"] == out["log"][-1]["scale"] == 1024.0
+    model = make_model(case.dtype)
+    ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
+    opt = build_optimizer(case.optimizer_config(False), ddp, case.dtype, single_ctx())
+    from tests.unit.optimizer.toy import to_torch
+
+    opt.load_state_dict([to_torch(out["state"])])
+    assert opt.loss_scale == 1024.0 and opt.iteration == 5
+    with torch.no_grad():
+        model.blocks[0].weight.fill_(0.5)
+    opt.reload_model_params()
+    assert (opt.state_dict()["params"]["blocks.0.weight"]["main"] == 0.5).all()
