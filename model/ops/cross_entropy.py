@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
 from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, resolve_impl
 
 REDUCTIONS = ("mean", "sum")
+MAX_BLOCK_V = 4096  # vocab columns per step of the row sweep (registers: fp32 x BLOCK_V per program)
 
 
 def linear_cross_entropy_ref(
@@ -90,7 +91,7 @@ def _rows_triton(logits, targets, loss_out, scale, ignore_index, compute_grad) -
     n_rows, n_cols = logits.shape
     if n_rows == 0:
         return
-    block_v = min(4096, next_power_of_2(n_cols))
+    block_v = min(MAX_BLOCK_V, next_power_of_2(n_cols))
     _ce_rows[(n_rows,)](
         logits, targets, loss_out, scale, n_cols, logits.stride(0), int(ignore_index),
         COMPUTE_GRAD=compute_grad, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
