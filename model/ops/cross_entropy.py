@@ -116,9 +116,10 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     """Chunked LM head + cross-entropy; gradients are computed in forward and scaled in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton):
+    def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton, grad_enabled):
         n_tok, vocab = hidden.shape[0], weight.shape[0]
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        # grad mode is off inside forward; the caller's mode decides whether the grads are worth computing
+        need_h, need_w, need_b = (grad_enabled and ctx.needs_input_grad[i] for i in (0, 1, 3))
         compute_grad = need_h or need_w or need_b
         valid = targets != ignore_index
         if reduction == "mean":
@@ -162,7 +163,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         for t in (grad_h, grad_w, grad_b):
             if t is not None:
                 t.mul_(g)
-        return grad_h, grad_w, None, grad_b, None, None, None, None
+        return grad_h, grad_w, None, grad_b, None, None, None, None, None
 
 
 def _check_ce_args(hidden, weight, targets, bias, reduction, chunk_size) -> None:
@@ -201,5 +202,5 @@ def fused_linear_cross_entropy(
     use_triton = resolve_impl(impl, hidden.device) == "triton"
     return FusedLinearCrossEntropyFunction.apply(
         hidden.contiguous(), weight, targets.contiguous(), bias, int(ignore_index), reduction, int(chunk_size),
-        use_triton,
+        use_triton, torch.is_grad_enabled(),
     )
