@@ -19,8 +19,13 @@ import torch
 from model.config import Z2allConfig
 
 SUPPORTED = ("llama", "qwen2", "mistral")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
+
+
+def _is_tokenizer_file(p: Path) -> bool:
+    """HF tokenizer files (tokenizer.json, vocab.json, merges.txt, ...) and ours (z2all_tokenizer.json)."""
+    return p.is_file() and (any(m in p.name for m in TOKENIZER_MARKERS) or p.name.endswith(TOKENIZER_SUFFIXES))
 
 
 def _first_id(v, default: int) -> int:
@@ -124,7 +129,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     ckpt_dir = CheckpointManager(out).save(step=0, model_state=state,
                                            trainer_state={"iter": 0, "imported_from": str(hf_dir)},
                                            extra_json={"config.json": cfg.to_dict()})
-    files = [hf_dir / n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]
+    files = sorted(f for f in hf_dir.iterdir() if _is_tokenizer_file(f))
     if files:
         (out / "tokenizer").mkdir(parents=True, exist_ok=True)
         for f in files:

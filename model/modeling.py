@@ -289,6 +289,8 @@ class Z2allForCausalLM(nn.Module):
                 raise ValueError(f"{name} shape {tuple(t.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
         if labels is not None:
             targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        if targets is not None and self._host_checks(targets):
+            _check_range("labels/targets (other than -100)", targets[targets != -100], self.config.vocab_size)
         hidden = self._hidden(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
         loss = logits = None
         if targets is not None:

@@ -98,6 +98,8 @@ def test_bad_inputs():
         Z2allForCausalLM(tiny(hidden_dim=30))
     with pytest.raises(ValueError, match="n_heads=4 is not divisible by n_kv_heads=3"):
         Z2allForCausalLM(tiny(n_kv_heads=3))
+    with pytest.raises(ValueError, match=r"labels/targets \(other than -100\) must lie in \[0, 96\)"):
+        m(ids(), labels=torch.full((2, 12), 96))
     with pytest.raises(ValueError, match="labels shape"):
         m(ids(), labels=ids(T=5))
 
