@@ -28,7 +28,7 @@ def test_dry_run_cases_and_ratio(mfu):
     for r in (ours, peer):
         assert r["tokens_per_s"] > 0 and r["mfu"] >= 0 and 5.0 < r["loss"] < 7.5, r
     assert ours["flops_per_token"] == peer["flops_per_token"]
-    line = mfu.ratio_line(ours, [peer, {"name": "hf_liger", "skipped": "x"}], None)
+    line = mfu.ratio_line([ours], [peer, {"name": "hf_liger", "skipped": "x"}], None)
     assert line["best_peer"] == "hf_eager" and line["ratio"] == round(ours["tokens_per_s"] / peer["tokens_per_s"], 3)
     with pytest.raises(ValueError, match="at least 10 steps"):
         mfu.parse_args(["--steps=3"])
