@@ -212,7 +212,7 @@ class PretrainTrainer:
         return {
             "iter": self.iter,
             "consumed_micro_batches": self.iter * self.cfg.train.gradient_accumulation_steps,
-            "sampler": self.stream.sampler.state_dict(),
+            "sampler": self.stream.sampler.state_dict(local_consumed=self.iter * self.ga_local),
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "world_size": self.ctx.world_size,
             "rng": all_rng,
@@ -232,6 +232,8 @@ class PretrainTrainer:
             torch.manual_seed(self.cfg.train.seed + self.iter * 1000 + self.ctx.rank)
 
     def save(self) -> None:
+        # With overlap_param_gather the last step's all-gather may still be in flight.
+        self.ddp.finish_param_sync()
         is_best = self.last_val_loss < self.best_val_loss
         if is_best:
             self.best_val_loss = self.last_val_loss
@@ -362,28 +364,31 @@ def run_pretrain(cfg: ExperimentConfig, ctx: DistContext) -> None:
     ckpt = CheckpointManager(t.out_dir, keep_last_n=t.keep_last_n, rank=ctx.rank, world_size=ctx.world_size,
                              barrier=ctx.barrier)
     resume_dir = find_resume_checkpoint(cfg, ckpt)
+    resume_state = load_trainer_state(resume_dir) if resume_dir is not None else None
     if ctx.is_main:
         configurator.save_config(cfg, t.out_dir)
         if tokenizer is not None:
             copy_tokenizer(paths.tokenizer_dir, t.out_dir)
+    # Order matters: weights are loaded before the DDP copies them into its buffer and before the
+    # optimizer takes its fp32 master copies of them.
     model = build_model(cfg, ctx, dtype)
     if resume_dir is not None or t.init_from:
         load_initial_weights(cfg, model, resume_dir or resolve_checkpoint(t.init_from))
     ddp = DistributedDataParallel(model, cfg.ddp, ctx, use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
     ddp.broadcast_params()
     optimizer = build_optimizer(cfg.optim, ddp, dtype, ctx)
+    if resume_dir is not None:
+        optimizer.load_state_dict(load_optim_states(resume_dir))
     if t.compile:
         model.compile()
     _, valid_ds, stream = build_pretrain_data(cfg, ctx, paths)
+    # A fresh run starts metrics.jsonl over (resume_iter=0); a resumed one drops what the killed run
+    # logged after its last checkpoint.
     logger = MetricsLogger(t.out_dir if ctx.is_main else None, enabled=ctx.is_main, tensorboard=t.tensorboard,
-                           resume_iter=None)
+                           resume_iter=resume_state["iter"] if resume_state else 0)
     trainer = PretrainTrainer(cfg, ctx, model, ddp, optimizer, stream, valid_ds, ckpt, logger, tokenizer, dtype)
-    if resume_dir is not None:
-        optimizer.load_state_dict(load_optim_states(resume_dir))
-        trainer.load_trainer_state(load_trainer_state(resume_dir))
-        logger.close()
-        logger = trainer.logger = MetricsLogger(t.out_dir if ctx.is_main else None, enabled=ctx.is_main,
-                                                tensorboard=t.tensorboard, resume_iter=trainer.iter)
+    if resume_state is not None:
+        trainer.load_trainer_state(resume_state)
         print0(f"resumed from {resume_dir} at iter {trainer.iter}", rank=ctx.rank)
     print0(describe_run(cfg, ctx, model, dtype), rank=ctx.rank)
     try:
@@ -394,9 +399,15 @@ def run_pretrain(cfg: ExperimentConfig, ctx: DistContext) -> None:
 
 
 def find_resume_checkpoint(cfg: ExperimentConfig, ckpt: CheckpointManager):
-    if not cfg.train.resume:
-        return None
+    """The checkpoint to resume from; a fresh run refuses an out_dir that already holds checkpoints."""
     latest = ckpt.latest()
+    if not cfg.train.resume:
+        if latest is not None:
+            raise ValueError(
+                f"--out_dir={cfg.train.out_dir} already holds checkpoints ({latest.name}); add --resume to continue "
+                f"that run, or choose a new --out_dir"
+            )
+        return None
     if latest is None:
         raise ValueError(
             f"--resume: no complete checkpoint under {cfg.train.out_dir}/ckpt; start the run without --resume"

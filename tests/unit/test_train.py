@@ -1,0 +1,151 @@
+"""train.py end to end on a tiny model and synthetic data: run dir, logs, checkpoints, user errors, exact resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train
+from dataset.format import write_bin
+from tests.conftest import ROOT
+
+VOCAB = 128
+TINY = """
+vocab_size = 128
+hidden_dim = 32
+n_layers = 2
+n_heads = 2
+n_kv_heads = 1
+max_seq_len = 16
+multiple_of = 16
+batch_size = 4
+gradient_accumulation_steps = 2
+max_iters = 8
+eval_interval = 4
+eval_iters = 2
+log_interval = 1
+save_interval = 2
+warmup_iters = 2
+learning_rate = 1e-2
+min_lr = 1e-3
+tensorboard = False
+sample_tokens = 0
+attention_dropout = 0.1
+residual_dropout = 0.1
+"""
+
+
+def make_run(tmp_path, name="run"):
+    """A synthetic data dir (a learnable repeating pattern), a tiny config file, and an out_dir path."""
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        tokens = np.concatenate([(np.arange(40) * k) % VOCAB for k in rng.integers(1, 7, size=200)])
+        write_bin(data / "shard_000.bin", tokens.astype(np.uint16), VOCAB, num_docs=200)
+        (tmp_path / "tiny.py").write_text(TINY)
+    return str(tmp_path / "tiny.py"), [f"--data_dir={data}", f"--out_dir={tmp_path / name}"], tmp_path / name
+
+
+def read_losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return [(r["iter"], r["loss"]) for r in recs if "loss" in r]
+
+
+def run_cli(args, timeout=240, **kw):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def test_train_writes_the_run_directory(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args]) == 0
+    losses = read_losses(out)
+    assert [i for i, _ in losses] == list(range(1, 9))
+    assert losses[-1][1] < losses[0][1]
+    with open(out / "metrics.jsonl") as f:
+        recs = [json.loads(line) for line in f]
+    assert {"iter", "loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb"} <= set(recs[0])
+    assert [r["iter"] for r in recs if "valid_loss" in r] == [4, 8]
+    steps = sorted(os.listdir(out / "ckpt"))
+    assert steps == ["best", "step_000000006", "step_000000008"]  # keep_last_n = 2, plus best/
+    for name in ("exp_config.py", "loss.png", "heartbeat.json"):
+        assert (out / name).is_file(), name
+    assert (out / "ckpt" / "step_000000008" / "COMPLETE").is_file()
+
+
+def test_init_from_starts_a_new_run_from_weights(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=2"]) == 0
+    assert train.main([cfg_file, f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'new'}", "--max_iters=2",
+                       f"--init_from={out}"]) == 0
+    assert read_losses(tmp_path / "new")[0][1] < read_losses(out)[0][1]
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--data_dir=/nonexistent/dir"], "does not exist"),
+        (["--resume"], "no complete checkpoint"),
+        (["--batch_size=eight"], "not a valid int"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, extra, match, capsys):
+    cfg_file, args, out = make_run(tmp_path)
+    if "--resume" in extra:
+        import configurator
+
+        configurator.save_config(configurator.build_config([cfg_file, *args]), str(out))
+        cfg_file = None
+    argv = [a for a in [cfg_file, *args, *extra] if a]
+    # the last --data_dir wins, as on the command line
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and match in err[0], err
+
+
+def test_resume_with_a_changed_shape_is_refused(tmp_path, capsys):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=2"]) == 0
+    capsys.readouterr()
+    assert train.main([*args, "--resume", "--hidden_dim=64"]) == 2
+    err = capsys.readouterr().err
+    assert "hidden_dim: checkpoint 32 vs now 64" in err
+
+
+def kill_when(proc, out_dir, min_iter, timeout=180):
+    """SIGKILL the run's whole process group once metrics.jsonl shows min_iter."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it was killed: {proc.communicate()}")
+        try:
+            if max((i for i, _ in read_losses(out_dir)), default=0) >= min_iter:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def start(cmd):
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+@pytest.mark.parametrize("kill_at", [3, 6])
+def test_sigkill_then_resume_gives_bitwise_equal_losses(tmp_path, kill_at):
+    cfg_file, args, out = make_run(tmp_path, "killed")
+    _, ref_args, _ = make_run(tmp_path, "ref")
+    ref = run_cli([cfg_file, *ref_args])
+    assert ref.returncode == 0, ref.stderr
+    proc = start([sys.executable, os.path.join(ROOT, "train.py"), cfg_file, *args])
+    kill_when(proc, out, kill_at)
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_losses(out) == read_losses(tmp_path / "ref")
