@@ -8,7 +8,7 @@ from tests.unit.ops._check import IN_CHILD, assert_matches, interp, leaf, run_fi
 
 @interp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(3, 5, 37), (1, 1, 8), (70, 24)])
+@pytest.mark.parametrize("shape", [(3, 5, 37), (70, 24)])
 @pytest.mark.parametrize("residual_in_fp32", [True, False])
 def test_triton_matches_reference(shape, dtype, residual_in_fp32):
     res_dtype = torch.float32 if residual_in_fp32 else dtype

@@ -37,10 +37,10 @@ CASES = [(13, 67, 24, 5), (1, 50, 8, 4), (9, 33, 12, 9)]
 @interp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_triton_matches_reference(case, dtype, reduction, monkeypatch):
+def test_triton_matches_reference(case, dtype, monkeypatch):
     monkeypatch.setattr(ce_mod, "MAX_BLOCK_V", 16)
     n, vocab, d, chunk = case
+    reduction = "sum" if n == 9 else "mean"
     _check("triton", dtype, n, vocab, d, chunk, reduction, bias=(n == 13), ignored=[i for i in (0, 4) if i < n])
 
 
