@@ -1,5 +1,5 @@
 # The tiny default recipe: `python train.py` with no config file runs this.
-# A ~3.5M-parameter Z2all on the demo corpus (the Python standard library: code and its docstrings),
+# A 5M-parameter Z2all (3M without embeddings) on the demo corpus (the Python standard library: code and its docstrings),
 # sized to finish in a few minutes on 2 CPU cores. data_dir = "" builds the demo data on first use.
 out_dir = "out/default"
 data_dir = ""
@@ -13,16 +13,16 @@ n_kv_heads = 2
 max_seq_len = 256
 multiple_of = 64
 
-batch_size = 16
+batch_size = 8
 gradient_accumulation_steps = 1
-max_iters = 300
-eval_interval = 100
-eval_iters = 5
+max_iters = 200
+eval_interval = 50
+eval_iters = 4
 log_interval = 10
 save_interval = 100
 
 learning_rate = 2e-3
 min_lr = 2e-4
-warmup_iters = 30
+warmup_iters = 20
 weight_decay = 0.1
 grad_clip = 1.0
