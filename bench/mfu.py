@@ -50,7 +50,21 @@ def load_shape(path: str = SHAPE_FILE) -> dict:
 # one case (child process)
 
 
-def _z2all_step(shape: dict, device, lr: float, compiled: bool = False, dry_run: bool = False):
+def parse_overrides(text: str) -> dict[str, dict]:
+    """`key=value,key=value` (train.py's flat keys) -> {"model"|"ddp"|"optim": {field: typed value}}."""
+    import configurator
+
+    out: dict[str, dict] = {"model": {}, "ddp": {}, "optim": {}}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, raw = item.partition("=")
+        if key not in configurator.KEYS or configurator.KEYS[key][0] not in out:
+            raise ValueError(f"--z2all_set: {key!r} is not a model, ddp or optimizer key of train.py")
+        section, typ = configurator.KEYS[key]
+        out[section][key] = configurator.parse_value(key, raw, typ)
+    return out
+
+
+def _z2all_step(shape: dict, device, lr: float, compiled: bool = False, dry_run: bool = False, overrides=None):
     """(step(x, y) -> loss, flops_per_token) for our model and train.py's DDP + optimizer step."""
     import torch
 
@@ -61,14 +75,15 @@ def _z2all_step(shape: dict, device, lr: float, compiled: bool = False, dry_run:
     from parallel.ddp import DistributedDataParallel
     from parallel.dist import init_distributed
 
-    cfg = Z2allConfig(**shape)
+    overrides = overrides or {"model": {}, "ddp": {}, "optim": {}}
+    cfg = Z2allConfig(**{**shape, **overrides["model"]})
     with torch.device(device):
         model = Z2allForCausalLM(cfg)
     model.to(torch.bfloat16)
     ctx = init_distributed(device.type, env={})
-    ddp = DistributedDataParallel(model, DDPConfig(), ctx)
-    optimizer = build_optimizer(OptimizerConfig(learning_rate=lr, min_lr=0.0, warmup_iters=0), ddp,
-                                torch.bfloat16, ctx)
+    ddp = DistributedDataParallel(model, DDPConfig(**overrides["ddp"]), ctx)
+    opt_cfg = OptimizerConfig(**{"learning_rate": lr, "min_lr": 0.0, "warmup_iters": 0, **overrides["optim"]})
+    optimizer = build_optimizer(opt_cfg, ddp, torch.bfloat16, ctx)
     if compiled:
         model.compile(backend="aot_eager" if dry_run else "inductor")
 
@@ -172,7 +187,8 @@ def run_case(name: str, micro_batch: int, args) -> dict:
     shape = DRY_SHAPE if args.dry_run else load_shape()
     torch.manual_seed(0)
     if name in OURS:
-        step, flops = _z2all_step(shape, device, args.lr, compiled=name == "z2all_compile", dry_run=args.dry_run)
+        step, flops = _z2all_step(shape, device, args.lr, compiled=name == "z2all_compile", dry_run=args.dry_run,
+                                  overrides=parse_overrides(args.z2all_set))
     else:
         step, flops = _hf_step(shape, device, args.lr, name, args.dry_run)
     T, V = shape["max_seq_len"], shape["vocab_size"]
@@ -184,12 +200,29 @@ def run_case(name: str, micro_batch: int, args) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     seconds, loss = _time_steps(step, x, y, args.steps, cuda)
+    if args.profile:
+        _profile(step, x, y, cuda)
     tps = micro_batch * T * args.steps / seconds
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {"name": name, "micro_batch": micro_batch, "tokens_per_s": round(tps, 1),
             "mfu": float(f"{flops * tps / (args.peak_tflops * 1e12):.4g}"),
             "peak_mem_gb": None if peak_mem is None else round(peak_mem, 2), "loss": round(loss, 4),
             "seq_len": T, "flops_per_token": flops, "steps": args.steps, "device": str(device)}
+
+
+def _profile(step, x, y, cuda: bool) -> None:
+    """Two more steps under the torch profiler; the top kernels by device time go to stderr."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step(x, y)
+        if cuda:
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90), file=sys.stderr)
 
 
 def child_main(args) -> None:
@@ -212,7 +245,13 @@ def spawn(name: str, micro_batch: int, args) -> dict:
            f"--steps={args.steps}", f"--warmup={args.warmup}", f"--peak_tflops={args.peak_tflops}", f"--lr={args.lr}"]
     if args.dry_run:
         cmd.append("--dry_run")
+    if args.profile:
+        cmd.append("--profile")
+    if args.z2all_set:
+        cmd.append(f"--z2all_set={args.z2all_set}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if args.profile:
+        print(proc.stderr[-20000:], file=sys.stderr, flush=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"name": name, "micro_batch": micro_batch, "error": f"exit code {proc.returncode}",
@@ -283,6 +322,9 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--peak_tflops", type=float, default=989.4, help="bf16 dense peak (H100/H200: 989.4)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--dry_run", action="store_true", help="CPU, tiny shape, few steps: checks the logic only")
+    ap.add_argument("--z2all_set", default="", help="train.py model/ddp/optimizer keys for our cases, e.g. "
+                    "activation_checkpointing=selective,grad_reduce_in_fp32=false")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of two profiled steps to stderr")
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run this one case here
     args = ap.parse_args(argv)
     if args.steps is None:
