@@ -112,10 +112,14 @@ def _blocks(n_cols: int) -> tuple[int, int]:
     return block_r, block_d
 
 
-def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None):
-    """Launch the forward on (N, D) rows. Returns (y, new_residual or None, rstd)."""
+def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None, block_r=None, num_warps=None):
+    """Launch the forward on (N, D) rows. Returns (y, new_residual or None, rstd).
+
+    block_r/num_warps override the launch heuristics (bench/sweep_norm.py uses them to tune).
+    """
     n_rows, n_cols = x2.shape
-    block_r, block_d = _blocks(n_cols)
+    default_r, block_d = _blocks(n_cols)
+    block_r = block_r or default_r
     y = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
     s = torch.empty((n_rows, n_cols), dtype=sum_dtype, device=x2.device) if sum_dtype is not None else None
     rstd = torch.empty((n_rows,), dtype=torch.float32, device=x2.device)
@@ -128,21 +132,26 @@ def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None):
         x2, r, weight, y, s_arg, rstd,
         n_rows, n_cols, x2.stride(0), r.stride(0), y.stride(0), s_arg.stride(0), float(eps),
         HAS_R=residual2 is not None, STORE_S=s is not None, BLOCK_R=block_r, BLOCK_D=block_d,
-        num_warps=num_warps_for(block_r * block_d),
+        num_warps=num_warps or num_warps_for(block_r * block_d),
     )
     return y, s, rstd
 
 
-def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None):
-    """Launch the backward. Returns (dx, dx2 or None, dweight in weight.dtype)."""
+def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None, block_r=None, num_warps=None,
+                    per_sm=None):
+    """Launch the backward. Returns (dx, dx2 or None, dweight in weight.dtype).
+
+    block_r/num_warps/per_sm (programs per SM of the persistent grid) override the launch heuristics.
+    """
     n_rows, n_cols = x2.shape
-    block_r, block_d = _blocks(n_cols)
+    default_r, block_d = _blocks(n_cols)
+    block_r = block_r or default_r
     dx = torch.empty((n_rows, n_cols), dtype=dx_dtype, device=x2.device)
     dx2 = torch.empty((n_rows, n_cols), dtype=dx2_dtype, device=x2.device) if dx2_dtype is not None else None
     if n_rows == 0:
         return dx, dx2, torch.zeros_like(weight)
     n_blocks = triton_cdiv(n_rows, block_r)
-    n_prog = persistent_programs(x2.device, n_blocks)
+    n_prog = persistent_programs(x2.device, n_blocks, per_sm=per_sm or 4)
     partial = torch.empty((n_prog, n_cols), dtype=torch.float32, device=x2.device)
     ds_arg = ds2 if ds2 is not None else dy2
     dx2_arg = dx2 if dx2 is not None else dx
@@ -150,7 +159,7 @@ def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None):
         dy2, x2, weight, rstd, ds_arg, dx, dx2_arg, partial,
         n_rows, n_cols, n_blocks, dy2.stride(0), x2.stride(0), ds_arg.stride(0), dx.stride(0), dx2_arg.stride(0),
         HAS_DS=ds2 is not None, HAS_DX2=dx2 is not None, BLOCK_R=block_r, BLOCK_D=block_d,
-        num_warps=num_warps_for(block_r * block_d),
+        num_warps=num_warps or num_warps_for(block_r * block_d),
     )
     return dx, dx2, partial.sum(dim=0).to(weight.dtype)
 
