@@ -48,7 +48,7 @@ class Z2allConfig:
     attn_impl: str = "auto"  # auto | sdpa | flash_attn | torch
     sdpa_backend: str = "auto"  # auto | cudnn | flash | efficient | math
     cross_entropy_chunk_size: int = 4096  # tokens per chunk of the fused linear cross-entropy
-    activation_checkpointing: str = "none"  # none | full | selective
+    activation_checkpointing: str = "none"  # none | full (rerun each block) | selective (recompute the SwiGLU output)
     debug_checks: bool = False  # host-syncing input checks on CUDA (always on for CPU)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,6 @@ when residual_in_fp32), then the sublayer on `normed`; the final norm adds the l
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 
 import model.ops as ops
 from model.config import Z2allConfig
@@ -44,30 +43,6 @@ _STRIP_PREFIXES = ("module.", "_orig_mod.")
 class Z2allOutput(NamedTuple):
     loss: torch.Tensor | None
     logits: torch.Tensor | None
-
-
-# ---------------------------------------------------------------------------------------------
-# selective activation checkpointing: keep matmul/attention outputs, recompute the rest
-
-
-def _saved_ops() -> frozenset:
-    aten = torch.ops.aten
-    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-             "_scaled_dot_product_flash_attention_for_cpu")
-    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
-
-
-_SAVE_OPS = _saved_ops()
-
-
-def _selective_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    if func in _SAVE_OPS or "flash_attn" in str(func):
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_selective_context = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,16 +89,33 @@ class Z2allAttention(nn.Module):
         return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
 
 
+class SwiGLUDownProj(nn.Linear):
+    """The MLP's down projection, called on the fused gate_up (..., 2I): swiglu(gate_up) @ weight.T.
+
+    It takes gate_up rather than the SwiGLU output so that, with recompute (activation_checkpointing=
+    selective), the (..., I) SwiGLU output is never stored for backward but rebuilt from gate_up there
+    (ops.swiglu_down). It stays a module call with the usual weight so forward pre-hooks on it (ZeRO-1's
+    overlapped param gather waits there) and the state dict key down_proj.weight are unchanged.
+    """
+
+    def __init__(self, cfg: Z2allConfig):
+        super().__init__(cfg.intermediate_size, cfg.hidden_dim, bias=False)
+        self.cfg = cfg  # the model's config object: the mode is read per call, as the block loop reads it
+
+    def forward(self, gate_up):
+        c = self.cfg
+        return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(c.use_fused_swiglu, gate_up.device),
+                               recompute=c.activation_checkpointing == "selective")
+
+
 class Z2allMLP(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
         self.gate_up_proj = nn.Linear(cfg.hidden_dim, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_dim, bias=False)
-        self.swiglu_flag = cfg.use_fused_swiglu
+        self.down_proj = SwiGLUDownProj(cfg)
 
     def forward(self, x):
-        h = ops.swiglu(self.gate_up_proj(x), impl=ops.resolve_impl(self.swiglu_flag, x.device))
-        return self.down_proj(h)
+        return self.down_proj(self.gate_up_proj(x))
 
 
 class Z2allBlock(nn.Module):
@@ -249,16 +241,16 @@ class Z2allForCausalLM(nn.Module):
         past = 0 if kv_cache is None else kv_cache.length
         cos, sin = self._rope(T, past, position_ids, max_seqlen, input_ids.device)
         hidden, residual = self.embed_tokens(input_ids), None
-        mode = self.config.activation_checkpointing
-        use_ckpt = mode != "none" and self.training and kv_cache is None and torch.is_grad_enabled()
+        # full: each block keeps only its inputs and reruns its forward in backward; selective needs
+        # nothing here: the MLP's down_proj recomputes the SwiGLU output itself (SwiGLUDownProj)
+        use_ckpt = (self.config.activation_checkpointing == "full" and self.training and kv_cache is None
+                    and torch.is_grad_enabled())
         for i, layer in enumerate(self.layers):
             args = (hidden, residual, cos, sin, cu_seqlens, max_seqlen, kv_cache, i)
-            if not use_ckpt:
-                hidden, residual = layer(*args)
-            elif mode == "full":
+            if use_ckpt:
                 hidden, residual = checkpoint(layer, *args, use_reentrant=False)
             else:
-                hidden, residual = checkpoint(layer, *args, use_reentrant=False, context_fn=_selective_context)
+                hidden, residual = layer(*args)
         if kv_cache is not None:
             kv_cache.advance(T)
         c = self.config

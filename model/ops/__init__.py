@@ -10,7 +10,7 @@ from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_ent
 from model.ops.patch_hf import patch_hf
 from model.ops.rmsnorm import rms_norm, rms_norm_ref
 from model.ops.rope import apply_rope, apply_rope_ref, rope_cache
-from model.ops.swiglu import silu_mul, swiglu, swiglu_ref
+from model.ops.swiglu import silu_mul, swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
 __all__ = [
     "add_rms_norm",
@@ -29,6 +29,8 @@ __all__ = [
     "rope_cache",
     "silu_mul",
     "swiglu",
+    "swiglu_down",
+    "swiglu_down_ref",
     "swiglu_ref",
     "triton_available",
 ]

@@ -3,6 +3,9 @@
 `swiglu(gate_up)`: gate_up (..., 2I), gate = [..., :I], up = [..., I:] -> (..., I) in the input dtype.
 `silu_mul(gate, up)`: the same op for separate gate and up tensors (used when patching Hugging Face MLPs,
 which keep two projections).
+`swiglu_down(gate_up, down_weight, recompute=True)`: swiglu(gate_up) @ down_weight.T that keeps only gate_up
+and the weight for backward and recomputes the SwiGLU output there (activation_checkpointing=selective): the
+(..., I) activation is the largest one of a block that costs a single elementwise pass to rebuild.
 
 Triton path: the kernels take separate gate and up pointers with their own row strides, so the fused tensor is
 read in place through two views. Programs cover (rows x columns) tiles (several rows per tile for narrow
@@ -166,3 +169,84 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, impl: str = "auto") -> torch.
     if resolve_impl(impl, gate.device) == "torch":
         return silu_mul_ref(gate, up)
     return SiluMulFunction.apply(gate, up)
+
+
+def swiglu_down_ref(gate_up: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch swiglu(gate_up) @ down_weight.T (stores the SwiGLU output for backward)."""
+    return F.linear(swiglu_ref(gate_up), down_weight)
+
+
+def _swiglu_rows(x2: torch.Tensor, use_triton: bool) -> torch.Tensor:
+    """SwiGLU of (N, 2I) rows -> (N, I), no autograd."""
+    half = x2.shape[1] // 2
+    if use_triton:
+        return silu_mul_fwd_triton(x2[:, :half], x2[:, half:])
+    return swiglu_ref(x2)
+
+
+def _swiglu_rows_bwd(d_h: torch.Tensor, x2: torch.Tensor, use_triton: bool) -> torch.Tensor:
+    """d(gate_up) (N, 2I) from d(h) (N, I): the Triton backward kernel, or autograd through the reference."""
+    if not use_triton:
+        with torch.enable_grad():
+            x = x2.detach().requires_grad_(True)
+            return torch.autograd.grad(swiglu_ref(x), x, d_h)[0]
+    half = x2.shape[1] // 2
+    dx = torch.empty((x2.shape[0], 2 * half), dtype=x2.dtype, device=x2.device)
+    silu_mul_bwd_triton(d_h, x2[:, :half], x2[:, half:], dx[:, :half], dx[:, half:])
+    return dx
+
+
+class SwiGLUDownFunction(torch.autograd.Function):
+    """out = swiglu(gate_up) @ W.T, saving gate_up and W only.
+
+    Backward:
+    1. flatten to rows: d_out (N, d), gate_up (N, 2I);
+    2. recompute h = swiglu(gate_up) (N, I);
+    3. dW = d_out^T @ h, d_h = d_out @ W;
+    4. d_gate_up from d_h with the SwiGLU backward (it recomputes silu from gate_up itself).
+    The weight's grad is returned through autograd, so the Parameter's AccumulateGrad and its
+    post-accumulate-grad hooks (DDP bucketing) run as for nn.Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up, weight, use_triton: bool):
+        x2 = rows_2d(gate_up)
+        h = _swiglu_rows(x2, use_triton)
+        out = F.linear(h, weight)
+        ctx.save_for_backward(x2, weight)
+        ctx.use_triton, ctx.in_shape = use_triton, gate_up.shape
+        return out.view(*gate_up.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        x2, weight = ctx.saved_tensors
+        d_out2 = rows_2d(d_out)
+        h = _swiglu_rows(x2, ctx.use_triton)
+        d_weight = d_out2.t() @ h if ctx.needs_input_grad[1] else None
+        d_gate_up = None
+        if ctx.needs_input_grad[0]:
+            d_gate_up = _swiglu_rows_bwd(d_out2 @ weight, x2, ctx.use_triton).view(ctx.in_shape)
+        return d_gate_up, d_weight, None
+
+
+def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "auto",
+                recompute: bool = True) -> torch.Tensor:
+    """swiglu(gate_up) @ down_weight.T: gate_up (..., 2I), down_weight (d, I) -> (..., d).
+
+    recompute=True stores only gate_up (and the weight) for backward and rebuilds the SwiGLU output there;
+    recompute=False is F.linear(swiglu(gate_up, impl), down_weight), which stores it.
+    """
+    check_float("gate_up", gate_up)
+    if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up last dim must be even (gate and up halves); got shape {tuple(gate_up.shape)}")
+    if down_weight.dim() != 2 or 2 * down_weight.shape[1] != gate_up.shape[-1]:
+        raise ValueError(f"down_weight must be (d, I) with 2*I == gate_up.shape[-1]; got down_weight "
+                         f"{tuple(down_weight.shape)} and gate_up {tuple(gate_up.shape)}")
+    if down_weight.dtype != gate_up.dtype:
+        raise TypeError(f"down_weight dtype {down_weight.dtype} must equal gate_up dtype {gate_up.dtype}; "
+                        f"cast the model to one dtype")
+    use_triton = resolve_impl(impl, gate_up.device) == "triton"
+    if not recompute:
+        return F.linear(swiglu(gate_up, impl="triton" if use_triton else "torch"), down_weight)
+    return SwiGLUDownFunction.apply(gate_up, down_weight, use_triton)
