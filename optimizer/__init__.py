@@ -8,6 +8,7 @@ import torch
 
 from optimizer.config import OptimizerConfig
 from optimizer.distributed import DistributedOptimizer
+from optimizer.fused_adamw import interpret_mode, triton_available
 from optimizer.lr_schedule import get_lr
 from optimizer.mixed_precision import FP32Optimizer, Float16OptimizerWithFloat16Params, MixedPrecisionOptimizer
 
@@ -37,6 +38,13 @@ def _validate(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> None:
                          f"exactly when the optimizer is sharded")
     if cfg.optimizer_impl == "apex" and ctx.device.type != "cuda":
         raise ValueError("--optimizer_impl=apex needs CUDA; use --optimizer_impl=auto on the CPU")
+    if cfg.optimizer_impl == "triton":
+        if not triton_available():
+            raise ValueError("--optimizer_impl=triton needs the triton package (pip install triton); "
+                             "use --optimizer_impl=auto")
+        if ctx.device.type != "cuda" and not interpret_mode():
+            raise ValueError("--optimizer_impl=triton needs CUDA (or TRITON_INTERPRET=1, the Triton CPU interpreter, "
+                             "for tests); use --optimizer_impl=auto on the CPU")
     for buf in ddp.buffers:
         if buf.param_dtype != param_dtype:
             raise TypeError(f"a DDP buffer holds {buf.param_dtype} params but param_dtype={param_dtype}; cast the "

@@ -18,7 +18,10 @@ def squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Ten
     """Sum of squares of all elements of ``tensors`` as an fp32 scalar on ``device`` (0 if empty)."""
     if not tensors:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch._foreach_norm(tensors, 2.0)
+    if all(t.dtype == torch.float32 for t in tensors):
+        norms = torch._foreach_norm(tensors, 2.0)
+    else:  # bf16/fp16 main grads: accumulate and return in fp32 (a bf16 norm would lose 3 digits)
+        norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
     return torch.stack([n.float() for n in norms]).square().sum()
 
 
@@ -30,7 +33,11 @@ def global_norm(
     world_size: int = 1,
 ) -> torch.Tensor:
     """The L2 norm over all ranks' tensors (see the module docstring for ``sharded``)."""
-    sq = squared_norm(tensors, device)
+    return norm_from_squared(squared_norm(tensors, device), sharded, group, world_size)
+
+
+def norm_from_squared(sq: torch.Tensor, sharded: bool, group=None, world_size: int = 1) -> torch.Tensor:
+    """The global L2 norm from this rank's squared norm (summed over ranks when sharded; ``sq`` is reduced in place)."""
     if sharded and world_size > 1:
         dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
     return sq.sqrt()

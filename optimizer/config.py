@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OPTIMIZER_IMPLS = ("auto", "torch_fused", "foreach", "apex")
+OPTIMIZER_IMPLS = ("auto", "triton", "torch_fused", "foreach", "apex")
 
 
 @dataclass
@@ -18,7 +18,7 @@ class OptimizerConfig:
     beta2: float = 0.95  # AdamW second-moment decay
     adam_eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # max global grad norm (all params, all ranks); 0 disables
-    optimizer_impl: str = "auto"  # auto | torch_fused | foreach | apex (auto: fused on CUDA)
+    optimizer_impl: str = "auto"  # auto|triton|torch_fused|foreach|apex (auto: triton on CUDA, foreach on CPU)
     loss_scale: float = 0.0  # fp16 only: 0 = dynamic loss scaling, >0 = this fixed scale
     initial_loss_scale: float = 65536.0  # dynamic scaler start value
     min_loss_scale: float = 1.0  # dynamic scaler floor

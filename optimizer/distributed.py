@@ -4,11 +4,12 @@ Each rank owns the contiguous 1/world slice ``bucket.shard_range(rank)`` of ever
 param boundaries (optimizer/range_map.py maps shards to param slices, with a worked example).
 
 Shard storage choice: per bucket, one flat fp32 tensor for the rank's shard (``_Region.main``), with
-one view per param slice handed to torch's AdamW. The flat tensor makes the copy into the model's
-param buffer (and, for bf16 grads, the copy out of the grad buffer) one op per bucket; the per-slice
-views let torch keep m/v per slice and put each slice in the decayed or the undecayed group, so a
-1-D param gets no weight decay even where it shares a bucket (or a shard) with 2-D params. Padding
-elements belong to no slice and carry no optimizer state.
+one view per param slice. The flat tensor lets the triton kernel (optimizer/fused_adamw.py) update the
+whole shard, m, v and the model's param buffer slice in one launch per bucket (the torch path: one
+cast copy per bucket); the per-slice views carry the per-param state and put each slice in the
+decayed or the undecayed set, so a 1-D param gets no weight decay even where it shares a bucket (or
+a shard) with 2-D params. Padding elements belong to no slice and carry no saved state (the triton
+kernel runs over them: zero grads keep them zero).
 
 One step (after ``ddp.finish_grad_sync()``, which reduce-scattered the grads into each rank's shard):
 1. fp16: unscale the shard and check it for inf/NaN; one all-reduce (MAX) of the flag, one host read.

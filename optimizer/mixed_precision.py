@@ -5,17 +5,27 @@ rank updates. Without ZeRO-1 a region is the whole bucket; with ZeRO-1 (optimize
 is the rank's shard. Each region holds
 - ``main``: an fp32 flat tensor of the region's elements: a copy of the model's params (bf16/fp16
   params), or the model's param buffer itself (fp32 params: nothing to copy);
-- ``grad``: the fp32 grads: the DDP's ``main_grad`` buffer itself (fp32 grads), or an fp32 copy;
-- one fp32 *view* of ``main`` (and of ``grad``) per param slice in the region, so torch's AdamW
-  keeps Adam m/v per slice, and weight decay is chosen per slice: params with ndim >= 2 go into the
-  decayed group, 1-D params into the other, even where they share a bucket;
-- its own torch AdamW, so one bucket can step on its own (``--overlap_optim_step``).
+- the grads: read in place from the DDP's grad buffer. No persistent fp32 copy is kept of bf16/fp16
+  main grads: the triton kernel reads them directly, the torch path converts one region at a time
+  (allocate, step, free), so the extra memory is one region's fp32 grads;
+- one fp32 *view* of ``main`` per param slice in the region; weight decay is chosen per slice: params
+  with ndim >= 2 are decayed, 1-D params not, even where they share a bucket;
+- its Adam state and step, so one bucket can step on its own (``--overlap_optim_step``).
+
+--optimizer_impl (auto: triton on CUDA when importable, else torch_fused; foreach on the CPU):
+- triton (optimizer/fused_adamw.py): one pass per region over grad, main, m, v that also writes the
+  cast model params; m/v are flat per region; the unscale and clip factors arrive as one device tensor;
+- torch_fused / foreach / apex: a torch optimizer per region over the per-slice views (m/v per slice),
+  grads multiplied by the unscale and clip factors first, then a cast copy into the model's params.
 
 Host syncs. bf16/fp32 steps make none: the clip coefficient is applied as a tensor (multiplying by
 exactly 1.0 when under the limit). fp16 makes exactly one per step: the all-reduced found_inf flag
-is read on the host to skip the step and update the loss scale. (A sync-free skip would need every
-AdamW update masked by the flag, including m/v and the step count, which torch's fused kernels do
-not support; one sync per fp16 step is cheap next to a forward/backward.)
+is read on the host to skip the step and update the loss scale. The flag comes from the squared
+grad norm (non-finite iff a grad is inf/NaN, or beyond ~1e19), so no separate unscale pass is
+needed; only the torch path over fp32 grads keeps the in-place unscale with an element-wise check.
+(A sync-free skip would need every AdamW update masked by the flag, including m/v and the step
+count, which torch's fused kernels do not support; one sync per fp16 step is cheap next to a
+forward/backward.)
 """
 from __future__ import annotations
 
@@ -24,19 +34,27 @@ import math
 import torch
 import torch.distributed as dist
 
-from optimizer.clip import clip_grads_, global_norm, squared_norm
+from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm
 from optimizer.config import OptimizerConfig
+from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, triton_available
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from optimizer.range_map import ParamSlice, shard_param_slices
 
 STATE_FORMAT = "z2all.optimizer.v1"
 
 
-def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW per --optimizer_impl: torch fused (auto on CUDA), foreach (auto elsewhere), or apex FusedAdam."""
-    impl = cfg.optimizer_impl
-    if impl == "auto":
-        impl = "torch_fused" if device.type == "cuda" else "foreach"
+def resolve_optimizer_impl(impl: str, device: torch.device) -> str:
+    """--optimizer_impl to a concrete one: auto = triton on CUDA when importable, else torch_fused on CUDA,
+    foreach elsewhere (the CPU path the bitwise tests compare against)."""
+    if impl != "auto":
+        return impl
+    if device.type == "cuda":
+        return "triton" if triton_available() else "torch_fused"
+    return "foreach"
+
+
+def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, impl: str) -> torch.optim.Optimizer:
+    """A torch.optim AdamW (torch_fused or foreach) or apex FusedAdam over the groups."""
     kw = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     if impl == "apex":
         try:
@@ -50,50 +68,100 @@ def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, device: torch.de
 class _Region:
     """One bucket's part that this rank updates (see the module docstring)."""
 
-    def __init__(self, buffer, bucket, start: int, end: int, names: dict, cfg: OptimizerConfig):
+    def __init__(self, buffer, bucket, start: int, end: int, names: dict, cfg: OptimizerConfig, impl: str):
         self.buffer, self.bucket, self.start, self.end = buffer, bucket, start, end
+        self.cfg, self.impl, self.lr = cfg, impl, cfg.learning_rate
         self.slices: list[ParamSlice] = shard_param_slices(buffer.param_index_map, start, end, bucket.index)
         self.names = [names[s.param] for s in self.slices]
         param_region = buffer.param_data[start:end]
-        grad_region = buffer.grad_data[start:end]
+        self.grad_region = buffer.grad_data[start:end]
         self.alias_params = buffer.param_dtype == torch.float32
         self.alias_grads = buffer.grad_dtype == torch.float32
         with torch.no_grad():
             self.main = param_region if self.alias_params else param_region.detach().float()
-        self.grad = grad_region if self.alias_grads else torch.zeros_like(self.main)
-        self.main_params: list[torch.nn.Parameter] = []
+        self._grad_views = [self.grad_region[s.shard_start:s.shard_end] for s in self.slices]
+        self.main_params = [torch.nn.Parameter(self.main[s.shard_start:s.shard_end], requires_grad=False)
+                            for s in self.slices]
+        self.opt = None
+        if impl == "triton":
+            self._init_triton()
+        else:
+            self._init_torch(cfg)
+
+    def _init_torch(self, cfg: OptimizerConfig) -> None:
         decay, no_decay = [], []
-        for s in self.slices:
-            p = torch.nn.Parameter(self.main[s.shard_start:s.shard_end], requires_grad=False)
-            p.grad = self.grad[s.shard_start:s.shard_end]
-            self.main_params.append(p)
+        for s, p, g in zip(self.slices, self.main_params, self._grad_views):
+            if self.alias_grads:
+                p.grad = g  # the fp32 main_grad itself; low-precision grads get a per-step temporary copy
             (decay if s.param.ndim >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-        self.opt = make_adamw(groups, cfg, self.main.device) if groups else None
+        self.opt = make_adamw(groups, cfg, self.impl) if groups else None
 
-    def copy_grads_in(self) -> None:
-        """Bring the reduced grads into the fp32 ``grad`` (a no-op when it aliases an fp32 main_grad)."""
-        if not self.alias_grads:
-            self.grad.copy_(self.buffer.grad_data[self.start:self.end])
+    def _init_triton(self) -> None:
+        """Flat m/v over the region (per-slice views for the state dict) and the weight-decay plan."""
+        self.exp_avg = torch.zeros_like(self.main)
+        self.exp_avg_sq = torch.zeros_like(self.main)
+        self.step_count = 0
+        self._state = {p: {"exp_avg": self.exp_avg[s.shard_start:s.shard_end],
+                           "exp_avg_sq": self.exp_avg_sq[s.shard_start:s.shard_end]}
+                       for s, p in zip(self.slices, self.main_params)}
+        decayed = [(s.shard_start, s.shard_end) for s in self.slices if s.param.ndim >= 2]
+        self.weight_decay = self.cfg.weight_decay if decayed else 0.0
+        if decayed and len(decayed) < len(self.slices):
+            self.decay_plan = build_decay_plan(self.main.numel(), decayed, self.main.device)
+        else:  # uniform: every element decayed (padding is zero and stays zero) or none
+            self.decay_plan = None
 
     def grad_views(self) -> list[torch.Tensor]:
-        return [p.grad for p in self.main_params]
+        """Per-slice views of the reduced grads in the grad buffer (fp32, or bf16/fp16 main grads)."""
+        return self._grad_views
 
-    def step(self) -> None:
-        """AdamW on this region, then the result into the model's param buffer (cast to its dtype)."""
-        if self.opt is not None:
-            self.opt.step()
+    def step(self, inv_scale: torch.Tensor | None, clip_coef: torch.Tensor | None,
+             grad_scale: torch.Tensor | None) -> None:
+        """AdamW on this region with the model's params updated too.
+
+        triton: one kernel reads the grads (any dtype) scaled by ``grad_scale`` (= inv_scale * clip_coef) and
+        writes main, m, v and the cast model params. torch/apex: fp32 grads (the buffer itself, or a temporary
+        copy of bf16/fp16 grads freed right after, so the extra memory is one region), times inv_scale, times
+        clip_coef, the optimizer's step, then the cast copy into the model's param buffer.
+        """
+        if not self.slices:
+            return
+        if self.impl == "triton":
+            self.step_count += 1
+            cfg = self.cfg
+            out = None if self.alias_params else self.buffer.param_data[self.start:self.end]
+            fused_adamw_step(self.main, self.grad_region, self.exp_avg, self.exp_avg_sq, out, lr=self.lr,
+                             weight_decay=self.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.adam_eps,
+                             step=self.step_count, grad_scale=grad_scale, decay=self.decay_plan, impl="triton")
+            return
+        temp = None if self.alias_grads else self.grad_region.float()
+        if temp is not None:
+            for s, p in zip(self.slices, self.main_params):
+                p.grad = temp[s.shard_start:s.shard_end]
+        grads = [p.grad for p in self.main_params]
+        if inv_scale is not None:
+            torch._foreach_mul_(grads, inv_scale)
+        if clip_coef is not None:
+            torch._foreach_mul_(grads, clip_coef)
+        self.opt.step()
+        if temp is not None:
+            for p in self.main_params:
+                p.grad = None
         if not self.alias_params:
             self.buffer.param_data[self.start:self.end].copy_(self.main)
 
     def set_lr(self, lr: float) -> None:
+        self.lr = lr
         if self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
 
     def adam_state(self, p: torch.nn.Parameter) -> dict:
         """(exp_avg, exp_avg_sq, step) of a main param, created as zeros when it never stepped."""
+        if self.impl == "triton":
+            return self._state[p]
         assert self.opt is not None
         st = self.opt.state[p]
         if "exp_avg" not in st:
@@ -107,12 +175,17 @@ class _Region:
         return st
 
     def get_step(self, p) -> float:
+        if self.impl == "triton":
+            return float(self.step_count)
         if _is_apex(self.opt):
             return float(_group_of(self.opt, p).get("step", 0))
         return float(self.adam_state(p)["step"])
 
     def set_step(self, p, step: float) -> None:
-        if _is_apex(self.opt):
+        """Restore a step count (triton: one count per region; every slice of a region steps together)."""
+        if self.impl == "triton":
+            self.step_count = int(step)
+        elif _is_apex(self.opt):
             _group_of(self.opt, p)["step"] = int(step)
         else:
             self.adam_state(p)["step"].fill_(step)
@@ -140,11 +213,15 @@ class MixedPrecisionOptimizer:
         self.device = ctx.device
         self.group, self.world_size, self.rank = ctx.group, ctx.world_size, ctx.rank
         names = {p: n for n, p in ddp.module.named_parameters()}
+        self.impl = resolve_optimizer_impl(cfg.optimizer_impl, self.device)
         self.regions: list[_Region] = []
         for buffer in ddp.buffers:
             for bucket in buffer.buckets:
                 lo, hi = self._region_range(bucket)
-                self.regions.append(_Region(buffer, bucket, lo, hi, names, cfg))
+                self.regions.append(_Region(buffer, bucket, lo, hi, names, cfg, self.impl))
+        # the exact legacy fp16 path: unscale the fp32 grads in place, with an element-wise inf/NaN check
+        self._unscale_in_place = self.impl != "triton" and all(r.alias_grads for r in self.regions)
+        self._one = torch.ones((), dtype=torch.float32, device=self.device)
         self._region_of_bucket = {id(r.bucket): r for r in self.regions}
         self.grad_scaler = self._make_scaler()
         self.iteration = 0  # optimizer.step() calls, skipped ones included
@@ -198,39 +275,68 @@ class MixedPrecisionOptimizer:
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step after ``ddp.finish_grad_sync()``; returns (stepped, grad_norm) tensors.
 
-        1. Bring the reduced grads into the fp32 regions.
-        2. fp16: unscale and look for inf/NaN; all-reduce the flag (MAX) and read it once on the host;
-           on overflow lower the scale and return without touching params or Adam state.
-        3. Global grad norm (sharded: summed over ranks); clip by it when --grad_clip > 0.
-        4. AdamW on every region; copy into the model's params; subclass hook (ZeRO-1: all-gather).
+        1. Squared grad norm of this rank's grads, read where the DDP reduced them (any grad dtype).
+           fp16: inf/NaN anywhere makes it non-finite; the flag is all-reduced (MAX) and read once on
+           the host; on overflow lower the scale and return without touching params or Adam state.
+           (torch impl with fp32 grads instead unscales in place with an element-wise check, as before.)
+        2. Global grad norm (sharded: summed over ranks), unscaled; clip coefficient when --grad_clip > 0.
+        3. Every region steps with grads times 1/loss_scale times the clip coefficient (device tensors:
+           the triton kernel takes their product, the torch path multiplies a temporary or fp32 grads),
+           and the model's params are updated; subclass hook (ZeRO-1: all-gather).
         """
         self.iteration += 1
         if self.overlap_optim_step:
             return self._finish_overlapped_step()
-        for r in self.regions:
-            r.copy_grads_in()
         grads = [g for r in self.regions for g in r.grad_views()]
-        if self.grad_scaler is not None and self._unscale_and_check(grads):
+        inv_scale = None
+        if self.grad_scaler is not None and self._unscale_in_place:
+            found_inf = self._unscale_and_check(grads)
+            sq = squared_norm(grads, self.device)
+        else:
+            sq = squared_norm(grads, self.device)
+            found_inf = self.grad_scaler is not None and self._nonfinite_anywhere(sq)
+            if self.grad_scaler is not None:
+                inv_scale = torch.full((), self.grad_scaler.inv_scale, dtype=torch.float32, device=self.device)
+        if found_inf:
             self.grad_scaler.update(True)
             return torch.zeros((), dtype=torch.bool, device=self.device), torch.full((), math.inf, device=self.device)
-        norm = global_norm(grads, self.device, self.sharded, self.group, self.world_size)
-        clip_grads_(grads, norm, self.cfg.grad_clip)
+        norm = norm_from_squared(sq, self.sharded, self.group, self.world_size)
+        if inv_scale is not None:
+            norm = norm * inv_scale
+        coef = clip_coefficient(norm, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
+        grad_scale = self._combined_scale(inv_scale, coef)
         for r in self.regions:
-            r.step()
+            r.step(inv_scale, coef, grad_scale)
         if self.grad_scaler is not None:
             self.grad_scaler.update(False)
         self._after_update()
         return torch.ones((), dtype=torch.bool, device=self.device), norm
 
+    def _combined_scale(self, inv_scale: torch.Tensor | None, coef: torch.Tensor | None) -> torch.Tensor | None:
+        """The triton kernel's single grad multiplier (None for the torch path, which applies them one by one)."""
+        if self.impl != "triton":
+            return None
+        if inv_scale is not None and coef is not None:
+            return inv_scale * coef
+        return inv_scale if inv_scale is not None else coef if coef is not None else self._one
+
     def _unscale_and_check(self, grads: list[torch.Tensor]) -> bool:
-        """Unscale grads in place; True when any rank saw inf/NaN (the one host sync of an fp16 step)."""
+        """Unscale fp32 grads in place; True when any rank saw inf/NaN (the one host sync of an fp16 step)."""
         found_inf = torch.zeros(1, dtype=torch.float32, device=self.device)
         if grads:
             inv = torch.full((1,), self.grad_scaler.inv_scale, dtype=torch.float32, device=self.device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv)
+        return self._any_rank(found_inf)
+
+    def _nonfinite_anywhere(self, sq: torch.Tensor) -> bool:
+        """True when any rank's squared grad norm is inf/NaN (an inf/NaN grad, or a sum of squares past the fp32
+        range, which only grads beyond ~1e19 reach); the one host sync of an fp16 step."""
+        return self._any_rank((~torch.isfinite(sq)).float().reshape(1))
+
+    def _any_rank(self, flag: torch.Tensor) -> bool:
         if self.world_size > 1:
-            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX, group=self.group)
-        return bool(found_inf.item())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())
 
     # ----- overlap_optim_step -----
     def _install_overlap_hook(self) -> None:
@@ -251,9 +357,8 @@ class MixedPrecisionOptimizer:
         rejects the other combinations. The region's squared grad norm is kept for logging.
         """
         r = self._region_of_bucket[id(bucket)]
-        r.copy_grads_in()
         self._overlap_sq_norms.append(squared_norm(r.grad_views(), self.device))
-        r.step()
+        r.step(None, None, self._one if self.impl == "triton" else None)
         self._overlap_stepped.add(id(bucket))
 
     def _finish_overlapped_step(self) -> tuple[torch.Tensor, torch.Tensor]:
