@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 import model.ops as ops
 from model.config import Z2allConfig
+from model.ops.rope import rope_qkv
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -77,9 +78,10 @@ class Z2allAttention(nn.Module):
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, kv_cache=None, layer_idx=0):
         B, T, _ = x.shape
-        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        q, k = ops.apply_rope(q, k, cos, sin, impl=ops.resolve_impl(self.rope_flag, x.device))
+        # fused split + RoPE: q, k, v are views of one new buffer (the projection output is freed) and the
+        # backward writes d(qkv) in one launch (no concatenation of dq, dk, dv)
+        q, k, v = rope_qkv(self.qkv_proj(x), self.n_heads, self.n_kv_heads, cos, sin,
+                           impl=ops.resolve_impl(self.rope_flag, x.device))
         if kv_cache is not None:
             out = kv_cache.attend(layer_idx, q, k, v)
         else:

@@ -9,6 +9,11 @@ The backward is the inverse rotation (the same kernel with sin negated).
 
 Triton path: one program per token (b, t); it loads that token's cos/sin once and rotates every q head and every
 k head as two (heads x D/2) tiles. Outputs are new contiguous (B, T, H, D) tensors. Math in fp32.
+
+`rope_qkv` fuses the split of the qkv projection with RoPE: its forward writes rotated q, rotated k and a copy of
+v into ONE new (B, T, Hq+2Hk, D) buffer and returns three views of it, so attention keeps only that buffer alive
+(not the projection output as well, which is not saved and is freed); its backward writes d(qkv) from dq, dk, dv
+(any strides, None = zeros) in one launch, so no concatenation of the three gradients is needed.
 """
 from __future__ import annotations
 
@@ -189,3 +194,156 @@ def apply_rope(q, k, cos, sin, impl: str = "auto") -> tuple[torch.Tensor, torch.
         cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
     return RoPEFunction.apply(q, k, cos, sin)
 
+
+# ---------------------------------------------------------------------------------------------
+# fused split + RoPE of the qkv projection output
+
+
+def _split_qkv(qkv: torch.Tensor, n_q_heads: int, n_kv_heads: int):
+    """Views q (B,T,Hq,D), k and v (B,T,Hk,D) of qkv (B, T, (Hq+2Hk)*D), heads ordered [q | k | v]."""
+    dim = qkv.shape[-1] // (n_q_heads + 2 * n_kv_heads)
+    return qkv.unflatten(-1, (n_q_heads + 2 * n_kv_heads, dim)).split([n_q_heads, n_kv_heads, n_kv_heads], dim=2)
+
+
+def rope_qkv_ref(qkv, n_q_heads: int, n_kv_heads: int, cos, sin):
+    """Plain PyTorch: split qkv into q, k, v, rotate q and k (fp32 math); v is a view of qkv."""
+    q, k, v = _split_qkv(qkv, n_q_heads, n_kv_heads)
+    q, k = apply_rope_ref(q, k, cos, sin)
+    return q, k, v
+
+
+def _rope_qkv_kernel(
+    Q, K, V, COS, SIN, OUT,
+    T, n_qh, n_kh, half,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sc_b, sc_t,
+    BACKWARD: tl.constexpr, HAS_Q: tl.constexpr, HAS_K: tl.constexpr, HAS_V: tl.constexpr,
+    BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    # Steps: 1. token (b, t) from the program id, its output row of (Hq+2Hk)*D contiguous elements;
+    # 2. load the token's cos/sin (sin negated for the backward: the inverse rotation);
+    # 3. rotate the (Hq x D/2) halves of q into heads [0, Hq) of the row; 4. k into heads [Hq, Hq+Hk);
+    # 5. copy v into heads [Hq+Hk, Hq+2Hk). A missing input (HAS_* false, a None gradient) writes zeros.
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // T
+    t = pid % T
+    dim = 2 * half
+    row = OUT + pid * ((n_qh + 2 * n_kh) * dim)
+    d = tl.arange(0, BLOCK_HALF)
+    dmask = d < half
+    c = tl.load(COS + b * sc_b + t * sc_t + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    s = tl.load(SIN + b * sc_b + t * sc_t + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    if BACKWARD:
+        s = -s
+    hq = tl.arange(0, BLOCK_QH)
+    mq = (hq < n_qh)[:, None] & dmask[None, :]
+    q_out = row + hq[:, None] * dim + d[None, :]
+    q1 = tl.zeros((BLOCK_QH, BLOCK_HALF), dtype=tl.float32)
+    q2 = tl.zeros((BLOCK_QH, BLOCK_HALF), dtype=tl.float32)
+    if HAS_Q:
+        q_in = Q + b * sq_b + t * sq_t + hq[:, None] * sq_h + d[None, :]
+        q1 = tl.load(q_in, mask=mq, other=0.0).to(tl.float32)
+        q2 = tl.load(q_in + half, mask=mq, other=0.0).to(tl.float32)
+    tl.store(q_out, (q1 * c - q2 * s).to(OUT.dtype.element_ty), mask=mq)
+    tl.store(q_out + half, (q2 * c + q1 * s).to(OUT.dtype.element_ty), mask=mq)
+    hk = tl.arange(0, BLOCK_KH)
+    mk = (hk < n_kh)[:, None] & dmask[None, :]
+    k_out = row + (n_qh + hk[:, None]) * dim + d[None, :]
+    k1 = tl.zeros((BLOCK_KH, BLOCK_HALF), dtype=tl.float32)
+    k2 = tl.zeros((BLOCK_KH, BLOCK_HALF), dtype=tl.float32)
+    if HAS_K:
+        k_in = K + b * sk_b + t * sk_t + hk[:, None] * sk_h + d[None, :]
+        k1 = tl.load(k_in, mask=mk, other=0.0).to(tl.float32)
+        k2 = tl.load(k_in + half, mask=mk, other=0.0).to(tl.float32)
+    tl.store(k_out, (k1 * c - k2 * s).to(OUT.dtype.element_ty), mask=mk)
+    tl.store(k_out + half, (k2 * c + k1 * s).to(OUT.dtype.element_ty), mask=mk)
+    v_out = row + (n_qh + n_kh + hk[:, None]) * dim + d[None, :]
+    v1 = tl.zeros((BLOCK_KH, BLOCK_HALF), dtype=OUT.dtype.element_ty)
+    v2 = tl.zeros((BLOCK_KH, BLOCK_HALF), dtype=OUT.dtype.element_ty)
+    if HAS_V:
+        v_in = V + b * sv_b + t * sv_t + hk[:, None] * sv_h + d[None, :]
+        v1 = tl.load(v_in, mask=mk, other=0.0).to(OUT.dtype.element_ty)
+        v2 = tl.load(v_in + half, mask=mk, other=0.0).to(OUT.dtype.element_ty)
+    tl.store(v_out, v1, mask=mk)
+    tl.store(v_out + half, v2, mask=mk)
+
+
+_rope_qkv = LazyKernel(_rope_qkv_kernel)
+
+
+def rope_qkv_triton(q, k, v, cos, sin, out: torch.Tensor, n_q_heads: int, backward: bool = False) -> torch.Tensor:
+    """One launch: rotate q and k (un-rotate for the backward) and copy v into `out`, a contiguous
+    (B, T, Hq+2Hk, D) buffer. q (B,T,Hq,D), k/v (B,T,Hk,D) may have any strides (the last dim is made
+    contiguous); a None input writes zeros in its heads."""
+    bsz, t, n_heads, dim = out.shape
+    n_qh, n_kh = n_q_heads, (n_heads - n_q_heads) // 2
+    if bsz * t == 0:
+        return out
+    q, k, v = (None if x is None else _last_contiguous(x) for x in (q, k, v))
+    cos, sin = _last_contiguous(cos), _last_contiguous(sin)
+    if cos.stride() != sin.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    sc_b, sc_t = _table_strides(cos)
+    strides = [x.stride()[:3] if x is not None else (0, 0, 0) for x in (q, k, v)]
+    block_qh, block_kh, block_half = next_power_of_2(n_qh), next_power_of_2(n_kh), next_power_of_2(dim // 2)
+    _rope_qkv[(bsz * t,)](
+        out if q is None else q, out if k is None else k, out if v is None else v, cos, sin, out,
+        t, n_qh, n_kh, dim // 2, *strides[0], *strides[1], *strides[2], sc_b, sc_t,
+        BACKWARD=backward, HAS_Q=q is not None, HAS_K=k is not None, HAS_V=v is not None,
+        BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_HALF=block_half,
+        num_warps=num_warps_for(2 * (block_qh + 2 * block_kh) * block_half),
+    )
+    return out
+
+
+class RoPEQKVFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused split + RoPE.
+
+    Forward returns three views (torch.split) of one new buffer: autograd treats them as outputs of this Function
+    (views created inside a custom Function may be read, not modified in place). Only cos/sin are saved: the qkv
+    input is not needed by the backward, so it is freed once its consumers are done.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_q_heads: int, n_kv_heads: int):
+        q, k, v = _split_qkv(qkv, n_q_heads, n_kv_heads)
+        out = torch.empty((*q.shape[:2], n_q_heads + 2 * n_kv_heads, q.shape[3]), dtype=qkv.dtype, device=qkv.device)
+        rope_qkv_triton(q, k, v, cos, sin, out, n_q_heads)
+        ctx.save_for_backward(cos, sin)
+        ctx.set_materialize_grads(False)  # unused outputs reach the backward as None: zeros, never allocated
+        ctx.n_q_heads, ctx.qkv_shape, ctx.dim, ctx.dtype = n_q_heads, qkv.shape, q.shape[3], qkv.dtype
+        return out.split([n_q_heads, n_kv_heads, n_kv_heads], dim=2)
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        cos, sin = ctx.saved_tensors
+        bsz, t, width = ctx.qkv_shape
+        dqkv = torch.empty((bsz, t, width // ctx.dim, ctx.dim), dtype=ctx.dtype, device=cos.device)
+        rope_qkv_triton(dq, dk, dv, cos, sin, dqkv, ctx.n_q_heads, backward=True)
+        return dqkv.view(bsz, t, width), None, None, None, None
+
+
+def rope_qkv(qkv, n_q_heads: int, n_kv_heads: int, cos, sin, impl: str = "auto"):
+    """Split the qkv projection output (B, T, (Hq+2Hk)*D), heads ordered [q | k | v], and rotate q and k.
+
+    Returns q (B,T,Hq,D), k (B,T,Hk,D), v (B,T,Hk,D). cos/sin as for apply_rope: (T', D/2) with T' >= T, or
+    (B or 1, T, D/2) gathered by position_ids. The Triton path returns views of one new buffer (see module doc).
+    """
+    check_float("qkv", qkv)
+    if qkv.dim() != 3:
+        raise ValueError(f"qkv must be (B, T, (Hq + 2*Hk) * D); got shape {tuple(qkv.shape)}")
+    if n_q_heads <= 0 or n_kv_heads <= 0:
+        raise ValueError(f"n_q_heads={n_q_heads} and n_kv_heads={n_kv_heads} must both be positive")
+    n_heads = n_q_heads + 2 * n_kv_heads
+    if qkv.shape[2] % n_heads or (qkv.shape[2] // n_heads) % 2:
+        raise ValueError(
+            f"qkv width {qkv.shape[2]} must be (n_q_heads + 2*n_kv_heads) * head_dim = {n_heads} * D with D even"
+        )
+    q, k, _ = _split_qkv(qkv, n_q_heads, n_kv_heads)
+    _check_rope_args(q, k, cos, sin)
+    if resolve_impl(impl, qkv.device) == "torch":
+        return rope_qkv_ref(qkv, n_q_heads, n_kv_heads, cos, sin)
+    if cos.dim() == 2:
+        cos, sin = cos[: qkv.shape[1]], sin[: qkv.shape[1]]
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    return RoPEQKVFunction.apply(qkv, cos, sin, n_q_heads, n_kv_heads)

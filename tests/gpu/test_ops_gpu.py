@@ -20,6 +20,7 @@ from model.ops import (  # noqa: E402
     swiglu,
     swiglu_ref,
 )
+from model.ops.rope import rope_qkv, rope_qkv_ref  # noqa: E402
 from model.ops.swiglu import silu_mul_ref  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -81,6 +82,24 @@ def test_rope(dtype):
         lambda a: apply_rope_ref(a[:, :, :32], a[:, :, 32:40], cos, sin),
         (qkv,), dtype,
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(32, 8, 64), (12, 1, 128), (6, 3, 12)])
+def test_rope_qkv(dtype, heads):
+    hq, hk, d = heads
+    cos, sin = rope_cache(512, d, 10000.0, device="cuda")
+    qkv = _leaf((2, 300, (hq + 2 * hk) * d), dtype, 1)
+    _check(lambda a: rope_qkv(a, hq, hk, cos, sin, impl="triton"), lambda a: rope_qkv_ref(a, hq, hk, cos, sin),
+           (qkv,), dtype)
+    pos = torch.randint(0, 512, (2, 300), device="cuda")
+    _check(lambda a: rope_qkv(a, hq, hk, cos[pos], sin[pos], impl="triton"),
+           lambda a: rope_qkv_ref(a, hq, hk, cos[pos], sin[pos]), (qkv,), dtype)
+    # gradients in SDPA's (B, H, T, D) layout, as attention's backward hands them over
+    grads = [torch.randn(2, h, 300, d, device="cuda", dtype=dtype).transpose(1, 2) for h in (hq, hk, hk)]
+    (got,) = torch.autograd.grad(rope_qkv(qkv, hq, hk, cos, sin, impl="triton"), qkv, grads)
+    (ref,) = torch.autograd.grad(rope_qkv_ref(qkv, hq, hk, cos, sin), qkv, grads)
+    _close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

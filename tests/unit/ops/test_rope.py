@@ -3,7 +3,16 @@ import pytest
 import torch
 
 from model.ops import apply_rope, apply_rope_ref, rope_cache
-from tests.unit.ops._check import IN_CHILD, assert_matches, interp, leaf, run_file_in_interpreter
+from model.ops.rope import rope_qkv, rope_qkv_ref
+from tests.unit.ops._check import (
+    IN_CHILD,
+    assert_close_dtype,
+    assert_matches,
+    interp,
+    leaf,
+    run_file_in_interpreter,
+    run_with_grads,
+)
 
 # (B, T, Hq, Hk, D): MQA, GQA with head counts not powers of two, a sequence of 1, MHA
 SHAPES = [(2, 3, 4, 1, 10), (1, 5, 6, 3, 16), (3, 1, 2, 2, 8), (1, 4, 3, 3, 6)]
@@ -76,6 +85,100 @@ def test_bad_shapes():
         apply_rope(q, k, cos, sin)
     with pytest.raises(ValueError, match="share"):
         apply_rope(q, torch.randn(1, 4, 1, 6), cos, sin)
+
+
+# fused split + RoPE of the qkv projection: (B, T, Hq, Hk, D) with GQA, MQA, T = 1, head_dim 12 and 64
+QKV_SHAPES = [(2, 3, 4, 2, 12), (1, 5, 3, 1, 64), (3, 1, 2, 2, 12), (1, 4, 6, 3, 8)]
+
+
+def _tables(bsz, t, d, gathered):
+    cos, sin = rope_cache(t + 3, d, 10000.0)
+    if gathered:
+        pos = torch.randint(0, t + 3, (bsz, t), generator=torch.Generator().manual_seed(1))
+        return cos[pos], sin[pos]
+    return cos, sin
+
+
+def _split_then_rope(qkv, hq, hk, cos, sin):
+    q, k, v = qkv.unflatten(-1, (hq + 2 * hk, -1)).split([hq, hk, hk], dim=2)
+    q, k = apply_rope_ref(q, k, cos, sin)
+    return q, k, v
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", QKV_SHAPES)
+@pytest.mark.parametrize("gathered", [False, True])
+def test_rope_qkv_matches_reference(shape, dtype, gathered):
+    bsz, t, hq, hk, d = shape
+    cos, sin = _tables(bsz, t, d, gathered)
+    qkv = leaf((bsz, t, (hq + 2 * hk) * d), dtype, 4)
+    fused = lambda a: rope_qkv(a, hq, hk, cos, sin, impl="triton")  # noqa: E731
+    assert_matches(fused, lambda a: rope_qkv_ref(a, hq, hk, cos, sin), (qkv,))
+    assert_matches(fused, lambda a: _split_then_rope(a, hq, hk, cos, sin), (qkv,))
+
+
+def _strided_grads(bsz, t, hq, hk, d, dtype):
+    """dq, dv in SDPA's (B, H, T, D) layout seen as (B, T, H, D); dk a slice of a wider buffer."""
+    g = torch.Generator().manual_seed(7)
+    dq = torch.randn(bsz, hq, t, d, generator=g).to(dtype).transpose(1, 2)
+    dk = torch.randn(bsz, t, hk + 1, d, generator=g).to(dtype)[:, :, 1:]
+    dv = torch.randn(bsz, hk, t, d, generator=g).to(dtype).transpose(1, 2)
+    return dq, dk, dv
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", QKV_SHAPES[:2])
+def test_rope_qkv_noncontiguous_and_missing_grads(shape, dtype):
+    bsz, t, hq, hk, d = shape
+    cos, sin = _tables(bsz, t, d, gathered=False)
+    qkv = leaf((bsz, t, (hq + 2 * hk) * d), dtype, 5)
+    grads = _strided_grads(bsz, t, hq, hk, d, dtype)
+    assert not grads[0].is_contiguous() and not grads[1].is_contiguous()
+    _, (got,), _ = run_with_grads(lambda a: rope_qkv(a, hq, hk, cos, sin, impl="triton"), (qkv,), grads)
+    _, (ref,), _ = run_with_grads(lambda a: rope_qkv_ref(a, hq, hk, cos, sin), (qkv,), grads)
+    assert_close_dtype(got, ref, dtype)
+    for used in ((0,), (1,), (2,), (0, 2)):  # the other outputs get no gradient: None in the backward
+        outs = rope_qkv(qkv, hq, hk, cos, sin, impl="triton")
+        (got,) = torch.autograd.grad([outs[i] for i in used], qkv, [grads[i] for i in used])
+        r_outs = rope_qkv_ref(qkv, hq, hk, cos, sin)
+        (ref,) = torch.autograd.grad([r_outs[i] for i in used], qkv, [grads[i] for i in used])
+        assert_close_dtype(got, ref, dtype)
+
+
+@interp
+def test_rope_qkv_one_buffer_and_input_freed():
+    import weakref
+
+    bsz, t, hq, hk, d = 2, 3, 4, 1, 8
+    x = leaf((bsz, t, (hq + 2 * hk) * d), torch.float32, 6)
+    qkv = x * 2.0  # a non-leaf, like the projection output
+    alive = weakref.ref(qkv)
+    cos, sin = rope_cache(t, d, 100.0)
+    q, k, v = rope_qkv(qkv, hq, hk, cos, sin, impl="triton")
+    del qkv
+    assert alive() is None, "the qkv input must not be kept for backward"
+    assert q._base is not None and q._base is k._base is v._base
+    assert q._base.shape == (bsz, t, hq + 2 * hk, d) and q._base.is_contiguous()
+    (q.sum() + k.sum() + v.sum()).backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_rope_qkv_torch_path_and_bad_shapes():
+    bsz, t, hq, hk, d = 1, 4, 2, 1, 8
+    cos, sin = rope_cache(t, d, 10000.0)
+    qkv = torch.randn(bsz, t, (hq + 2 * hk) * d)
+    for got, ref in zip(rope_qkv(qkv, hq, hk, cos, sin, impl="torch"), _split_then_rope(qkv, hq, hk, cos, sin)):
+        torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match="qkv width"):
+        rope_qkv(torch.randn(bsz, t, 33), hq, hk, cos, sin)
+    with pytest.raises(ValueError, match="qkv width"):  # head_dim 7 is odd
+        rope_qkv(torch.randn(bsz, t, 28), hq, hk, cos, sin)
+    with pytest.raises(ValueError, match="cos/sin"):
+        rope_qkv(qkv, hq, hk, cos[:2], sin[:2])
+    with pytest.raises(ValueError, match=r"\(B, T"):
+        rope_qkv(qkv[0], hq, hk, cos, sin)
 
 
 @pytest.mark.skipif(IN_CHILD, reason="this is the launcher")
