@@ -9,7 +9,7 @@ from model.ops.attention import attention, attention_ref, flash_attn_available
 from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_ref
 from model.ops.patch_hf import patch_hf
 from model.ops.rmsnorm import rms_norm, rms_norm_ref
-from model.ops.rope import apply_rope, apply_rope_ref, rope_cache
+from model.ops.rope import apply_rope, apply_rope_ref, rope_cache, rope_qkv, rope_qkv_ref
 from model.ops.swiglu import silu_mul, swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "rms_norm",
     "rms_norm_ref",
     "rope_cache",
+    "rope_qkv",
+    "rope_qkv_ref",
     "silu_mul",
     "swiglu",
     "swiglu_down",
