@@ -102,7 +102,8 @@ def build_decay_plan(numel: int, decayed: list[tuple[int, int]], device, block: 
 def _adamw_kernel(
     P, G, M, V, OUT, ROWS, FLAGS, SCALE,
     n, decay_factor, lerp_w, beta2, one_minus_beta2, neg_step_size, bc2_sqrt, eps,
-    HAS_OUT: tl.constexpr, HAS_PLAN: tl.constexpr, LERP_SMALL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_OUT: tl.constexpr, HAS_PLAN: tl.constexpr, LERP_SMALL: tl.constexpr, BF16_BY_BITS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # Steps: 1. load one block of p, g, m, v (g cast to fp32 and scaled); 2. weight decay by the block's row
     # code (uniform blocks read no flags); 3. Adam moments and the bias-corrected update; 4. store p, m, v and
@@ -134,7 +135,15 @@ def _adamw_kernel(
     tl.store(M + offs, m, mask=mask)
     tl.store(V + offs, v, mask=mask)
     if HAS_OUT:
-        tl.store(OUT + offs, p.to(OUT.dtype.element_ty), mask=mask)
+        if BF16_BY_BITS:
+            # the interpreter's fp32 -> bf16 cast truncates where GPUs round to nearest even: round here in
+            # integer ops (add 0x7FFF plus the lowest kept bit, drop 16 bits), keeping NaN a NaN
+            bits = p.to(tl.uint32, bitcast=True)
+            hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            hi = tl.where(p != p, (bits >> 16) | 0x40, hi)
+            tl.store(OUT + offs, hi.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        else:
+            tl.store(OUT + offs, p.to(OUT.dtype.element_ty), mask=mask)
 
 
 _JITTED: dict[bool, object] = {}
@@ -224,6 +233,7 @@ def fused_adamw_step(
         main, grad, exp_avg, exp_avg_sq, param_out if param_out is not None else main, rows, flags, grad_scale,
         n, s.decay_factor, s.lerp_w, beta2, 1 - beta2, s.neg_step_size, s.bc2_sqrt, eps,
         HAS_OUT=param_out is not None, HAS_PLAN=decay is not None, LERP_SMALL=abs(s.lerp_w) < 0.5,
+        BF16_BY_BITS=interpret_mode() and param_out is not None and param_out.dtype == torch.bfloat16,
         BLOCK=block, num_warps=NUM_WARPS,
     )
 
