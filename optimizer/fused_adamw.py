@@ -20,7 +20,8 @@ Weight decay per element (a region mixes 2-D decayed and 1-D undecayed params, a
 ``DecayPlan`` gives every BLOCK-sized block of the region a row code: 0 = no element decayed, 1 = every element
 decayed, k >= 2 = mixed, with its per-element uint8 flags in row k of a small table. Only blocks straddling a
 param boundary are mixed (about two per boundary), so the table is a few KB; uniform blocks read no flags.
-Elements past the last param (bucket/shard padding) hold zero grads and zero params and stay zero either way.
+Padding elements (between or after params in a bucket or shard) are updated like the others but belong to
+no param, so nothing reads them; with the usual zero grads they stay zero.
 """
 from __future__ import annotations
 
