@@ -45,6 +45,15 @@ class _BucketState:
             f"(allowed: {', '.join(s.name for s in allowed)})")
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Equal devices, reading a CUDA device without an index ("cuda") as the current one."""
+    def norm(d: torch.device):
+        if d.type == "cuda" and d.index is None:
+            return d.type, torch.cuda.current_device()
+        return d.type, d.index
+    return norm(a) == norm(b)
+
+
 class DistributedDataParallel(nn.Module):
     """Wrap `module`: grads go into flat per-dtype buffers and are reduced bucket by bucket by a comm hook.
 
@@ -68,7 +77,7 @@ class DistributedDataParallel(nn.Module):
         if not trainable:
             raise ValueError("DistributedDataParallel: the module has no parameter with requires_grad=True")
         for p in trainable:
-            if p.device != ctx.device:
+            if not _same_device(p.device, ctx.device):
                 raise ValueError(f"param {self.param_to_name[p]} is on {p.device} but the DistContext device is "
                                  f"{ctx.device}; call model.to(ctx.device) before wrapping")
         self.buffers = self._build_buffers(trainable)
