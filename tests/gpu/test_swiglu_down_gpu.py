@@ -8,20 +8,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 from model import Z2allConfig, Z2allForCausalLM  # noqa: E402
 from model.ops import swiglu_down, swiglu_ref  # noqa: E402
+from tests.gpu.test_ops_gpu import _close, _leaf  # noqa: E402
 
-TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2)}
-
-
-def _leaf(shape, dtype, seed, scale=1.0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return (torch.randn(shape, generator=g, device="cuda") * scale).to(dtype).requires_grad_(True)
-
-
-def _close(a, b, dtype):
-    atol, rtol = TOL[dtype]
-    if dtype != torch.float32:
-        atol *= max(1.0, b.float().abs().max().item())
-    torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
