@@ -11,7 +11,6 @@ from model.ops import swiglu_down, swiglu_ref  # noqa: E402
 from tests.gpu.test_ops_gpu import _close, _leaf  # noqa: E402
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,d", [((2, 37, 2 * 1100), 96), ((3, 2 * 257), 130), ((4, 512, 2 * 1408), 512)])
 def test_swiglu_down_matches_reference(shape, d, dtype):
