@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import weakref
 
 import torch
 from torch import nn
@@ -100,7 +101,8 @@ class DistributedDataParallel(nn.Module):
         self._prehooks_installed = False
         self.comm_hook_state, self._comm_hook = build_hook(ddp_config.comm_hook)
         self.set_grad_scale(1.0 / ctx.world_size)
-        self._hook_handles = [p.register_post_accumulate_grad_hook(self._make_grad_hook(p)) for p in trainable]
+        grad_hook = self._make_grad_hook()
+        self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
 
     def _build_buffers(self, trainable: list[nn.Parameter]) -> list[ParamAndGradBuffer]:
         groups: dict[tuple[torch.dtype, torch.dtype], list[nn.Parameter]] = {}
@@ -206,26 +208,39 @@ class DistributedDataParallel(nn.Module):
                     torch.distributed.broadcast(p.data, src=src, group=self.ctx.group)
 
     # ------------------------------------------------------------------ grad hooks
-    def _make_grad_hook(self, param: nn.Parameter):
-        main_grad, state = self._main_grads[param], self._param_state[param]
-        overlap, seen = self.config.overlap_grad_reduce, self._seen
+    def _make_grad_hook(self):
+        """The post-accumulate-grad hook shared by every param; it holds only a weak reference to the DDP.
+
+        Why weak: torch keeps a tensor's post-accumulate-grad hooks alive from C++ (the tensor's autograd
+        metadata), an edge the garbage collector cannot see. A hook closing over the DDP, a main_grad view or a
+        bucket would close the cycle param -> hook -> DDP/bucket -> param outside the collector's view, and
+        the model, its buffers and the DDP would never be freed after `del`.
+        """
+        ddp_ref = weakref.ref(self)
 
         def hook(p: nn.Parameter) -> None:
-            if state.status >= BucketStatus.STARTED:
-                raise RuntimeError(
-                    f"{self.param_to_name[p]} got a gradient after its bucket {state.gid} was reduced "
-                    f"({state.status.name}); run extra micro-batches under ddp.no_sync() and call "
-                    "zero_grad_buffer() before the next step")
-            main_grad.add_(p.grad)
-            p.grad = None
-            seen.add(p)
-            if overlap and self._sync_enabled:
-                state.ready.add(p)
-                if len(state.ready) == len(state.bucket.params):
-                    state.status = BucketStatus.READY
-                    self._launch_ready()
+            ddp = ddp_ref()
+            if ddp is not None:
+                ddp._on_grad(p)
 
         return hook
+
+    def _on_grad(self, p: nn.Parameter) -> None:
+        """Add p.grad into its main_grad, free p.grad, mark p ready in its bucket (launching it when complete)."""
+        state = self._param_state[p]
+        if state.status >= BucketStatus.STARTED:
+            raise RuntimeError(
+                f"{self.param_to_name[p]} got a gradient after its bucket {state.gid} was reduced "
+                f"({state.status.name}); run extra micro-batches under ddp.no_sync() and call "
+                "zero_grad_buffer() before the next step")
+        self._main_grads[p].add_(p.grad)
+        p.grad = None
+        self._seen.add(p)
+        if self.config.overlap_grad_reduce and self._sync_enabled:
+            state.ready.add(p)
+            if len(state.ready) == len(state.bucket.params):
+                state.status = BucketStatus.READY
+                self._launch_ready()
 
     def _launch_ready(self) -> None:
         """Launch consecutive READY buckets starting at the next unlaunched one (same order on every rank)."""
