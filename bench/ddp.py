@@ -1,11 +1,18 @@
 """Data-parallel throughput: our hand-written DDP against torch.nn.parallel.DistributedDataParallel.
 
-    torchrun --nproc_per_node=N bench/ddp.py [--shape=1b|small] [--micro_batch=4] [--seq_len=2048]
+    python bench/ddp.py --nproc_per_node=N [--shape=1b|small] [--micro_batch=4] [--seq_len=2048]
         [--grad_accum=1] [--steps=10] [--warmup=3] [--bucket_size=40000000] [--cases=...] [--profile=DIR]
-    python bench/ddp.py --dry_run                              # CPU, gloo, 1 rank, tiny shape
-    torchrun --nproc_per_node=2 bench/ddp.py --dry_run         # CPU, gloo, 2 ranks
+    python bench/ddp.py --dry_run [--nproc_per_node=2]           # CPU, gloo, tiny shape
+    torchrun --nproc_per_node=N bench/ddp.py --case=ours [...]   # one case: what the driver launches
+    torchrun --nproc_per_node=N bench/ddp.py [--cases=...]       # all cases one after another, same processes
 
-Run it under torchrun with N = 1, 2, 4 for the scaling table. Every case uses the same model (a Z2all model if
+Run with plain `python` (the driver), the script starts
+`python -m torch.distributed.run --standalone --nproc_per_node=N bench/ddp.py --case=<case> ...` for each case
+in turn (N defaults to 1), prints rank 0's JSON line of each and then the summary line. Fresh processes per
+case keep what one case leaves behind (cached allocator blocks, anything still alive) out of the next case's
+peak memory. bench/zero1.py drives its cases with the same launch_cases().
+
+Run it with N = 1, 2, 4 for the scaling table. Every case uses the same model (a Z2all model if
 `from model import ...` works, else a stack of Linear layers), the same seed and the same random tokens, with
 bf16 params. One step = zero grads, grad_accum micro-batches (all but the last under no_sync), grad sync; no
 optimizer (it is the same for everyone and not what is measured). Cases, each on a fresh model:
@@ -26,6 +33,7 @@ import gc
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -49,7 +57,8 @@ SHAPES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
     ap.add_argument("--model", default="auto", choices=("auto", "z2all", "mlp"),
                     help="auto: Z2all if importable, else a stack of Linear layers")
@@ -60,16 +69,94 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--bucket_size", type=int, default=DDPConfig.bucket_size, help="elements per bucket")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--case", default="", choices=("",) + CASES, help="run only this case (in this process group)")
+    ap.add_argument("--nproc_per_node", type=int, default=None,
+                    help="driver (plain python): processes per case, default 1; not under torchrun")
     ap.add_argument("--profile", default="", help="directory for torch.profiler Chrome traces (ours cases)")
     ap.add_argument("--dry_run", action="store_true", help="CPU, gloo, tiny shape, 2 steps: exercises the logic")
     args = ap.parse_args(argv)
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         ap.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(CASES)}")
+    check_nproc(ap, args)
     if args.dry_run:
         args.shape, args.seq_len, args.micro_batch, args.steps, args.warmup = "dry", 32, 2, 2, 1
         args.bucket_size = min(args.bucket_size, 20_000)
     return args
+
+
+def check_nproc(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--nproc_per_node belongs to the driver; under torchrun the world size is torchrun's."""
+    if args.nproc_per_node is None:
+        return
+    if "RANK" in os.environ:
+        ap.error(f"--nproc_per_node={args.nproc_per_node} is for the driver (`python bench/...`); under torchrun "
+                 f"the world size is torchrun's --nproc_per_node (here WORLD_SIZE={os.environ.get('WORLD_SIZE')})")
+    if args.nproc_per_node < 1:
+        ap.error(f"--nproc_per_node must be >= 1, got {args.nproc_per_node}")
+
+
+def is_driver(args: argparse.Namespace) -> bool:
+    """Plain `python bench/x.py` without --case: launch every case in fresh processes."""
+    return "RANK" not in os.environ and not args.case
+
+
+def worker_argv(argv: list[str], case: str) -> list[str]:
+    """The driver's arguments for one case's workers: the driver-only flags dropped, --case=<case> added."""
+    drop = ("--nproc_per_node", "--cases", "--case")
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok in drop:
+            skip = True  # "--flag value": drop the value too
+        elif not tok.startswith(tuple(f"{d}=" for d in drop)):
+            out.append(tok)
+    return out + [f"--case={case}"]
+
+
+def launch_cases(script: str, argv: list[str], cases: list[str], nproc: int) -> tuple[list[dict], list[str]]:
+    """Run each case in a fresh process group; returns (rank 0's records, failed cases).
+
+    1. For each case: `python -m torch.distributed.run --standalone --nproc_per_node=nproc script` with
+       worker_argv(argv, case), one case after the other (the GPUs are exclusive to the running case).
+    2. Read the workers' stdout line by line: a JSON object whose "case" is this case is rank 0's record; it is
+       printed and kept. Any other output goes to stderr, so this process's stdout stays JSON lines only.
+    3. A case that exits non-zero or prints no record is reported on stderr and listed as failed; the later
+       cases still run (one case running out of memory should not hide the others).
+    """
+    records, failed = [], []
+    for case in cases:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               script] + worker_argv(argv, case)
+        print(f"[driver] {' '.join(cmd)}", file=sys.stderr, flush=True)
+        rec = None
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+            for line in proc.stdout:
+                parsed = _json_object(line) or {}
+                if rec is None and parsed.get("case") == case:
+                    rec = parsed
+                    print(json.dumps(rec), flush=True)
+                elif not ("summary" in parsed or parsed.get("case") == "summary"):  # one case: its summary is moot
+                    print(line, end="", file=sys.stderr, flush=True)
+        if proc.returncode != 0 or rec is None:
+            print(f"[driver] case {case} failed: exit code {proc.returncode}, "
+                  f"{'a' if rec else 'no'} record", file=sys.stderr, flush=True)
+            failed.append(case)
+        else:
+            records.append(rec)
+    return records, failed
+
+
+def _json_object(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -258,8 +345,21 @@ def _single_process_env() -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def summarize(records: list[dict], world: int) -> dict:
+    """Ours over torch (fp32 and bf16 grads) and overlap on over off, in tokens/s per GPU."""
+    by = {r["case"]: r["tokens_per_s_per_gpu"] for r in records}
+    summary = {"summary": True, "world": world}
+    if "ours" in by and "torch" in by:
+        summary["ours_over_torch"] = round(by["ours"] / by["torch"], 3)
+    if "ours_bf16_grads" in by and "torch" in by:
+        summary["ours_bf16_grads_over_torch"] = round(by["ours_bf16_grads"] / by["torch"], 3)
+    if "ours" in by and "ours_no_overlap" in by:
+        summary["overlap_speedup"] = round(by["ours"] / by["ours_no_overlap"], 3)
+    return summary
+
+
+def run_in_process(args) -> list[dict]:
+    """Every requested case (or only --case) in this process group, one after the other."""
     _single_process_env()
     ctx = init_distributed(device="cpu" if args.dry_run else "auto", timeout_s=600)
     cuda = ctx.device.type == "cuda"
@@ -271,23 +371,28 @@ def main(argv=None) -> list[dict]:
                      for _ in range(2)) for _ in range(args.grad_accum)]
     records = []
     try:
-        for case in args.cases.split(","):
+        for case in [args.case] if args.case else args.cases.split(","):
             rec = run_case(case, args, ctx, batches, cuda)
             records.append(rec)
             if ctx.is_main:
                 print(json.dumps(rec), flush=True)
-        by = {r["case"]: r["tokens_per_s_per_gpu"] for r in records}
-        summary = {"summary": True, "world": ctx.world_size}
-        if "ours" in by and "torch" in by:
-            summary["ours_over_torch"] = round(by["ours"] / by["torch"], 3)
-        if "ours_bf16_grads" in by and "torch" in by:
-            summary["ours_bf16_grads_over_torch"] = round(by["ours_bf16_grads"] / by["torch"], 3)
-        if "ours" in by and "ours_no_overlap" in by:
-            summary["overlap_speedup"] = round(by["ours"] / by["ours_no_overlap"], 3)
         if ctx.is_main:
-            print(json.dumps(summary), flush=True)
+            print(json.dumps(summarize(records, ctx.world_size)), flush=True)
     finally:
         destroy(ctx)
+    return records
+
+
+def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if not is_driver(args):
+        return run_in_process(args)
+    nproc = args.nproc_per_node or 1
+    records, failed = launch_cases(os.path.abspath(__file__), argv, args.cases.split(","), nproc)
+    print(json.dumps(summarize(records, nproc)), flush=True)
+    if failed:
+        raise SystemExit(f"bench/ddp.py: case(s) {','.join(failed)} failed (see the output above)")
     return records
 
 

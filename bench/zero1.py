@@ -1,9 +1,16 @@
 """ZeRO-1 memory and speed: peak memory per GPU with and without the distributed optimizer, and tokens/s.
 
-    torchrun --nproc_per_node=4 bench/zero1.py [--micro_batch=4] [--seq_len=2048] [--steps=10] [--warmup=3]
+    python bench/zero1.py --nproc_per_node=4 [--micro_batch=4] [--seq_len=2048] [--steps=10] [--warmup=3]
         [--bucket_size=40000000] [--cases=ddp,zero1,zero1_overlap]
-    python bench/zero1.py --dry_run                             # CPU, gloo, 1 rank, tiny shape
-    torchrun --nproc_per_node=2 bench/zero1.py --dry_run        # CPU, gloo, 2 ranks
+    python bench/zero1.py --dry_run [--nproc_per_node=2]            # CPU, gloo, tiny shape
+    torchrun --nproc_per_node=4 bench/zero1.py --case=zero1 [...]   # one case: what the driver launches
+    torchrun --nproc_per_node=4 bench/zero1.py [--cases=...]        # all cases one after another, same processes
+
+Run with plain `python` (the driver), the script starts
+`python -m torch.distributed.run --standalone --nproc_per_node=N bench/zero1.py --case=<case> ...` for each
+case in turn (N defaults to 1; bench/ddp.py's launch_cases), prints rank 0's JSON line of each and then the
+summary line. Each case in fresh processes: peak memory is then the case's own, not raised by what an earlier
+case left in the caching allocator.
 
 The model is the seed 1.25B shape (`from model import Z2allConfig, Z2allForCausalLM`) in bf16 with fp32
 main grads, AdamW with grad_clip=1 (train.py's defaults). One step = zero grads, forward/backward,
@@ -33,6 +40,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from bench.ddp import check_nproc, is_driver, launch_cases  # noqa: E402
 from optimizer import build_optimizer  # noqa: E402
 from optimizer.config import OptimizerConfig  # noqa: E402
 from parallel.config import DDPConfig  # noqa: E402
@@ -46,18 +54,23 @@ GIB = 2.0 ** 30
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--micro_batch", type=int, default=4)
     ap.add_argument("--seq_len", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--bucket_size", type=int, default=DDPConfig.bucket_size, help="elements per bucket")
     ap.add_argument("--cases", default="ddp,zero1,zero1_overlap")
+    ap.add_argument("--case", default="", choices=("",) + CASES, help="run only this case (in this process group)")
+    ap.add_argument("--nproc_per_node", type=int, default=None,
+                    help="driver (plain python): processes per case, default 1; not under torchrun")
     ap.add_argument("--dry_run", action="store_true", help="CPU, gloo, tiny shape, 2 steps: exercises the logic")
     args = ap.parse_args(argv)
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         ap.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(CASES)}")
+    check_nproc(ap, args)
     args.shape = DRY_SHAPE if args.dry_run else SEED_SHAPE
     if args.dry_run:
         args.seq_len, args.micro_batch, args.steps, args.warmup = 32, 2, 2, 1
@@ -149,8 +162,8 @@ def summary(records: dict[str, dict], world: int) -> dict:
     return out
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def run_in_process(args) -> list[dict]:
+    """Every requested case (or only --case) in this process group, one after the other."""
     ctx = init_distributed(device="cpu" if args.dry_run else "auto", timeout_s=600)
     if ctx.device.type != "cuda" and not args.dry_run:
         raise SystemExit("bench/zero1.py measures GPUs; use --dry_run on a CPU machine")
@@ -160,7 +173,7 @@ def main(argv=None) -> list[dict]:
                   for _ in range(2))
     records: dict[str, dict] = {}
     try:
-        for case in args.cases.split(","):
+        for case in [args.case] if args.case else args.cases.split(","):
             records[case] = run_case(case, args, ctx, batch)
             if ctx.is_main:
                 print(json.dumps(records[case]), flush=True)
@@ -169,6 +182,19 @@ def main(argv=None) -> list[dict]:
     finally:
         destroy(ctx)
     return list(records.values())
+
+
+def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if not is_driver(args):
+        return run_in_process(args)
+    nproc = args.nproc_per_node or 1
+    records, failed = launch_cases(os.path.abspath(__file__), argv, args.cases.split(","), nproc)
+    print(json.dumps(summary({r["case"]: r for r in records}, nproc)), flush=True)
+    if failed:
+        raise SystemExit(f"bench/zero1.py: case(s) {','.join(failed)} failed (see the output above)")
+    return records
 
 
 if __name__ == "__main__":
