@@ -8,7 +8,7 @@ import torch
 
 from optimizer.config import OptimizerConfig
 from optimizer.distributed import DistributedOptimizer
-from optimizer.fused_adamw import interpret_mode, triton_available
+from utils.triton_env import interpret_mode, triton_available
 from optimizer.lr_schedule import get_lr
 from optimizer.mixed_precision import FP32Optimizer, Float16OptimizerWithFloat16Params, MixedPrecisionOptimizer
 

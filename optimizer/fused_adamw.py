@@ -25,13 +25,12 @@ no param, so nothing reads them; with the usual zero grads they stay zero.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-import os
 from dataclasses import dataclass
 
 import torch
+
+from utils.triton_env import LazyKernel, interpret_mode, triton_available
 
 try:  # optional: without triton only the torch reference path is available
     import triton.language as tl
@@ -42,17 +41,6 @@ BLOCK = 1024  # elements per program: 8 per thread with 4 warps, vectorized 16-b
 NUM_WARPS = 4
 _GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when the triton package can be imported (it is not imported here)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def interpret_mode() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 # ----------------------------------------------------------------------------------------------- decay plan
@@ -147,17 +135,7 @@ def _adamw_kernel(
             tl.store(OUT + offs, p.to(OUT.dtype.element_ty), mask=mask)
 
 
-_JITTED: dict[bool, object] = {}
-
-
-def _kernel():
-    """The kernel, jit-wrapped on first use per mode (Triton reads TRITON_INTERPRET when triton.jit runs)."""
-    mode = interpret_mode()
-    if mode not in _JITTED:
-        import triton
-
-        _JITTED[mode] = triton.jit(_adamw_kernel)
-    return _JITTED[mode]
+_adamw = LazyKernel(_adamw_kernel)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -230,7 +208,7 @@ def fused_adamw_step(
     rows = decay.rows if decay is not None else grad_scale
     flags = decay.flags if decay is not None else grad_scale
     grid = (_cdiv(n, block),)
-    _kernel()[grid](
+    _adamw[grid](
         main, grad, exp_avg, exp_avg_sq, param_out if param_out is not None else main, rows, flags, grad_scale,
         n, s.decay_factor, s.lerp_w, beta2, 1 - beta2, s.neg_step_size, s.bc2_sqrt, eps,
         HAS_OUT=param_out is not None, HAS_PLAN=decay is not None, LERP_SMALL=abs(s.lerp_w) < 0.5,

@@ -36,7 +36,8 @@ import torch.distributed as dist
 
 from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm
 from optimizer.config import OptimizerConfig
-from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, triton_available
+from optimizer.fused_adamw import build_decay_plan, fused_adamw_step
+from utils.triton_env import triton_available
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from optimizer.range_map import ParamSlice, shard_param_slices
 

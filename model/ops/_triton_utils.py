@@ -4,31 +4,18 @@ Triton is optional. Nothing here imports it at module import time, so `import mo
 without Triton; asking for impl="triton" there raises a RuntimeError that says what to install or which flag to
 change.
 
-Kernels are written as plain module-level functions and wrapped in `LazyKernel`. The wrapper calls `triton.jit`
-on first launch, separately for compiled and interpreted mode. Triton decides between the two when `triton.jit`
-runs (it reads TRITON_INTERPRET then), so deferring it lets tests set TRITON_INTERPRET=1 at any point before
-their first launch, whatever was imported earlier.
+Kernels are written as plain module-level functions and wrapped in `LazyKernel` (utils/triton_env.py, shared
+with the optimizer's fused AdamW), which jit-wraps them on first launch per mode.
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 
 import torch
 
+from utils.triton_env import LazyKernel, interpret_mode, triton_available  # noqa: F401 (re-exported)
+
 IMPLS = ("auto", "triton", "torch")
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when the triton package can be imported (it is not imported here)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def interpret_mode() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def resolve_impl(flag: str, device: torch.device | str) -> str:
@@ -54,28 +41,6 @@ def resolve_impl(flag: str, device: torch.device | str) -> str:
             f"in the environment, or use impl='auto'/'torch' off the GPU"
         )
     return "triton"
-
-
-class LazyKernel:
-    """A Triton kernel that is jit-wrapped on first launch (once for compiled mode, once for interpreter mode)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self._jitted: dict[bool, object] = {}
-        functools.update_wrapper(self, fn)
-
-    def jitted(self):
-        mode = interpret_mode()
-        kernel = self._jitted.get(mode)
-        if kernel is None:
-            import triton
-
-            kernel = triton.jit(self.fn)
-            self._jitted[mode] = kernel
-        return kernel
-
-    def __getitem__(self, grid):
-        return self.jitted()[grid]
 
 
 def next_power_of_2(n: int) -> int:
