@@ -43,6 +43,18 @@ def resolve_impl(flag: str, device: torch.device | str) -> str:
     return "triton"
 
 
+@torch.compiler.disable
+def apply_eager(function_cls, *args):
+    """`function_cls.apply(*args)` outside any torch.compile graph (a graph break around each fused op).
+
+    Dynamo would otherwise capture the Triton launches inside our autograd Functions with strides and sizes
+    read from fake tensors at trace time, and the compiled graph then hit an illegal memory access on an H100
+    (bench/mfu.py --cases=z2all_compile, 2026-11-23). Run eagerly, the ops see the real tensors; torch.compile
+    still fuses the glue between them.
+    """
+    return function_cls.apply(*args)
+
+
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (n >= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()

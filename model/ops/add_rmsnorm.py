@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from model.ops._triton_utils import check_float, resolve_impl, rows_2d
+from model.ops._triton_utils import apply_eager, check_float, resolve_impl, rows_2d
 from model.ops.rmsnorm import check_norm_args, norm_bwd_triton, norm_fwd_triton, rms_norm_ref
 
 
@@ -81,4 +81,4 @@ def add_rms_norm(
             )
     if resolve_impl(impl, x.device) == "torch":
         return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
-    return AddRMSNormFunction.apply(x, residual, weight, eps, _residual_dtype(x, residual_in_fp32))
+    return apply_eager(AddRMSNormFunction, x, residual, weight, eps, _residual_dtype(x, residual_in_fp32))

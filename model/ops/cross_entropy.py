@@ -26,7 +26,7 @@ try:  # optional: without triton only the torch path is available
 except ImportError:  # pragma: no cover
     tl = None
 
-from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, resolve_impl
+from model.ops._triton_utils import LazyKernel, apply_eager, check_float, next_power_of_2, resolve_impl
 
 REDUCTIONS = ("mean", "sum")
 MAX_BLOCK_V = 4096  # vocab columns per step of the row sweep (registers: fp32 x BLOCK_V per program)
@@ -200,7 +200,7 @@ def fused_linear_cross_entropy(
     """Cross-entropy of (hidden @ weight^T + bias) against targets, chunked over tokens; fp32 scalar."""
     _check_ce_args(hidden, weight, targets, bias, reduction, chunk_size)
     use_triton = resolve_impl(impl, hidden.device) == "triton"
-    return FusedLinearCrossEntropyFunction.apply(
+    return apply_eager(FusedLinearCrossEntropyFunction, 
         hidden.contiguous(), weight, targets.contiguous(), bias, int(ignore_index), reduction, int(chunk_size),
         use_triton, torch.is_grad_enabled(),
     )

@@ -24,7 +24,7 @@ try:  # optional: without triton only the torch reference path is available
 except ImportError:  # pragma: no cover
     tl = None
 
-from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, num_warps_for, resolve_impl
+from model.ops._triton_utils import LazyKernel, apply_eager, check_float, next_power_of_2, num_warps_for, resolve_impl
 
 ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
 
@@ -192,7 +192,7 @@ def apply_rope(q, k, cos, sin, impl: str = "auto") -> tuple[torch.Tensor, torch.
         return apply_rope_ref(q, k, cos, sin)
     if cos.dim() == 2:
         cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
-    return RoPEFunction.apply(q, k, cos, sin)
+    return apply_eager(RoPEFunction, q, k, cos, sin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,4 +360,4 @@ def rope_qkv(qkv, n_q_heads: int, n_kv_heads: int, cos, sin, impl: str = "auto")
         cos, sin = cos[: qkv.shape[1]], sin[: qkv.shape[1]]
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
-    return RoPEQKVFunction.apply(qkv, cos, sin, n_q_heads, n_kv_heads)
+    return apply_eager(RoPEQKVFunction, qkv, cos, sin, n_q_heads, n_kv_heads)

@@ -23,7 +23,15 @@ try:  # optional: without triton only the torch reference path is available
 except ImportError:  # pragma: no cover
     tl = None
 
-from model.ops._triton_utils import LazyKernel, check_float, next_power_of_2, num_warps_for, resolve_impl, rows_2d
+from model.ops._triton_utils import (
+    LazyKernel,
+    apply_eager,
+    check_float,
+    next_power_of_2,
+    num_warps_for,
+    resolve_impl,
+    rows_2d,
+)
 
 
 def silu_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -156,7 +164,7 @@ def swiglu(gate_up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         raise ValueError(f"gate_up last dim must be even (gate and up halves); got shape {tuple(gate_up.shape)}")
     if resolve_impl(impl, gate_up.device) == "torch":
         return swiglu_ref(gate_up)
-    return SwiGLUFunction.apply(gate_up)
+    return apply_eager(SwiGLUFunction, gate_up)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -168,7 +176,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, impl: str = "auto") -> torch.
         )
     if resolve_impl(impl, gate.device) == "torch":
         return silu_mul_ref(gate, up)
-    return SiluMulFunction.apply(gate, up)
+    return apply_eager(SiluMulFunction, gate, up)
 
 
 def swiglu_down_ref(gate_up: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
@@ -249,4 +257,4 @@ def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "a
     use_triton = resolve_impl(impl, gate_up.device) == "triton"
     if not recompute:
         return F.linear(swiglu(gate_up, impl="triton" if use_triton else "torch"), down_weight)
-    return SwiGLUDownFunction.apply(gate_up, down_weight, use_triton)
+    return apply_eager(SwiGLUDownFunction, gate_up, down_weight, use_triton)
