@@ -383,17 +383,24 @@ def run_in_process(args) -> list[dict]:
     return records
 
 
+def drive(script: str, argv: list[str], args, summarize_fn) -> list[dict]:
+    """The driver's part of main(): every case in fresh processes, then summarize_fn(records, nproc) as the last line.
+    Exits non-zero after the summary when a case failed."""
+    nproc = args.nproc_per_node or 1
+    records, failed = launch_cases(os.path.abspath(script), argv, args.cases.split(","), nproc)
+    print(json.dumps(summarize_fn(records, nproc)), flush=True)
+    if failed:
+        name = os.path.relpath(os.path.abspath(script), ROOT)
+        raise SystemExit(f"{name}: case(s) {','.join(failed)} failed (see the output above)")
+    return records
+
+
 def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not is_driver(args):
         return run_in_process(args)
-    nproc = args.nproc_per_node or 1
-    records, failed = launch_cases(os.path.abspath(__file__), argv, args.cases.split(","), nproc)
-    print(json.dumps(summarize(records, nproc)), flush=True)
-    if failed:
-        raise SystemExit(f"bench/ddp.py: case(s) {','.join(failed)} failed (see the output above)")
-    return records
+    return drive(__file__, argv, args, summarize)
 
 
 if __name__ == "__main__":

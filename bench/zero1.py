@@ -8,7 +8,7 @@
 
 Run with plain `python` (the driver), the script starts
 `python -m torch.distributed.run --standalone --nproc_per_node=N bench/zero1.py --case=<case> ...` for each
-case in turn (N defaults to 1; bench/ddp.py's launch_cases), prints rank 0's JSON line of each and then the
+case in turn (N defaults to 1; bench/ddp.py's drive and launch_cases), prints rank 0's JSON line of each and then the
 summary line. Each case in fresh processes: peak memory is then the case's own, not raised by what an earlier
 case left in the caching allocator.
 
@@ -40,7 +40,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from bench.ddp import check_nproc, is_driver, launch_cases  # noqa: E402
+from bench.ddp import check_nproc, drive, is_driver  # noqa: E402
 from optimizer import build_optimizer  # noqa: E402
 from optimizer.config import OptimizerConfig  # noqa: E402
 from parallel.config import DDPConfig  # noqa: E402
@@ -189,12 +189,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if not is_driver(args):
         return run_in_process(args)
-    nproc = args.nproc_per_node or 1
-    records, failed = launch_cases(os.path.abspath(__file__), argv, args.cases.split(","), nproc)
-    print(json.dumps(summary({r["case"]: r for r in records}, nproc)), flush=True)
-    if failed:
-        raise SystemExit(f"bench/zero1.py: case(s) {','.join(failed)} failed (see the output above)")
-    return records
+    return drive(__file__, argv, args, lambda records, nproc: summary({r["case"]: r for r in records}, nproc))
 
 
 if __name__ == "__main__":
