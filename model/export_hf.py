@@ -72,26 +72,34 @@ def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
     return out
 
 
+# Names that map one to one, ours -> Hugging Face (import_hf.py reads this table inverted). The fused qkv_proj
+# and gate_up_proj are split/joined by the two converters themselves; lm_head.weight keeps its name.
+TOP_LEVEL_NAMES = {"embed_tokens.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "attn.o_proj.weight": "self_attn.o_proj.weight",
+    "mlp.down_proj.weight": "mlp.down_proj.weight",
+}
+
+
 def to_hf_state(cfg: Z2allConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Z2all state dict → HF Llama/Qwen2 state dict (contiguous copies; no lm_head when tied)."""
     D, Hq, Hk, I = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size
-    out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
+    out = {hf: state[ours] for ours, hf in TOP_LEVEL_NAMES.items()}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
     for i in range(cfg.n_layers):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
-        out[dst + "input_layernorm.weight"] = state[src + "attn_norm.weight"]
-        out[dst + "post_attention_layernorm.weight"] = state[src + "mlp_norm.weight"]
+        out.update({dst + hf: state[src + ours] for ours, hf in LAYER_NAMES.items()})
         for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
             q, k, v = state[f"{src}attn.qkv_proj.{kind}"].split([Hq * D, Hk * D, Hk * D], dim=0)
             out[f"{dst}self_attn.q_proj.{kind}"] = q
             out[f"{dst}self_attn.k_proj.{kind}"] = k
             out[f"{dst}self_attn.v_proj.{kind}"] = v
-        out[dst + "self_attn.o_proj.weight"] = state[src + "attn.o_proj.weight"]
         gate, up = state[src + "mlp.gate_up_proj.weight"].split([I, I], dim=0)
         out[dst + "mlp.gate_proj.weight"] = gate
         out[dst + "mlp.up_proj.weight"] = up
-        out[dst + "mlp.down_proj.weight"] = state[src + "mlp.down_proj.weight"]
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 

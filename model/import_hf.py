@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from model.config import Z2allConfig
+from model.export_hf import LAYER_NAMES, TOP_LEVEL_NAMES
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")
@@ -94,20 +95,17 @@ def load_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 def from_hf_state(cfg: Z2allConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF state dict → Z2all state dict (fuses q/k/v and gate/up by concatenating rows)."""
-    out = {"embed_tokens.weight": hf["model.embed_tokens.weight"], "norm.weight": hf["model.norm.weight"]}
+    out = {ours: hf[name] for ours, name in TOP_LEVEL_NAMES.items()}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = hf["lm_head.weight"]
     for i in range(cfg.n_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
-        out[dst + "attn_norm.weight"] = hf[src + "input_layernorm.weight"]
-        out[dst + "mlp_norm.weight"] = hf[src + "post_attention_layernorm.weight"]
+        out.update({dst + ours: hf[src + name] for ours, name in LAYER_NAMES.items()})
         for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
             parts = [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
             out[f"{dst}attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
-        out[dst + "attn.o_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
         out[dst + "mlp.gate_up_proj.weight"] = torch.cat([hf[src + "mlp.gate_proj.weight"],
                                                           hf[src + "mlp.up_proj.weight"]], dim=0)
-        out[dst + "mlp.down_proj.weight"] = hf[src + "mlp.down_proj.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 
 
