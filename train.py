@@ -47,6 +47,7 @@ from utils.logging import MetricsLogger, print0
 from utils.mfu import compute_mfu, device_peak_flops
 from utils.plot import plot_metrics
 
+HEARTBEAT_INTERVAL_S = 5.0  # seconds between heartbeat writes (monitor_process.py's --hang_timeout_s is far longer)
 # Model fields that define the parameter shapes: a checkpoint only loads into the same values.
 SHAPE_KEYS = ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
               "tie_word_embeddings", "attention_bias")
@@ -198,7 +199,10 @@ class PretrainTrainer:
         self.last_val_loss = math.inf
         self.peak_flops = device_peak_flops(ctx.device, t.peak_tflops)
         self.flops_per_token = model.flops_per_token(cfg.model.max_seq_len)
-        self.heartbeat = Heartbeat(os.path.join(t.out_dir, "heartbeat.json")) if ctx.is_main else None
+        # At most one heartbeat file write every few seconds: the monitor's hang timeout is minutes, and a
+        # write-and-rename per step would put file I/O on the hot path of fast steps.
+        self.heartbeat = (Heartbeat(os.path.join(t.out_dir, "heartbeat.json"), min_interval_s=HEARTBEAT_INTERVAL_S)
+                          if ctx.is_main else None)
 
     # -- state ------------------------------------------------------------------------------
 
