@@ -155,12 +155,16 @@ class BatchStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
             self._it = iter(self.sampler)
-        indices = next(self._it)
-        xs, ys = zip(*(self.dataset[i] for i in indices))
-        x, y = torch.stack(xs), torch.stack(ys)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x, y
+        return collate(self.dataset, next(self._it), self.device)
+
+
+def collate(dataset, indices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the (x, y) windows at `indices` into a batch on `device` (through pinned memory on CUDA)."""
+    xs, ys = zip(*(dataset[i] for i in indices))
+    x, y = torch.stack(xs), torch.stack(ys)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
 
 
 def build_pretrain_data(cfg: ExperimentConfig, ctx: DistContext, paths: DataPaths):
@@ -289,9 +293,7 @@ class PretrainTrainer:
         total = torch.zeros((), device=self.ctx.device)
         for k in range(self.cfg.train.eval_iters):
             start = ((k * w + self.ctx.rank) * b) % n
-            idx = [(start + j) % n for j in range(b)]
-            xs, ys = zip(*(self.valid_ds[i] for i in idx))
-            x, y = torch.stack(xs).to(self.ctx.device), torch.stack(ys).to(self.ctx.device)
+            x, y = collate(self.valid_ds, [(start + j) % n for j in range(b)], self.ctx.device)
             total += self.ddp(x, targets=y).loss.float()
         self.model.train()
         return self.mean_over_ranks(total / self.cfg.train.eval_iters)
