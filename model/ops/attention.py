@@ -41,10 +41,13 @@ def flash_attn_available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _sdpa_supports_gqa() -> bool:
-    try:
-        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
-    except (TypeError, ValueError):  # builtins without a signature: assume an older torch
-        return False
+    """True when F.scaled_dot_product_attention takes enable_gqa (torch >= 2.5).
+
+    The version decides, not inspect.signature: SDPA is a builtin without a Python signature, and a signature
+    probe silently answered False, which sent every GQA call through repeat_interleave copies of k and v
+    (4.6 ms/step of copies and 2.0 ms of backward sums on the 1.25B shape, where cuDNN does GQA natively).
+    """
+    return torch.__version__ >= (2, 5)
 
 
 def _sdpa_context(backend: str):

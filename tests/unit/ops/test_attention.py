@@ -26,6 +26,17 @@ def test_sdpa_matches_reference_with_grads(hq, hk, causal):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_gqa_goes_to_sdpa_without_repeating_kv(monkeypatch):
+    """On torch >= 2.5, GQA is SDPA's enable_gqa: no repeat_interleave copies of k and v (cuDNN does GQA natively)."""
+    calls = []
+    real = torch.Tensor.repeat_interleave
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    q, k, v = _qkv(2, 6, 8, 2, 8)
+    out = attention(q, k, v, impl="sdpa")
+    assert calls == []
+    torch.testing.assert_close(out, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
+
+
 def test_sdpa_backend_math_and_auto_on_cpu():
     q, k, v = _qkv(1, 4, 4, 2, 8)
     ref = attention_ref(q, k, v)
