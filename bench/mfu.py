@@ -2,6 +2,7 @@
 
     python bench/mfu.py [--micro_batch=8] [--sweep=2,4,8,16] [--steps=10] [--warmup=5] [--cases=...]
     python bench/mfu.py --dry_run          # CPU, tiny shape: exercises the logic only
+    python bench/mfu.py --cases=z2all --profile --trace_dir=DIR   # + Chrome trace and where the time goes
 
 Cases (each in a fresh subprocess so peak memory is clean), all on the configs/z2all_1b.py shape at its seq len,
 random tokens, the same micro-batch:
@@ -201,7 +202,7 @@ def run_case(name: str, micro_batch: int, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     seconds, loss = _time_steps(step, x, y, args.steps, cuda)
     if args.profile:
-        _profile(step, x, y, cuda)
+        _profile(step, x, y, cuda, args.trace_dir, f"{name}_mb{micro_batch}")
     tps = micro_batch * T * args.steps / seconds
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {"name": name, "micro_batch": micro_batch, "tokens_per_s": round(tps, 1),
@@ -210,19 +211,33 @@ def run_case(name: str, micro_batch: int, args) -> dict:
             "seq_len": T, "flops_per_token": flops, "steps": args.steps, "device": str(device)}
 
 
-def _profile(step, x, y, cuda: bool) -> None:
-    """Two more steps under the torch profiler; the top kernels by device time go to stderr."""
+def _profile(step, x, y, cuda: bool, trace_dir: str = "", name: str = "case") -> None:
+    """Two more steps under the torch profiler; the top kernels by device time go to stderr.
+
+    With trace_dir, the steps are recorded with Python stacks, the Chrome trace is written there as
+    <name>.json.gz, and bench/trace_report.py's summary (idle time, time per kernel kind, launch sites) is
+    printed to stderr too.
+    """
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, with_stack=bool(trace_dir)) as prof:
         for _ in range(2):
             step(x, y)
         if cuda:
             torch.cuda.synchronize()
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90), file=sys.stderr)
+    if trace_dir:
+        from bench.trace_report import report
+
+        os.makedirs(trace_dir, exist_ok=True)
+        path = os.path.join(trace_dir, f"{name}.json.gz")
+        prof.export_chrome_trace(path)
+        if cuda:
+            for row in report(path, steps=2, top=60):
+                print(json.dumps(row), file=sys.stderr)
 
 
 def child_main(args) -> None:
@@ -247,6 +262,8 @@ def spawn(name: str, micro_batch: int, args) -> dict:
         cmd.append("--dry_run")
     if args.profile:
         cmd.append("--profile")
+    if args.trace_dir:
+        cmd.append(f"--trace_dir={args.trace_dir}")
     if args.z2all_set:
         cmd.append(f"--z2all_set={args.z2all_set}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -325,6 +342,8 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--z2all_set", default="", help="train.py model/ddp/optimizer keys for our cases, e.g. "
                     "activation_checkpointing=selective,grad_reduce_in_fp32=false")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of two profiled steps to stderr")
+    ap.add_argument("--trace_dir", default="", help="with --profile: write each case's Chrome trace (with Python "
+                    "stacks) there and print bench/trace_report.py's summary of it")
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run this one case here
     args = ap.parse_args(argv)
     if args.steps is None:
