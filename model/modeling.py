@@ -65,13 +65,26 @@ def add_norm(h, residual, norm: Z2allRMSNorm, dropout_p: float, training: bool, 
                             residual_in_fp32=residual_in_fp32)
 
 
+class Z2allLinear(nn.Linear):
+    """nn.Linear (same parameters and state dict keys) whose weight gradient can go to a grad sink.
+
+    `grad_sink` is set by Z2allForCausalLM.set_weight_grad_sink (the DDP does it when it wraps the model): the
+    weight-grad GEMM then accumulates straight into the DDP's main_grad (model/ops/linear.py).
+    """
+
+    grad_sink = None
+
+    def forward(self, x):
+        return ops.linear(x, self.weight, self.bias, self.grad_sink)
+
+
 class Z2allAttention(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_dim, qkv_out, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_dim, bias=False)
+        self.qkv_proj = Z2allLinear(cfg.hidden_dim, qkv_out, bias=cfg.attention_bias)
+        self.o_proj = Z2allLinear(cfg.n_heads * cfg.head_dim, cfg.hidden_dim, bias=False)
         self.dropout_p = cfg.attention_dropout
         self.attn_impl, self.sdpa_backend = cfg.attn_impl, cfg.sdpa_backend
         self.rope_flag = cfg.use_fused_rope
@@ -91,7 +104,7 @@ class Z2allAttention(nn.Module):
         return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
 
 
-class SwiGLUDownProj(nn.Linear):
+class SwiGLUDownProj(Z2allLinear):
     """The MLP's down projection, called on the fused gate_up (..., 2I): swiglu(gate_up) @ weight.T.
 
     It takes gate_up rather than the SwiGLU output so that, with recompute (activation_checkpointing=
@@ -107,13 +120,13 @@ class SwiGLUDownProj(nn.Linear):
     def forward(self, gate_up):
         c = self.cfg
         return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(c.use_fused_swiglu, gate_up.device),
-                               recompute=c.activation_checkpointing == "selective")
+                               recompute=c.activation_checkpointing == "selective", sink=self.grad_sink)
 
 
 class Z2allMLP(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_dim, 2 * cfg.intermediate_size, bias=False)
+        self.gate_up_proj = Z2allLinear(cfg.hidden_dim, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = SwiGLUDownProj(cfg)
 
     def forward(self, x):
@@ -180,6 +193,21 @@ class Z2allForCausalLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, Z2allRMSNorm):
                 nn.init.ones_(module.weight)
+
+    def set_weight_grad_sink(self, sink) -> int:
+        """Route the weight grads of the decoder's linear layers (qkv, o, gate_up, down) to `sink`; None undoes it.
+
+        The sink follows the protocol of model/ops/linear.py (accumulate_wgrad). The embedding and the LM head
+        keep autograd's grads: the head's grad is built by the fused cross-entropy, and a tied head shares
+        its weight with the embedding, whose two contributions autograd must sum first. Returns how many
+        weights were routed.
+        """
+        routed = 0
+        for module in self.layers.modules():
+            if isinstance(module, Z2allLinear):
+                module.grad_sink = sink
+                routed += 1
+        return routed
 
     # -- sizes ---------------------------------------------------------------------------------
 

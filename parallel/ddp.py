@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import weakref
 
 import torch
@@ -46,6 +47,45 @@ class _BucketState:
             f"(allowed: {', '.join(s.name for s in allowed)})")
 
 
+@functools.lru_cache(maxsize=None)
+def _has_addmm_out_dtype() -> bool:
+    """torch has aten::addmm.dtype_out: bf16 inputs, an fp32 accumulator and output in one cuBLAS call."""
+    return "dtype_out" in torch.ops.aten.addmm.overloads()
+
+
+def addmm_into(acc: torch.Tensor, grad_out: torch.Tensor, inp: torch.Tensor) -> None:
+    """acc += grad_out^T @ inp, in place: grad_out (N, out), inp (N, in), acc (out, in).
+
+    1. Same dtypes: one addmm_ (the GEMM accumulates with beta = 1).
+    2. fp32 acc from bf16/fp16 inputs on CUDA: addmm with out_dtype=fp32 into acc, so cuBLAS reads acc as C and
+       writes the fp32 sum (no bf16 product, no separate add kernel).
+    3. Otherwise (no such kernel, e.g. on the CPU): the product in the input dtype, then an add.
+    """
+    if acc.dtype == grad_out.dtype:
+        acc.addmm_(grad_out.t(), inp)
+    elif acc.is_cuda and acc.dtype == torch.float32 and _has_addmm_out_dtype():
+        torch.addmm(acc, grad_out.t(), inp, out_dtype=torch.float32, out=acc)
+    else:
+        acc.add_(grad_out.t() @ inp)
+
+
+class _WeightGradSink:
+    """What the DDP hands to the model for gradient-accumulation fusion (model/ops/linear.py's protocol).
+
+    It holds the DDP weakly, for the reason given in DistributedDataParallel._make_grad_hook; once the DDP
+    is gone it declines every weight and the model falls back to autograd's grads.
+    """
+
+    __slots__ = ("_ddp",)
+
+    def __init__(self, ddp: "DistributedDataParallel"):
+        self._ddp = weakref.ref(ddp)
+
+    def accumulate_wgrad(self, weight: torch.Tensor, grad_out: torch.Tensor, inp: torch.Tensor) -> bool:
+        ddp = self._ddp()
+        return ddp is not None and ddp._accumulate_wgrad(weight, grad_out, inp)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """Equal devices, reading a CUDA device without an index ("cuda") as the current one."""
     def norm(d: torch.device):
@@ -61,7 +101,9 @@ class DistributedDataParallel(nn.Module):
     1. Group the trainable params by (param dtype, grad dtype) and build one ParamAndGradBuffer per group
        (params re-pointed into it); frozen params stay outside.
     2. Register a post-accumulate-grad hook per param: add param.grad into its main_grad, free param.grad,
-       and outside no_sync() mark the param ready in its bucket.
+       and outside no_sync() mark the param ready in its bucket. With gradient_accumulation_fusion, the model
+       (if it has set_weight_grad_sink) gets a sink instead for its linear weights: their weight-grad GEMMs
+       accumulate into main_grad directly and then do the same bookkeeping.
     3. With overlap_grad_reduce, a bucket whose params are all ready is launched at once (in global order) on a
        communication stream; finish_grad_sync() launches what is left (buckets with unused params reduce
        their zeros) and waits for every future.
@@ -103,6 +145,20 @@ class DistributedDataParallel(nn.Module):
         self.set_grad_scale(1.0 / ctx.world_size)
         grad_hook = self._make_grad_hook()
         self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
+        self._install_weight_grad_sink()
+
+    def _install_weight_grad_sink(self) -> None:
+        """Hand the model a weight-grad sink when gradient_accumulation_fusion asks for one (see step 2)."""
+        mode = self.config.gradient_accumulation_fusion
+        if mode == "off" or (mode == "auto" and self.ctx.device.type != "cuda"):
+            return
+        setter = getattr(self.module, "set_weight_grad_sink", None)
+        if setter is None:
+            if mode == "on":
+                raise ValueError(f"--gradient_accumulation_fusion=on needs a model with set_weight_grad_sink "
+                                 f"(Z2allForCausalLM); {type(self.module).__name__} has none: use auto or off")
+            return
+        setter(_WeightGradSink(self))
 
     def _build_buffers(self, trainable: list[nn.Parameter]) -> list[ParamAndGradBuffer]:
         groups: dict[tuple[torch.dtype, torch.dtype], list[nn.Parameter]] = {}
@@ -227,14 +283,35 @@ class DistributedDataParallel(nn.Module):
 
     def _on_grad(self, p: nn.Parameter) -> None:
         """Add p.grad into its main_grad, free p.grad, mark p ready in its bucket (launching it when complete)."""
+        if p.grad is None:
+            # autograd still runs the AccumulateGrad node (and so this hook) when an op returned no gradient
+            # for p: the weight-grad sink already accumulated it and did the bookkeeping
+            return
+        self._check_bucket_open(p)
+        self._main_grads[p].add_(p.grad)
+        p.grad = None
+        self._mark_grad_done(p)
+
+    def _accumulate_wgrad(self, weight: torch.Tensor, grad_out: torch.Tensor, inp: torch.Tensor) -> bool:
+        """The sink's work: main_grad += grad_out^T @ inp in the GEMM, then _on_grad's bookkeeping."""
+        main = self._main_grads.get(weight)
+        if main is None:
+            return False
+        self._check_bucket_open(weight)
+        addmm_into(main, grad_out, inp)
+        self._mark_grad_done(weight)
+        return True
+
+    def _check_bucket_open(self, p: nn.Parameter) -> None:
         state = self._param_state[p]
         if state.status >= BucketStatus.STARTED:
             raise RuntimeError(
                 f"{self.param_to_name[p]} got a gradient after its bucket {state.gid} was reduced "
                 f"({state.status.name}); run extra micro-batches under ddp.no_sync() and call "
                 "zero_grad_buffer() before the next step")
-        self._main_grads[p].add_(p.grad)
-        p.grad = None
+
+    def _mark_grad_done(self, p: nn.Parameter) -> None:
+        state = self._param_state[p]
         self._seen.add(p)
         if self.config.overlap_grad_reduce and self._sync_enabled:
             state.ready.add(p)

@@ -7,6 +7,7 @@ from model.ops._triton_utils import resolve_impl, triton_available
 from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
 from model.ops.attention import attention, attention_ref, flash_attn_available
 from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_ref
+from model.ops.linear import linear
 from model.ops.patch_hf import patch_hf
 from model.ops.rmsnorm import rms_norm, rms_norm_ref
 from model.ops.rope import apply_rope, apply_rope_ref, rope_cache, rope_qkv, rope_qkv_ref
@@ -21,6 +22,7 @@ __all__ = [
     "attention_ref",
     "flash_attn_available",
     "fused_linear_cross_entropy",
+    "linear",
     "linear_cross_entropy_ref",
     "patch_hf",
     "resolve_impl",

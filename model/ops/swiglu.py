@@ -32,6 +32,7 @@ from model.ops._triton_utils import (
     resolve_impl,
     rows_2d,
 )
+from model.ops.linear import linear
 
 
 def silu_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -210,19 +211,19 @@ class SwiGLUDownFunction(torch.autograd.Function):
     Backward:
     1. flatten to rows: d_out (N, d), gate_up (N, 2I);
     2. recompute h = swiglu(gate_up) (N, I);
-    3. dW = d_out^T @ h, d_h = d_out @ W;
+    3. dW = d_out^T @ h (offered to the weight-grad sink first, see model/ops/linear.py), d_h = d_out @ W;
     4. d_gate_up from d_h with the SwiGLU backward (it recomputes silu from gate_up itself).
-    The weight's grad is returned through autograd, so the Parameter's AccumulateGrad and its
-    post-accumulate-grad hooks (DDP bucketing) run as for nn.Linear.
+    Without a sink (or when it declines) the weight's grad is returned through autograd, so the Parameter's
+    AccumulateGrad and its post-accumulate-grad hooks (DDP bucketing) run as for nn.Linear.
     """
 
     @staticmethod
-    def forward(ctx, gate_up, weight, use_triton: bool):
+    def forward(ctx, gate_up, weight, use_triton: bool, sink=None):
         x2 = rows_2d(gate_up)
         h = _swiglu_rows(x2, use_triton)
         out = F.linear(h, weight)
         ctx.save_for_backward(x2, weight)
-        ctx.use_triton, ctx.in_shape = use_triton, gate_up.shape
+        ctx.use_triton, ctx.in_shape, ctx.sink = use_triton, gate_up.shape, sink
         return out.view(*gate_up.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -231,19 +232,22 @@ class SwiGLUDownFunction(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         d_out2 = rows_2d(d_out)
         h = _swiglu_rows(x2, ctx.use_triton)
-        d_weight = d_out2.t() @ h if ctx.needs_input_grad[1] else None
+        d_weight = None
+        if ctx.needs_input_grad[1] and (ctx.sink is None or not ctx.sink.accumulate_wgrad(weight, d_out2, h)):
+            d_weight = d_out2.t() @ h
         d_gate_up = None
         if ctx.needs_input_grad[0]:
             d_gate_up = _swiglu_rows_bwd(d_out2 @ weight, x2, ctx.use_triton).view(ctx.in_shape)
-        return d_gate_up, d_weight, None
+        return d_gate_up, d_weight, None, None
 
 
 def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "auto",
-                recompute: bool = True) -> torch.Tensor:
+                recompute: bool = True, sink=None) -> torch.Tensor:
     """swiglu(gate_up) @ down_weight.T: gate_up (..., 2I), down_weight (d, I) -> (..., d).
 
     recompute=True stores only gate_up (and the weight) for backward and rebuilds the SwiGLU output there;
-    recompute=False is F.linear(swiglu(gate_up, impl), down_weight), which stores it.
+    recompute=False is linear(swiglu(gate_up, impl), down_weight, sink=sink), which stores it. `sink` takes the
+    weight gradient when it manages the weight (model/ops/linear.py).
     """
     check_float("gate_up", gate_up)
     if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
@@ -256,5 +260,5 @@ def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "a
                         f"cast the model to one dtype")
     use_triton = resolve_impl(impl, gate_up.device) == "triton"
     if not recompute:
-        return F.linear(swiglu(gate_up, impl="triton" if use_triton else "torch"), down_weight)
-    return apply_eager(SwiGLUDownFunction, gate_up, down_weight, use_triton)
+        return linear(swiglu(gate_up, impl="triton" if use_triton else "torch"), down_weight, sink=sink)
+    return apply_eager(SwiGLUDownFunction, gate_up, down_weight, use_triton, sink)
