@@ -2,7 +2,7 @@
 
     python bench/mfu.py [--micro_batch=8] [--sweep=2,4,8,16] [--steps=10] [--warmup=5] [--cases=...]
     python bench/mfu.py --dry_run          # CPU, tiny shape: exercises the logic only
-    python bench/mfu.py --cases=z2all --profile --trace_dir=DIR   # + Chrome trace and where the time goes
+    python bench/mfu.py --cases=z2all --profile --trace_dir=DIR [--trace_stacks]   # + where the time goes
 
 Cases (each in a fresh subprocess so peak memory is clean), all on the configs/z2all_1b.py shape at its seq len,
 random tokens, the same micro-batch:
@@ -156,22 +156,29 @@ def _skip_reason(name: str) -> str | None:
     return None
 
 
-def _time_steps(step, x, y, steps: int, cuda: bool) -> tuple[float, float]:
-    """(seconds for `steps` steps, last loss): CUDA events around the loop, one sync at the end."""
+def _time_steps(step, x, y, steps: int, cuda: bool) -> tuple[float, float, float]:
+    """(seconds for `steps` steps, seconds the host spent issuing them, last loss).
+
+    CUDA events around the loop and one sync at the end; the host time is the loop's own wall time before that
+    sync. When it approaches the device time, the step is launch-bound (the GPU waits for Python).
+    """
     import torch
 
     if cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         for _ in range(steps):
             loss = step(x, y)
         end.record()
+        host = time.perf_counter() - t0
         torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000.0, float(loss)
+        return start.elapsed_time(end) / 1000.0, host, float(loss)
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step(x, y)
-    return time.perf_counter() - t0, float(loss)
+    host = time.perf_counter() - t0
+    return host, host, float(loss)
 
 
 def run_case(name: str, micro_batch: int, args) -> dict:
@@ -200,29 +207,31 @@ def run_case(name: str, micro_batch: int, args) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    seconds, loss = _time_steps(step, x, y, args.steps, cuda)
+    seconds, host_seconds, loss = _time_steps(step, x, y, args.steps, cuda)
     if args.profile:
-        _profile(step, x, y, cuda, args.trace_dir, f"{name}_mb{micro_batch}")
+        _profile(step, x, y, cuda, args.trace_dir, f"{name}_mb{micro_batch}", args.trace_stacks)
     tps = micro_batch * T * args.steps / seconds
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {"name": name, "micro_batch": micro_batch, "tokens_per_s": round(tps, 1),
             "mfu": float(f"{flops * tps / (args.peak_tflops * 1e12):.4g}"),
             "peak_mem_gb": None if peak_mem is None else round(peak_mem, 2), "loss": round(loss, 4),
+            "step_ms": round(1e3 * seconds / args.steps, 2), "host_ms_per_step": round(1e3 * host_seconds / args.steps, 2),
             "seq_len": T, "flops_per_token": flops, "steps": args.steps, "device": str(device)}
 
 
-def _profile(step, x, y, cuda: bool, trace_dir: str = "", name: str = "case") -> None:
+def _profile(step, x, y, cuda: bool, trace_dir: str = "", name: str = "case", stacks: bool = False) -> None:
     """Two more steps under the torch profiler; the top kernels by device time go to stderr.
 
-    With trace_dir, the steps are recorded with Python stacks, the Chrome trace is written there as
-    <name>.json.gz, and bench/trace_report.py's summary (idle time, time per kernel kind, launch sites) is
-    printed to stderr too.
+    With trace_dir, the Chrome trace is written there as <name>.json.gz and bench/trace_report.py's summary
+    (idle time, time per kernel kind, launch sites) is printed to stderr too. stacks=True records Python
+    stacks (launch sites get source lines), but its host overhead starves the GPU: read idle time from a
+    trace without stacks.
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts, with_stack=bool(trace_dir)) as prof:
+    with profile(activities=acts, with_stack=stacks) as prof:
         for _ in range(2):
             step(x, y)
         if cuda:
@@ -264,6 +273,8 @@ def spawn(name: str, micro_batch: int, args) -> dict:
         cmd.append("--profile")
     if args.trace_dir:
         cmd.append(f"--trace_dir={args.trace_dir}")
+    if args.trace_stacks:
+        cmd.append("--trace_stacks")
     if args.z2all_set:
         cmd.append(f"--z2all_set={args.z2all_set}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -342,8 +353,10 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--z2all_set", default="", help="train.py model/ddp/optimizer keys for our cases, e.g. "
                     "activation_checkpointing=selective,grad_reduce_in_fp32=false")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of two profiled steps to stderr")
-    ap.add_argument("--trace_dir", default="", help="with --profile: write each case's Chrome trace (with Python "
-                    "stacks) there and print bench/trace_report.py's summary of it")
+    ap.add_argument("--trace_dir", default="", help="with --profile: write each case's Chrome trace there and print "
+                    "bench/trace_report.py's summary of it")
+    ap.add_argument("--trace_stacks", action="store_true", help="record Python stacks in the trace (source lines "
+                    "for launch sites; inflates host time)")
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run this one case here
     args = ap.parse_args(argv)
     if args.steps is None:
