@@ -55,6 +55,11 @@ def apply_eager(function_cls, *args):
     return function_cls.apply(*args)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints (grid sizes)."""
+    return (a + b - 1) // b
+
+
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (n >= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
 from model.ops._triton_utils import (
     LazyKernel,
     apply_eager,
+    cdiv,
     check_float,
     next_power_of_2,
     num_warps_for,
@@ -109,7 +110,7 @@ def _blocks(n_cols: int) -> tuple[int, int]:
     if n_cols > MAX_ROW_WIDTH:
         raise ValueError(f"RMSNorm row width {n_cols} > {MAX_ROW_WIDTH} is not supported by the Triton kernel; use impl='torch'")
     block_d = next_power_of_2(n_cols)
-    # About 2048 elements per row block: on an H100 at 16384 x 2048 (bench/sweep_norm.py, 2026-11-23) one row
+    # About 2048 elements per row block: on an H100 at 16384 x 2048 (bench/sweep_tiles.py, 2026-11-23) one row
     # per block with 4 warps was the fastest forward (89% of copy bandwidth) and within 1% of the best backward.
     block_r = max(1, min(64, 2048 // block_d))
     return block_r, block_d
@@ -118,7 +119,7 @@ def _blocks(n_cols: int) -> tuple[int, int]:
 def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None, block_r=None, num_warps=None):
     """Launch the forward on (N, D) rows. Returns (y, new_residual or None, rstd).
 
-    block_r/num_warps override the launch heuristics (bench/sweep_norm.py uses them to tune).
+    block_r/num_warps override the launch heuristics (bench/sweep_tiles.py uses them to tune).
     """
     n_rows, n_cols = x2.shape
     default_r, block_d = _blocks(n_cols)
@@ -130,7 +131,7 @@ def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None, block_r=Non
         return y, s, rstd
     r = residual2 if residual2 is not None else x2
     s_arg = s if s is not None else y
-    grid = (triton_cdiv(n_rows, block_r),)
+    grid = (cdiv(n_rows, block_r),)
     _norm_fwd[grid](
         x2, r, weight, y, s_arg, rstd,
         n_rows, n_cols, x2.stride(0), r.stride(0), y.stride(0), s_arg.stride(0), float(eps),
@@ -153,7 +154,7 @@ def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None, b
     dx2 = torch.empty((n_rows, n_cols), dtype=dx2_dtype, device=x2.device) if dx2_dtype is not None else None
     if n_rows == 0:
         return dx, dx2, torch.zeros_like(weight)
-    n_blocks = triton_cdiv(n_rows, block_r)
+    n_blocks = cdiv(n_rows, block_r)
     n_prog = persistent_programs(x2.device, n_blocks, per_sm=per_sm or 4)
     partial = torch.empty((n_prog, n_cols), dtype=torch.float32, device=x2.device)
     ds_arg = ds2 if ds2 is not None else dy2
@@ -165,10 +166,6 @@ def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None, b
         num_warps=num_warps or num_warps_for(block_r * block_d),
     )
     return dx, dx2, partial.sum(dim=0).to(weight.dtype)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def check_norm_args(x: torch.Tensor, weight: torch.Tensor) -> None:

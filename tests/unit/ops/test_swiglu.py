@@ -31,6 +31,17 @@ def test_silu_mul_separate_and_strided(dtype):
     )
 
 
+@interp
+@pytest.mark.parametrize("flat,tiles", [(True, None), (False, None), (False, (4, 16, 2))])
+def test_forward_launch_variants_agree(flat, tiles):
+    """The flat 1D forward (the default) and the 2D tiles (the heuristic, and an override as the sweep passes)."""
+    from model.ops.swiglu import silu_mul_fwd_triton
+
+    x = leaf((7, 2 * 45), torch.bfloat16, 6, scale=2.0).detach()
+    got = silu_mul_fwd_triton(x[:, :45], x[:, 45:], flat=flat, block=64, num_warps=2, tiles=tiles)
+    torch.testing.assert_close(got, swiglu_ref(x), rtol=1e-2, atol=1e-2)
+
+
 # (gate_up shape, d): odd widths, a single row, I above one column block
 DOWN_SHAPES = [((2, 3, 2 * 37), 19), ((1, 1, 2 * 5), 3), ((70, 2 * 33), 24), ((2, 2 * 1100), 5)]
 
