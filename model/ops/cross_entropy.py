@@ -117,6 +117,14 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton, grad_enabled):
+        # the chunked mm / in-place addmm_ pairs must keep the inputs' dtype: an enclosing autocast would make
+        # the first product bf16 and the in-place accumulation into it fail (callers cast the inputs instead)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return FusedLinearCrossEntropyFunction._forward(
+                ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton, grad_enabled)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, targets, bias, ignore_index, reduction, chunk_size, use_triton, grad_enabled):
         n_tok, vocab = hidden.shape[0], weight.shape[0]
         # grad mode is off inside forward; the caller's mode decides whether the grads are worth computing
         need_h, need_w, need_b = (grad_enabled and ctx.needs_input_grad[i] for i in (0, 1, 3))

@@ -74,8 +74,15 @@ def _causal_lm_forward(self, input_ids=None, labels=None, **kwargs):
     hidden = outputs[0]
     targets = _shifted_targets(labels.to(hidden.device), ignore_index)
     head = self.lm_head
+    h2, weight, bias = hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias
+    if torch.is_autocast_enabled(h2.device.type):
+        # what autocast does for the nn.Linear head it replaces: the matmuls run in the autocast dtype, and
+        # the casts carry the gradients back to the fp32 weight; the fused op itself sees one dtype
+        dt = torch.get_autocast_dtype(h2.device.type)
+        h2, weight = h2.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
     loss = fused_linear_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, bias=head.bias, ignore_index=ignore_index,
+        h2, weight, targets, bias=bias, ignore_index=ignore_index,
         reduction="sum" if num_items is not None else "mean", chunk_size=self._z2all_chunk_size, impl=self._z2all_impl,
     )
     if num_items is not None:

@@ -78,6 +78,26 @@ def test_num_items_in_batch_and_unsupported_model(monkeypatch):
         patch_hf(torch.nn.Linear(2, 2))
 
 
+def test_fp32_model_under_bf16_autocast(monkeypatch):
+    """How bench/mfu.py and most HF training run it: fp32 params, bf16 autocast; loss and grads as unpatched."""
+    model = _tiny("llama")
+    modeling = sys.modules[type(model).__module__]
+    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", modeling.apply_rotary_pos_emb)
+    ref_model = copy.deepcopy(model)
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(3))
+    patch_hf(model, impl="torch", chunk_size=5)  # several chunks: the in-place accumulation of the head's grad
+    losses, grads = [], []
+    for m in (ref_model, model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.float())
+        grads.append(m.lm_head.weight.grad)
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(losses[1], losses[0], atol=3e-2, rtol=1e-2)
+    torch.testing.assert_close(grads[1], grads[0], atol=5e-3, rtol=5e-2)
+
+
 @pytest.mark.skipif(IN_CHILD, reason="this is the launcher")
 def test_triton_kernels_under_interpreter():
     run_file_in_interpreter(__file__)
