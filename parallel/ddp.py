@@ -139,6 +139,7 @@ class DistributedDataParallel(nn.Module):
         self._next_launch = 0
         self._seen: set = set()
         self._comm_stream = torch.cuda.Stream(device=ctx.device) if ctx.device.type == "cuda" else None
+        self._zeroed = None  # CUDA event: the comm stream zeroed the grad buffers (zero_grad_buffer)
         self._gather_pending = False
         self._prehooks_installed = False
         self.comm_hook_state, self._comm_hook = build_hook(ddp_config.comm_hook)
@@ -181,6 +182,7 @@ class DistributedDataParallel(nn.Module):
 
     def main_grad(self, param: nn.Parameter) -> torch.Tensor:
         """The fp32 (or grad-dtype) accumulated gradient of `param`: a view into its buffer's grad_data."""
+        self._wait_zeroed()
         try:
             return self._main_grads[param]
         except KeyError:
@@ -220,12 +222,35 @@ class DistributedDataParallel(nn.Module):
                                    "call finish_grad_sync() first")
             s.status, s.future = BucketStatus.RESET, None
             s.ready.clear()
-        for buf in self.buffers:
-            buf.grad_data.zero_()
+        self._zero_grad_data()
         for p in self._main_grads:
             p.grad = None
         self._seen.clear()
         self._next_launch = 0
+
+    def _zero_grad_data(self) -> None:
+        """Zero every grad buffer; on CUDA on the comm stream, so the memory-bound fill overlaps the forward.
+
+        Ordering: the comm stream first waits for the compute stream (the optimizer of the previous step may
+        still read the grads), and an event marks the fill's end; the compute stream waits for that event before
+        the first write or read of the grads (_wait_zeroed: the first accumulation, main_grad(),
+        finish_grad_sync()). Reductions are issued on the comm stream too, so they follow the fill.
+        """
+        if self._comm_stream is None:
+            for buf in self.buffers:
+                buf.grad_data.zero_()
+            return
+        self._comm_stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
+        with torch.cuda.stream(self._comm_stream):
+            for buf in self.buffers:
+                buf.grad_data.zero_()
+            self._zeroed = torch.cuda.Event()
+            self._zeroed.record(self._comm_stream)
+
+    def _wait_zeroed(self) -> None:
+        if self._zeroed is not None:
+            torch.cuda.current_stream(self.ctx.device).wait_event(self._zeroed)
+            self._zeroed = None
 
     def finish_grad_sync(self) -> None:
         """Launch every bucket not yet launched (in order), then wait for all of them.
@@ -236,6 +261,7 @@ class DistributedDataParallel(nn.Module):
         """
         if not self._sync_enabled:
             raise RuntimeError("finish_grad_sync() inside no_sync(); call it after the last micro-batch's backward")
+        self._wait_zeroed()
         if self.config.check_for_unused_params and len(self._seen) != len(self._main_grads):
             self._raise_unused()
         for s in self._states[self._next_launch:]:
@@ -288,6 +314,7 @@ class DistributedDataParallel(nn.Module):
             # for p: the weight-grad sink already accumulated it and did the bookkeeping
             return
         self._check_bucket_open(p)
+        self._wait_zeroed()
         self._main_grads[p].add_(p.grad)
         p.grad = None
         self._mark_grad_done(p)
@@ -298,6 +325,7 @@ class DistributedDataParallel(nn.Module):
         if main is None:
             return False
         self._check_bucket_open(weight)
+        self._wait_zeroed()
         addmm_into(main, grad_out, inp)
         self._mark_grad_done(weight)
         return True

@@ -55,3 +55,25 @@ def test_bf16_model_fused_main_grads_match_the_hook_path():
         err = (got[name] - ref[name]).abs().max().item()
         # the hook path rounds each micro-batch's product to bf16 first; fusion keeps it fp32
         assert err <= 2e-2 * scale + 1e-6, (name, err, scale)
+
+
+def test_zeroing_on_the_comm_stream_is_ordered_before_accumulation():
+    """zero_grad_buffer fills on the comm stream; stale values must never leak into the next step's grads."""
+    torch.manual_seed(0)
+    cfg = Z2allConfig(vocab_size=512, hidden_dim=256, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=512,
+                      max_seq_len=128)
+    with torch.device("cuda"):
+        ref = Z2allForCausalLM(cfg)
+        model = Z2allForCausalLM(cfg)
+    model.load_state_dict(ref.state_dict())
+    ddp = DistributedDataParallel(model, DDPConfig(bucket_size=200_000), init_distributed("cuda", env={}))
+    data = torch.randint(0, 512, (4, 129), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    ref(data[:, :-1], targets=data[:, 1:]).loss.backward()
+    for _ in range(3):
+        for buf in ddp.buffers:
+            buf.grad_data.fill_(1e6)  # stale grads, as if from the previous step
+        ddp.zero_grad_buffer()
+        ddp(data[:, :-1], targets=data[:, 1:]).loss.backward()
+        ddp.finish_grad_sync()
+        for (name, p), q in zip(ref.named_parameters(), model.parameters()):
+            torch.testing.assert_close(ddp.main_grad(q), p.grad, rtol=1e-4, atol=1e-5, msg=name)
