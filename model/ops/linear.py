@@ -48,9 +48,9 @@ class LinearSinkFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         d_x = d_out.matmul(weight) if ctx.needs_input_grad[0] else None
         d_weight = d_bias = None
-        d_rows = _rows(d_out)
-        if ctx.needs_input_grad[1] and not ctx.sink.accumulate_wgrad(weight, d_rows, _rows(x)):
-            d_weight = d_rows.t().mm(_rows(x))
+        d_rows, x_rows = _rows(d_out), _rows(x)
+        if ctx.needs_input_grad[1] and not ctx.sink.accumulate_wgrad(weight, d_rows, x_rows):
+            d_weight = d_rows.t().mm(x_rows)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = d_rows.sum(0)
         return d_x, d_weight, d_bias, None

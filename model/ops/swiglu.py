@@ -104,17 +104,20 @@ _swiglu_fwd_flat = LazyKernel(_swiglu_fwd_flat_kernel)
 _swiglu_bwd = LazyKernel(_swiglu_bwd_kernel)
 
 
-def _tiles(n_rows: int, n_cols: int) -> tuple[int, int, int, tuple[int, int]]:
+def _tiles(n_rows: int, n_cols: int, tiles=None) -> tuple[int, int, int, tuple[int, int]]:
     """(block_r, block_c, num_warps, grid) of the 2D kernels: one row of up to 2048 columns per program, 16 warps.
 
+    `tiles` = (block_r, block_c, num_warps) replaces the heuristic (bench/sweep_tiles.py passes it).
     bench/sweep_tiles.py on an H100 at 16384 x 5632 (2026-11-23, device time): the backward at (1, 2048, 16)
     took 0.314 ms against 0.321 ms for (2, 1024, 4); narrow rows keep about 2048 elements per program.
     """
-    block_c = min(2048, next_power_of_2(n_cols))
-    block_r = max(1, min(64, 2048 // block_c))
-    warps = 16 if block_c == 2048 else num_warps_for(block_r * block_c)
-    grid = (cdiv(n_rows, block_r), cdiv(n_cols, block_c))
-    return block_r, block_c, warps, grid
+    if tiles is not None:
+        block_r, block_c, warps = tiles
+    else:
+        block_c = min(2048, next_power_of_2(n_cols))
+        block_r = max(1, min(64, 2048 // block_c))
+        warps = 16 if block_c == 2048 else num_warps_for(block_r * block_c)
+    return block_r, block_c, warps, (cdiv(n_rows, block_r), cdiv(n_cols, block_c))
 
 
 def silu_mul_fwd_triton(g2: torch.Tensor, u2: torch.Tensor, flat: bool = True, block: int = 1024,
@@ -138,10 +141,7 @@ def silu_mul_fwd_triton(g2: torch.Tensor, u2: torch.Tensor, flat: bool = True, b
             num_warps=num_warps,
         )
         return out
-    block_r, block_c, warps, grid = _tiles(n_rows, n_cols)
-    if tiles is not None:
-        block_r, block_c, warps = tiles
-        grid = (cdiv(n_rows, block_r), cdiv(n_cols, block_c))
+    block_r, block_c, warps, grid = _tiles(n_rows, n_cols, tiles)
     _swiglu_fwd[grid](
         g2, u2, out, n_rows, n_cols, g2.stride(0), u2.stride(0), out.stride(0),
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
@@ -157,10 +157,7 @@ def silu_mul_bwd_triton(do2, g2, u2, dg2, du2, tiles=None) -> None:
     n_rows, n_cols = g2.shape
     if n_rows * n_cols == 0:
         return
-    block_r, block_c, warps, grid = _tiles(n_rows, n_cols)
-    if tiles is not None:
-        block_r, block_c, warps = tiles
-        grid = (cdiv(n_rows, block_r), cdiv(n_cols, block_c))
+    block_r, block_c, warps, grid = _tiles(n_rows, n_cols, tiles)
     _swiglu_bwd[grid](
         do2, g2, u2, dg2, du2, n_rows, n_cols,
         do2.stride(0), g2.stride(0), u2.stride(0), dg2.stride(0), du2.stride(0),
