@@ -14,15 +14,26 @@ import torch.distributed as dist
 _EPS = 1e-6  # keeps the coefficient finite when the norm is 0
 
 
-def squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Sum of squares of all elements of ``tensors`` as an fp32 scalar on ``device`` (0 if empty)."""
+def tensor_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The L2 norm of each tensor, as one fp32 vector on ``device`` (empty if there are none)."""
     if not tensors:
-        return torch.zeros((), dtype=torch.float32, device=device)
+        return torch.zeros((0,), dtype=torch.float32, device=device)
     if all(t.dtype == torch.float32 for t in tensors):
         norms = torch._foreach_norm(tensors, 2.0)
     else:  # bf16/fp16 main grads: accumulate and return in fp32 (a bf16 norm would lose 3 digits)
         norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
-    return torch.stack([n.float() for n in norms]).square().sum()
+    return torch.stack([n.float() for n in norms])
+
+
+def squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum of squares of all elements of ``tensors`` as an fp32 scalar on ``device`` (0 if empty).
+
+    Equal, bit for bit, to ``torch.cat([tensor_norms(part) for part in parts]).square().sum()`` for any split of
+    ``tensors`` into consecutive parts: the optimizer sums per-bucket norms taken during the backward that way.
+    """
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    return tensor_norms(tensors, device).square().sum()
 
 
 def global_norm(

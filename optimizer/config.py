@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIMIZER_IMPLS = ("auto", "triton", "torch_fused", "foreach", "apex")
+MAIN_PARAMS = ("auto", "fp32", "split")
 
 
 @dataclass
@@ -27,10 +28,15 @@ class OptimizerConfig:
     use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
     overlap_param_gather: bool = False  # ZeRO-1: hide the param all-gather behind the next forward
     overlap_optim_step: bool = False  # step each bucket's shard as soon as its reduction finishes
+    # split: the bf16 params are the high half of each fp32 main value, an int16 tensor the low half (same
+    # update, 2 bytes/param less; triton impl only); fp32: a separate fp32 copy
+    main_params: str = "auto"  # auto|fp32|split fp32 main params of bf16 models (auto: split with the triton impl)
 
     def validate(self) -> None:
         if self.optimizer_impl not in OPTIMIZER_IMPLS:
             raise ValueError(f"--optimizer_impl={self.optimizer_impl!r} is not one of {', '.join(OPTIMIZER_IMPLS)}")
+        if self.main_params not in MAIN_PARAMS:
+            raise ValueError(f"--main_params={self.main_params!r} is not one of {', '.join(MAIN_PARAMS)}")
         if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
             raise ValueError(
                 f"need 0 <= --min_lr <= --learning_rate and --learning_rate > 0, "

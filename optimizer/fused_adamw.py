@@ -12,6 +12,13 @@ Math (per element; torch.optim.AdamW's order of operations, decoupled weight dec
     denom = sqrt(v) / sqrt(1 - beta2^step) + eps
     p = p + (-(lr / (1 - beta1^step)) * m) / denom
     out = cast(p)                                        # the model's bf16/fp16 param, when given
+Split main params (``main_lo``): instead of a separate fp32 copy (4 bytes per param besides the model's bf16
+param), the fp32 value is kept as two halves: the model's bf16 param is its high 16 bits (rounded, see
+``split_main``) and an int16 tensor holds the low 16 bits. The kernel joins them exactly, updates, and splits
+again: 2 bytes per param less memory and 2 fewer bytes moved per step (28 instead of 30), with the same fp32
+update. The model's weights are then the fp32 values rounded half away from zero instead of half to even: they
+differ only where the low half is exactly 0x8000.
+
 Scalars (1 - lr*wd, the bias corrections) are computed in Python doubles, as torch's foreach AdamW does, and
 rounded once to fp32. sqrt and division use IEEE round-to-nearest (tl.sqrt_rn, tl.div_rn), not the faster
 approximate forms, so the result is torch's to within fma contraction (a few ulp).
@@ -89,19 +96,26 @@ def build_decay_plan(numel: int, decayed: list[tuple[int, int]], device, block: 
 
 # ----------------------------------------------------------------------------------------------- kernel
 def _adamw_kernel(
-    P, G, M, V, OUT, ROWS, FLAGS, SCALE,
+    P, LO, G, M, V, OUT, ROWS, FLAGS, SCALE,
     n, decay_factor, lerp_w, beta2, one_minus_beta2, neg_step_size, bc2_sqrt, eps,
     HAS_OUT: tl.constexpr, HAS_PLAN: tl.constexpr, LERP_SMALL: tl.constexpr, BF16_BY_BITS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # Steps: 1. load one block of p, g, m, v (g cast to fp32 and scaled); 2. weight decay by the block's row
-    # code (uniform blocks read no flags); 3. Adam moments and the bias-corrected update; 4. store p, m, v and
-    # the cast model param.
+    # Steps: 1. load one block of p (SPLIT: join the bf16 param's bits and the low 16 bits), g, m, v (g cast to
+    # fp32 and scaled); 2. weight decay by the block's row code (uniform blocks read no flags); 3. Adam moments
+    # and the bias-corrected update; 4. store p (SPLIT: split it again), m, v and the cast model param.
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(SCALE)
-    p = tl.load(P + offs, mask=mask, other=0.0)
+    if SPLIT:
+        # P and LO are int16 views: the high half (the bf16 param) zero-extended, the low half sign-extended;
+        # the int32 sum wraps exactly as the bit pattern needs (see split_main)
+        hi = tl.load(P + offs, mask=mask, other=0).to(tl.int32) & 0xFFFF
+        lo = tl.load(LO + offs, mask=mask, other=0).to(tl.int32)
+        p = ((hi << 16) + lo).to(tl.float32, bitcast=True)
+    else:
+        p = tl.load(P + offs, mask=mask, other=0.0)
     m = tl.load(M + offs, mask=mask, other=0.0)
     v = tl.load(V + offs, mask=mask, other=0.0)
     if HAS_PLAN:
@@ -120,7 +134,18 @@ def _adamw_kernel(
     v = tl.fma(one_minus_beta2 * g, g, v * beta2)
     denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
     p = p + tl.div_rn(neg_step_size * m, denom)
-    tl.store(P + offs, p, mask=mask)
+    if SPLIT:
+        # high half rounded half away from zero in magnitude, low half the signed remainder in [-2^15, 2^15)
+        ub = p.to(tl.uint32, bitcast=True)
+        hi = (ub + 0x8000) >> 16
+        lo = ub - (hi << 16)
+        is_nan = p != p
+        hi = tl.where(is_nan, (ub >> 16) | 0x40, hi)
+        lo = tl.where(is_nan, 0, lo)
+        tl.store(P + offs, hi.to(tl.int16), mask=mask)
+        tl.store(LO + offs, lo.to(tl.int16), mask=mask)
+    else:
+        tl.store(P + offs, p, mask=mask)
     tl.store(M + offs, m, mask=mask)
     tl.store(V + offs, v, mask=mask)
     if HAS_OUT:
@@ -152,15 +177,25 @@ def _scalars(lr: float, weight_decay: float, beta1: float, beta2: float, step: i
     return _Scalars(1 - lr * weight_decay, 1 - beta1, (lr / (1 - beta1 ** step)) * -1, (1 - beta2 ** step) ** 0.5)
 
 
-def _check(main, grad, exp_avg, exp_avg_sq, param_out, decay, step, grad_scale) -> None:
+def _check(main, grad, exp_avg, exp_avg_sq, param_out, decay, step, grad_scale, main_lo=None) -> None:
     """TypeError/ValueError for misuse: every tensor flat, contiguous, same size and device; dtypes as documented."""
     n = main.numel()
-    for name, t in (("main", main), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+    fp32 = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if main_lo is None:
+        fp32.append(("main", main))
+    elif main.dtype != torch.bfloat16 or main_lo.dtype != torch.int16:
+        raise TypeError(f"split main params need main in bfloat16 (the model's params) and main_lo in int16, got "
+                        f"{main.dtype} and {main_lo.dtype}")
+    elif param_out is not None:
+        raise ValueError("with main_lo the bf16 half is the model's param itself: pass param_out=None")
+    for name, t in fp32:
         if t.dtype != torch.float32:
             raise TypeError(f"{name} must be float32, got {t.dtype}")
     named = [("main", main), ("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if param_out is not None:
         named.append(("param_out", param_out))
+    if main_lo is not None:
+        named.append(("main_lo", main_lo))
     for name, t in named:
         if t.dim() != 1 or not t.is_contiguous() or t.numel() != n or t.device != main.device:
             raise ValueError(f"{name} must be a contiguous 1-D tensor of {n} elements on {main.device}, got shape "
@@ -183,20 +218,31 @@ def fused_adamw_step(
     main: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
     param_out: torch.Tensor | None, *, lr: float, weight_decay: float, beta1: float, beta2: float, eps: float,
     step: int, grad_scale: torch.Tensor | None = None, decay: DecayPlan | None = None, impl: str = "auto",
+    main_lo: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step on a flat fp32 region in place (see the module docstring for the math).
 
     ``step`` is this step's 1-based count (bias correction). ``grad_scale`` (0-dim fp32 on the device, or None
     for 1) multiplies the grads. ``decay`` limits weight decay to its marked elements; None decays every
     element by ``weight_decay`` (pass 0.0 for none). ``param_out`` (or None) receives the cast result.
+    ``main_lo`` (int16) selects split main params: ``main`` is then the model's bf16 params, the high half of
+    the fp32 values (see ``split_main``), and is updated in place with them.
     impl: "triton" (CUDA, or the CPU interpreter with TRITON_INTERPRET=1), "torch" (``fused_adamw_ref``) or
     "auto" (triton on CUDA when importable, else torch).
     """
-    _check(main, grad, exp_avg, exp_avg_sq, param_out, decay, step, grad_scale)
+    _check(main, grad, exp_avg, exp_avg_sq, param_out, decay, step, grad_scale, main_lo)
     impl = _resolve(impl, main.device)
+    kw = dict(lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=eps, step=step,
+              grad_scale=grad_scale, decay=decay)
+    if impl == "torch" and main_lo is not None:
+        full = join_main(main, main_lo)
+        fused_adamw_ref(full, grad, exp_avg, exp_avg_sq, None, **kw)
+        hi, lo = split_main(full)
+        main.copy_(hi)
+        main_lo.copy_(lo)
+        return
     if impl == "torch":
-        fused_adamw_ref(main, grad, exp_avg, exp_avg_sq, param_out, lr=lr, weight_decay=weight_decay, beta1=beta1,
-                        beta2=beta2, eps=eps, step=step, grad_scale=grad_scale, decay=decay)
+        fused_adamw_ref(main, grad, exp_avg, exp_avg_sq, param_out, **kw)
         return
     n = main.numel()
     if n == 0:
@@ -208,12 +254,15 @@ def fused_adamw_step(
     rows = decay.rows if decay is not None else grad_scale
     flags = decay.flags if decay is not None else grad_scale
     grid = (_cdiv(n, block),)
+    split = main_lo is not None
+    p_arg = main.view(torch.int16) if split else main
     _adamw[grid](
-        main, grad, exp_avg, exp_avg_sq, param_out if param_out is not None else main, rows, flags, grad_scale,
+        p_arg, main_lo if split else p_arg, grad, exp_avg, exp_avg_sq, param_out if param_out is not None else main,
+        rows, flags, grad_scale,
         n, s.decay_factor, s.lerp_w, beta2, 1 - beta2, s.neg_step_size, s.bc2_sqrt, eps,
         HAS_OUT=param_out is not None, HAS_PLAN=decay is not None, LERP_SMALL=abs(s.lerp_w) < 0.5,
         BF16_BY_BITS=interpret_mode() and param_out is not None and param_out.dtype == torch.bfloat16,
-        BLOCK=block, num_warps=NUM_WARPS,
+        SPLIT=split, BLOCK=block, num_warps=NUM_WARPS,
     )
 
 
@@ -255,3 +304,36 @@ def fused_adamw_ref(
     main.addcdiv_(exp_avg, denom, value=s.neg_step_size)
     if param_out is not None:
         param_out.copy_(main)
+
+
+# ----------------------------------------------------------------------------------------------- split main params
+def split_main(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 values -> (bf16 high half, int16 low half) whose bits join back to exactly ``x`` (``join_main``).
+
+    1. bits = the fp32 bit pattern as an unsigned 32-bit integer (held in int64 here).
+    2. hi = (bits + 2^15) >> 16: the bf16 nearest to x, ties rounded away from zero (round-to-nearest-even would
+       need a 17th bit to undo: both neighbours of a tie round to the same even bf16).
+    3. lo = bits - hi * 2^16, in [-2^15, 2^15): fits int16. NaN keeps a quiet-NaN high half and lo = 0.
+    """
+    u = x.detach().float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    hi = ((u + 0x8000) >> 16) & 0xFFFF
+    lo = u - (hi << 16)
+    nan = torch.isnan(x)
+    hi = torch.where(nan, (u >> 16) | 0x40, hi)
+    lo = torch.where(nan, torch.zeros_like(lo), lo)
+    return _to_int16(hi).view(torch.bfloat16), _to_int16(lo)
+
+
+def join_main(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """The fp32 values of a (bf16 high half, int16 low half) pair (the inverse of ``split_main``)."""
+    bits = ((hi.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF) << 16) + lo.to(torch.int64)
+    return _to_int32(bits & 0xFFFFFFFF).view(torch.float32)
+
+
+def _to_int16(u: torch.Tensor) -> torch.Tensor:
+    """Integers taken mod 2^16, as the int16 with that bit pattern."""
+    return (((u & 0xFFFF) ^ 0x8000) - 0x8000).to(torch.int16)
+
+
+def _to_int32(u: torch.Tensor) -> torch.Tensor:
+    return (((u & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000).to(torch.int32)

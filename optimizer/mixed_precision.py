@@ -4,7 +4,9 @@ Layout. The optimizer works on *regions*: for every bucket of every ParamAndGrad
 rank updates. Without ZeRO-1 a region is the whole bucket; with ZeRO-1 (optimizer/distributed.py) it
 is the rank's shard. Each region holds
 - ``main``: an fp32 flat tensor of the region's elements: a copy of the model's params (bf16/fp16
-  params), or the model's param buffer itself (fp32 params: nothing to copy);
+  params), or the model's param buffer itself (fp32 params: nothing to copy). With --main_params=split (the
+  default for bf16 with the triton impl) no fp32 tensor is kept: the model's bf16 params are the high
+  half of each fp32 value and ``lo`` (int16) the low half (optimizer/fused_adamw.py), 2 bytes/param less;
 - the grads: read in place from the DDP's grad buffer. No persistent fp32 copy is kept of bf16/fp16
   main grads: the triton kernel reads them directly, the torch path converts one region at a time
   (allocate, step, free), so the extra memory is one region's fp32 grads;
@@ -34,9 +36,9 @@ import math
 import torch
 import torch.distributed as dist
 
-from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm
+from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm, tensor_norms
 from optimizer.config import OptimizerConfig
-from optimizer.fused_adamw import build_decay_plan, fused_adamw_step
+from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main, split_main
 from utils.triton_env import triton_available
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from optimizer.range_map import ParamSlice, shard_param_slices
@@ -54,6 +56,20 @@ def resolve_optimizer_impl(impl: str, device: torch.device) -> str:
     return "foreach"
 
 
+def resolve_main_params(mode: str, impl: str, param_dtype: torch.dtype) -> str:
+    """--main_params for one param dtype: "split" (bf16 params hold the high half, see fused_adamw.split_main)
+    or "fp32" (a separate copy; fp32 params are their own main params). auto = split for bf16 with triton."""
+    if param_dtype != torch.bfloat16 or mode == "fp32":
+        if mode == "split":
+            raise ValueError(f"--main_params=split keeps the high half of each fp32 value in the model's bf16 "
+                             f"params, but they are {param_dtype}: use --dtype=bfloat16 or --main_params=auto")
+        return "fp32"
+    if mode == "split" and impl != "triton":
+        raise ValueError(f"--main_params=split needs --optimizer_impl=triton (the resolved impl is {impl!r}; "
+                         f"triton runs on CUDA); use --main_params=auto or fp32")
+    return "split" if impl == "triton" else "fp32"
+
+
 def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, impl: str) -> torch.optim.Optimizer:
     """A torch.optim AdamW (torch_fused or foreach) or apex FusedAdam over the groups."""
     kw = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
@@ -69,21 +85,28 @@ def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, impl: str) -> to
 class _Region:
     """One bucket's part that this rank updates (see the module docstring)."""
 
-    def __init__(self, buffer, bucket, start: int, end: int, names: dict, cfg: OptimizerConfig, impl: str):
+    def __init__(self, buffer, bucket, start: int, end: int, names: dict, cfg: OptimizerConfig, impl: str,
+                 split: bool = False):
         self.buffer, self.bucket, self.start, self.end = buffer, bucket, start, end
-        self.cfg, self.impl, self.lr = cfg, impl, cfg.learning_rate
+        self.cfg, self.impl, self.lr, self.split = cfg, impl, cfg.learning_rate, split
         self.slices: list[ParamSlice] = shard_param_slices(buffer.param_index_map, start, end, bucket.index)
         self.names = [names[s.param] for s in self.slices]
-        param_region = buffer.param_data[start:end]
+        self.param_region = buffer.param_data[start:end]
         self.grad_region = buffer.grad_data[start:end]
         self.alias_params = buffer.param_dtype == torch.float32
         self.alias_grads = buffer.grad_dtype == torch.float32
-        with torch.no_grad():
-            self.main = param_region if self.alias_params else param_region.detach().float()
         self._grad_views = [self.grad_region[s.shard_start:s.shard_end] for s in self.slices]
-        self.main_params = [torch.nn.Parameter(self.main[s.shard_start:s.shard_end], requires_grad=False)
-                            for s in self.slices]
         self.opt = None
+        if split:  # the fp32 values are the bf16 params (high half) and self.lo (low half); none stored whole
+            assert impl == "triton" and buffer.param_dtype == torch.bfloat16, (impl, buffer.param_dtype)
+            self.main = None
+            self.lo = torch.zeros(end - start, dtype=torch.int16, device=self.param_region.device)
+            self.main_params = []
+        else:
+            with torch.no_grad():
+                self.main = self.param_region if self.alias_params else self.param_region.detach().float()
+            self.main_params = [torch.nn.Parameter(self.main[s.shard_start:s.shard_end], requires_grad=False)
+                                for s in self.slices]
         if impl == "triton":
             self._init_triton()
         else:
@@ -101,18 +124,48 @@ class _Region:
 
     def _init_triton(self) -> None:
         """Flat m/v over the region (per-slice views for the state dict) and the weight-decay plan."""
-        self.exp_avg = torch.zeros_like(self.main)
-        self.exp_avg_sq = torch.zeros_like(self.main)
+        numel, device = self.end - self.start, self.param_region.device
+        self.exp_avg = torch.zeros(numel, dtype=torch.float32, device=device)
+        self.exp_avg_sq = torch.zeros(numel, dtype=torch.float32, device=device)
         self.step_count = 0
-        self._state = {p: {"exp_avg": self.exp_avg[s.shard_start:s.shard_end],
-                           "exp_avg_sq": self.exp_avg_sq[s.shard_start:s.shard_end]}
-                       for s, p in zip(self.slices, self.main_params)}
+        self._state = [{"exp_avg": self.exp_avg[s.shard_start:s.shard_end],
+                        "exp_avg_sq": self.exp_avg_sq[s.shard_start:s.shard_end]} for s in self.slices]
         decayed = [(s.shard_start, s.shard_end) for s in self.slices if s.param.ndim >= 2]
         self.weight_decay = self.cfg.weight_decay if decayed else 0.0
         if decayed and len(decayed) < len(self.slices):
-            self.decay_plan = build_decay_plan(self.main.numel(), decayed, self.main.device)
+            self.decay_plan = build_decay_plan(numel, decayed, device)
         else:  # uniform: every element decayed (padding is zero and stays zero) or none
             self.decay_plan = None
+
+    # ----- the fp32 main values, whole or split -----
+    def main_values(self, i: int) -> torch.Tensor:
+        """Slice i's fp32 main values (a view; split: joined into a new tensor)."""
+        s = self.slices[i]
+        if self.split:
+            return join_main(self.param_region[s.shard_start:s.shard_end], self.lo[s.shard_start:s.shard_end])
+        return self.main_params[i].detach()
+
+    def load_main(self, i: int, dst: slice, values: torch.Tensor) -> None:
+        """Set elements ``dst`` (relative to slice i) of the fp32 main values, and the model's params with them."""
+        s = self.slices[i]
+        lo, hi = self.start + s.shard_start + dst.start, self.start + s.shard_start + dst.stop
+        with torch.no_grad():
+            if self.split:
+                high, low = split_main(values.to(self.lo.device))
+                self.buffer.param_data[lo:hi].copy_(high)
+                self.lo[lo - self.start:hi - self.start].copy_(low)
+                return
+            self.main_params[i][dst].copy_(values)
+            if not self.alias_params:
+                self.buffer.param_data[lo:hi].copy_(self.main_params[i][dst])
+
+    def reload_model_params(self) -> None:
+        """Main values := the model's current params (their low halves zero when split)."""
+        with torch.no_grad():
+            if self.split:
+                self.lo.zero_()
+            elif not self.alias_params:
+                self.main.copy_(self.param_region)
 
     def grad_views(self) -> list[torch.Tensor]:
         """Per-slice views of the reduced grads in the grad buffer (fp32, or bf16/fp16 main grads)."""
@@ -132,10 +185,12 @@ class _Region:
         if self.impl == "triton":
             self.step_count += 1
             cfg = self.cfg
-            out = None if self.alias_params else self.buffer.param_data[self.start:self.end]
-            fused_adamw_step(self.main, self.grad_region, self.exp_avg, self.exp_avg_sq, out, lr=self.lr,
+            out = None if self.alias_params or self.split else self.param_region
+            main = self.param_region if self.split else self.main
+            fused_adamw_step(main, self.grad_region, self.exp_avg, self.exp_avg_sq, out, lr=self.lr,
                              weight_decay=self.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.adam_eps,
-                             step=self.step_count, grad_scale=grad_scale, decay=self.decay_plan, impl="triton")
+                             step=self.step_count, grad_scale=grad_scale, decay=self.decay_plan, impl="triton",
+                             main_lo=self.lo if self.split else None)
             return
         temp = None if self.alias_grads else self.grad_region.float()
         if temp is not None:
@@ -151,7 +206,7 @@ class _Region:
             for p in self.main_params:
                 p.grad = None
         if not self.alias_params:
-            self.buffer.param_data[self.start:self.end].copy_(self.main)
+            self.param_region.copy_(self.main)
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr
@@ -159,11 +214,12 @@ class _Region:
             for g in self.opt.param_groups:
                 g["lr"] = lr
 
-    def adam_state(self, p: torch.nn.Parameter) -> dict:
-        """(exp_avg, exp_avg_sq, step) of a main param, created as zeros when it never stepped."""
+    def adam_state(self, i: int) -> dict:
+        """(exp_avg, exp_avg_sq, step) of slice i, created as zeros when it never stepped."""
         if self.impl == "triton":
-            return self._state[p]
+            return self._state[i]
         assert self.opt is not None
+        p = self.main_params[i]
         st = self.opt.state[p]
         if "exp_avg" not in st:
             st["exp_avg"] = torch.zeros_like(p)
@@ -175,21 +231,21 @@ class _Region:
                 st["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
         return st
 
-    def get_step(self, p) -> float:
+    def get_step(self, i: int) -> float:
         if self.impl == "triton":
             return float(self.step_count)
         if _is_apex(self.opt):
-            return float(_group_of(self.opt, p).get("step", 0))
-        return float(self.adam_state(p)["step"])
+            return float(_group_of(self.opt, self.main_params[i]).get("step", 0))
+        return float(self.adam_state(i)["step"])
 
-    def set_step(self, p, step: float) -> None:
+    def set_step(self, i: int, step: float) -> None:
         """Restore a step count (triton: one count per region; every slice of a region steps together)."""
         if self.impl == "triton":
             self.step_count = int(step)
         elif _is_apex(self.opt):
-            _group_of(self.opt, p)["step"] = int(step)
+            _group_of(self.opt, self.main_params[i])["step"] = int(step)
         else:
-            self.adam_state(p)["step"].fill_(step)
+            self.adam_state(i)["step"].fill_(step)
 
 
 def _is_apex(opt) -> bool:
@@ -217,9 +273,10 @@ class MixedPrecisionOptimizer:
         self.impl = resolve_optimizer_impl(cfg.optimizer_impl, self.device)
         self.regions: list[_Region] = []
         for buffer in ddp.buffers:
+            split = resolve_main_params(cfg.main_params, self.impl, buffer.param_dtype) == "split"
             for bucket in buffer.buckets:
                 lo, hi = self._region_range(bucket)
-                self.regions.append(_Region(buffer, bucket, lo, hi, names, cfg, self.impl))
+                self.regions.append(_Region(buffer, bucket, lo, hi, names, cfg, self.impl, split))
         # the exact legacy fp16 path: unscale the fp32 grads in place, with an element-wise inf/NaN check
         self._unscale_in_place = self.impl != "triton" and all(r.alias_grads for r in self.regions)
         self._one = torch.ones((), dtype=torch.float32, device=self.device)
@@ -228,9 +285,13 @@ class MixedPrecisionOptimizer:
         self.iteration = 0  # optimizer.step() calls, skipped ones included
         self._overlap_sq_norms: list[torch.Tensor] = []
         self._overlap_stepped: set[int] = set()
+        self._bucket_norms: dict[int, torch.Tensor] = {}
         self.overlap_optim_step = cfg.overlap_optim_step
         if self.overlap_optim_step:
-            self._install_overlap_hook()
+            self._install_post_reduce_hook(self.step_bucket, "--overlap_optim_step")
+        elif self.grad_scaler is None:
+            # fp16 keeps computing its norm in step(): its inf check must see the grads as they are then
+            self._install_post_reduce_hook(self.record_bucket_norms, "the grad norm during the backward")
 
     # ----- subclass points -----
     def _region_range(self, bucket) -> tuple[int, int]:
@@ -263,10 +324,8 @@ class MixedPrecisionOptimizer:
         outside the optimizer (e.g. loading pretrained weights without optimizer state). Not needed
         after ``load_state_dict``, which restores the main params themselves.
         """
-        with torch.no_grad():
-            for r in self.regions:
-                if not r.alias_params:
-                    r.main.copy_(r.buffer.param_data[r.start:r.end])
+        for r in self.regions:
+            r.reload_model_params()
 
     def set_lr(self, lr: float) -> None:
         """Set the LR of every group. With --overlap_optim_step call it before the backward."""
@@ -294,7 +353,7 @@ class MixedPrecisionOptimizer:
             found_inf = self._unscale_and_check(grads)
             sq = squared_norm(grads, self.device)
         else:
-            sq = squared_norm(grads, self.device)
+            sq = self._squared_norm(grads)
             found_inf = self.grad_scaler is not None and self._nonfinite_anywhere(sq)
             if self.grad_scaler is not None:
                 inv_scale = torch.full((), self.grad_scaler.inv_scale, dtype=torch.float32, device=self.device)
@@ -339,17 +398,35 @@ class MixedPrecisionOptimizer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
-    # ----- overlap_optim_step -----
-    def _install_overlap_hook(self) -> None:
-        from parallel.comm_hooks.overlap_optim_step import OverlapOptimStepState, overlap_optim_step_hook
+    # ----- per-bucket work as soon as a bucket is reduced (parallel/comm_hooks/post_reduce.py) -----
+    def _install_post_reduce_hook(self, callback, what: str) -> None:
+        from parallel.comm_hooks.post_reduce import PostReduceState, post_reduce_hook
 
         # the DDP's current (state, hook): the contract names comm_hook_state; the hook is private there
         inner_hook = getattr(self.ddp, "comm_hook", None) or getattr(self.ddp, "_comm_hook", None)
         inner_state = getattr(self.ddp, "comm_hook_state", None)
         if inner_hook is None:
-            raise TypeError("--overlap_optim_step needs the DDP's current comm hook (ddp.comm_hook or ddp._comm_hook)")
-        state = OverlapOptimStepState(inner_hook, inner_state, self.step_bucket)
-        self.ddp.register_comm_hook(state, overlap_optim_step_hook)
+            raise TypeError(f"{what} needs the DDP's current comm hook (ddp.comm_hook or ddp._comm_hook)")
+        self.ddp.register_comm_hook(PostReduceState(inner_hook, inner_state, callback), post_reduce_hook)
+
+    def record_bucket_norms(self, bucket) -> None:
+        """Comm-hook callback: the bucket's grads are reduced; take the norm of each of its grads now.
+
+        On CUDA this runs beside the rest of the backward (the callback's stream is synchronized with the
+        reduction, and finish_grad_sync() waits for it); step() then only sums the recorded norms.
+        """
+        r = self._region_of_bucket[id(bucket)]
+        self._bucket_norms[id(bucket)] = tensor_norms(r.grad_views(), self.device)
+
+    def _squared_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """This rank's squared grad norm: from the norms recorded during this step's reduction when every bucket
+        has one (the same vector in the same order as squared_norm(grads) builds: bitwise equal), else computed
+        now (no DDP sync ran, e.g. grads written by hand). The records are consumed either way."""
+        recorded, self._bucket_norms = self._bucket_norms, {}
+        keys = [id(r.bucket) for r in self.regions]
+        if keys and all(k in recorded for k in keys):
+            return torch.cat([recorded[k] for k in keys]).square().sum()
+        return squared_norm(grads, self.device)
 
     def step_bucket(self, bucket) -> None:
         """Comm-hook callback: the bucket's reduction finished; step its region now.
@@ -388,12 +465,12 @@ class MixedPrecisionOptimizer:
             return None
         params = {}
         for r in self.regions:
-            for s, name, p in zip(r.slices, r.names, r.main_params):
-                st = r.adam_state(p)
+            for i, (s, name) in enumerate(zip(r.slices, r.names)):
+                st = r.adam_state(i)
                 params[name] = {
                     "shape": list(s.param.shape), "start": s.param_start, "end": s.param_end,
-                    "step": r.get_step(p),
-                    "main": p.detach().cpu().clone(),
+                    "step": r.get_step(i),
+                    "main": r.main_values(i).cpu().clone(),
                     "exp_avg": st["exp_avg"].detach().cpu().clone(),
                     "exp_avg_sq": st["exp_avg_sq"].detach().cpu().clone(),
                 }
@@ -424,15 +501,15 @@ class MixedPrecisionOptimizer:
         if meta is None:
             raise ValueError("no optimizer state in the checkpoint (every rank's dict is None)")
         for r in self.regions:
-            for s, name, p in zip(r.slices, r.names, r.main_params):
-                self._load_slice(r, s, name, p, pieces.get(name, []))
+            for i, name in enumerate(r.names):
+                self._load_slice(r, i, name, pieces.get(name, []))
         self.iteration = int(meta["iteration"])
         if self.grad_scaler is not None and meta.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(meta["grad_scaler"])
 
     @staticmethod
-    def _load_slice(r: _Region, s: ParamSlice, name: str, p, pieces: list[dict]) -> None:
-        st = r.adam_state(p)
+    def _load_slice(r: _Region, i: int, name: str, pieces: list[dict]) -> None:
+        s, st = r.slices[i], r.adam_state(i)
         covered, step = 0, None
         with torch.no_grad():
             for piece in pieces:
@@ -443,7 +520,7 @@ class MixedPrecisionOptimizer:
                 if lo >= hi:
                     continue
                 dst, src = slice(lo - s.param_start, hi - s.param_start), slice(lo - piece["start"], hi - piece["start"])
-                p[dst].copy_(piece["main"][src])
+                r.load_main(i, dst, piece["main"][src])
                 st["exp_avg"][dst].copy_(piece["exp_avg"][src])
                 st["exp_avg_sq"][dst].copy_(piece["exp_avg_sq"][src])
                 covered += hi - lo
@@ -452,9 +529,7 @@ class MixedPrecisionOptimizer:
             raise ValueError(f"param {name!r}: the checkpoint covers {covered} of elements [{s.param_start}, "
                              f"{s.param_end}) this rank needs; it is incomplete (missing optim/rank_*.pt?) "
                              f"or from another model")
-        r.set_step(p, step)
-        if not r.alias_params:
-            r.buffer.param_data[r.start + s.shard_start:r.start + s.shard_end].copy_(p.detach())
+        r.set_step(i, step)
 
 
 class Float16OptimizerWithFloat16Params(MixedPrecisionOptimizer):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from optimizer import build_optimizer
-from optimizer.fused_adamw import build_decay_plan, fused_adamw_step
+from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main, split_main
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
 from tests.unit.optimizer.toy import (Case, make_model, run_case, setup, single_ctx, to_numpy, to_torch, train_steps,
@@ -184,6 +184,23 @@ else:  # defined only in the TRITON_INTERPRET=1 child, so the main run neither c
         if kout is not None:  # the kernel's bf16 copy is the main param rounded to nearest even, as torch casts
             assert torch.equal(kout, kp.to(torch.bfloat16))
 
+    @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
+    def test_interp_split_kernel_matches_fp32_kernel(grad_dtype):
+        """The kernel on split storage (bf16 high half + int16 low half) gives the fp32 storage's values bit for
+        bit, and its high half is split_main's; odd sizes, a decay plan, padding."""
+        main, grads, segs = _problem((300, 7, 513, 1, 1030))
+        plan = build_decay_plan(main.numel(), [(a, b) for a, b, d in segs if d], "cpu", block=256)
+        hi, lo = split_main(main)
+        p, m1, v1, m2, v2 = main.clone(), *(torch.zeros_like(main) for _ in range(4))
+        gs = torch.tensor(0.37)
+        for step, g in enumerate(grads, start=1):
+            kw = dict(weight_decay=0.1, step=step, grad_scale=gs, decay=plan, impl="triton", **HP)
+            fused_adamw_step(p, g.to(grad_dtype), m1, v1, None, **kw)
+            fused_adamw_step(hi, g.to(grad_dtype), m2, v2, None, main_lo=lo, **kw)
+        assert torch.equal(join_main(hi, lo).view(torch.int32), p.view(torch.int32))
+        assert torch.equal(hi.view(torch.int16), split_main(p)[0].view(torch.int16))
+        assert torch.equal(m1, m2) and torch.equal(v1, v2)
+
     def test_interp_uniform_decay_and_no_plan():
         """decay=None decays every element; weight_decay=0 none: both as the reference, across blocks."""
         main, grads, segs = _problem((1500, 700))
@@ -211,33 +228,40 @@ else:  # defined only in the TRITON_INTERPRET=1 child, so the main run neither c
 
     @pytest.mark.parametrize("case", [
         with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05),
+        with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, main_params="fp32"),
         Case(dtype=torch.bfloat16, grad_reduce_in_fp32=False),
         with_optim(Case(dtype=torch.float32), grad_clip=0.05),
         with_optim(Case(dtype=torch.float16, inject_inf_at=2), grad_clip=0.05, hysteresis=1,
                    initial_loss_scale=1024.0),
-    ], ids=["bf16_clip", "bf16_bf16grads", "fp32_clip", "fp16_inf"])
+    ], ids=["bf16_clip_split", "bf16_clip_fp32main", "bf16_bf16grads_split", "fp32_clip", "fp16_inf"])
     def test_interp_optimizer_triton_matches_foreach(case):
         _, b = _triton_vs_foreach(case)
-        if case.dtype != torch.float32:  # the kernel wrote the model params: they are the cast main params
-            for n, piece in b["state"]["params"].items():
-                want = torch.from_numpy(piece["main"]).to(case.dtype).float().numpy()
+        split = case.dtype == torch.bfloat16 and case.optim.get("main_params", "auto") != "fp32"
+        if case.dtype != torch.float32:  # the kernel wrote the model params: the main params cast (split: the
+            for n, piece in b["state"]["params"].items():  # high half, ties away from zero)
+                main = torch.from_numpy(piece["main"])
+                want = (split_main(main)[0] if split else main.to(case.dtype)).float().numpy()
                 np.testing.assert_array_equal(b["params"][n].reshape(-1), want, err_msg=n)
 
     def test_interp_optimizer_state_moves_between_impls():
         """A triton run's state loads into a foreach optimizer and back (same per-param format)."""
         case = with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, optimizer_impl="triton")
         out = run_case(single_ctx(), case, parts=1, steps=3)
-        for impl in ("foreach", "triton"):
+        for impl, main_params in (("foreach", "auto"), ("triton", "fp32"), ("triton", "split")):
             model = make_model(case.dtype)
             ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
-            opt = build_optimizer(with_optim(case, optimizer_impl=impl).optimizer_config(False), ddp, case.dtype,
-                                  single_ctx())
+            cfg = with_optim(case, optimizer_impl=impl, main_params=main_params).optimizer_config(False)
+            opt = build_optimizer(cfg, ddp, case.dtype, single_ctx())
             opt.load_state_dict([to_torch(out["state"])])
             again = to_numpy(opt.state_dict())
             for n, piece in out["state"]["params"].items():
                 for k in ("main", "exp_avg", "exp_avg_sq"):
                     np.testing.assert_array_equal(again["params"][n][k], piece[k], err_msg=f"{impl}: {n}.{k}")
                 assert again["params"][n]["step"] == 3
+            for n, p in model.named_parameters():  # the model's params are the loaded main values, cast
+                main = torch.from_numpy(out["state"]["params"][n]["main"])
+                want = split_main(main)[0] if main_params == "split" else main.to(case.dtype)
+                assert torch.equal(p.detach().reshape(-1), want), f"{impl}/{main_params}: {n}"
 
     def _zero1_worker(ctx, case):
         return run_case(ctx, case, parts=ctx.world_size, steps=5)
