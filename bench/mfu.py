@@ -7,7 +7,7 @@
 Cases (each in a fresh subprocess so peak memory is clean), all on the configs/z2all_1b.py shape at its seq len,
 random tokens, the same micro-batch:
 - z2all:      our model in bf16 params with fused ops, our DDP (world 1) and mixed-precision AdamW step
-              (fp32 main params, fused AdamW, grad clipping) exactly as train.py does it.
+              (fp32 main params stored split, fused AdamW, grad clipping) exactly as train.py does it.
 - hf_eager:   transformers LlamaForCausalLM, fp32 params, bf16 autocast, SDPA, torch fused AdamW.
 - hf_compile: the same under torch.compile.
 - hf_liger:   the same after liger_kernel.transformers.apply_liger_kernel_to_llama() (skipped if not importable).

@@ -20,9 +20,10 @@ finish_grad_sync, optimizer step. Cases, each on a fresh model:
 - zero1_overlap:          the same with --overlap_param_gather (gathers waited just before each module)
 - zero1_overlap_optim:    zero1_overlap plus --overlap_optim_step (needs grad_clip=0, so it runs without clipping)
 One JSON line per case (rank 0): case, world, params, peak_mem_gib (max over ranks), tokens_per_s,
-tokens_per_s_per_gpu, step_ms. The last line compares: the theoretical saving 12·N·(1−1/W) bytes (fp32 main
-param, Adam m and v sharded), the measured saving of zero1 against ddp and its fraction of the theory
-(target >= 0.75 on 4 GPUs), and zero1_overlap tokens/s against ddp (target >= 0.99).
+tokens_per_s_per_gpu, step_ms, main_params. The last line compares: the theoretical saving B·N·(1−1/W) bytes
+(B = 12 for the fp32 main param, Adam m and v sharded; 10 with split main params, whose sharded part is the
+2-byte low half), the measured saving of zero1 against ddp and its fraction of the theory (target >= 0.75 on
+4 GPUs), and zero1_overlap tokens/s against ddp (target >= 0.99).
 """
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ def run_case(case: str, args, ctx, batch) -> dict:
         "seq_len": args.seq_len, "peak_mem_gib": round(peak.item() / GIB, 3),
         "tokens_per_s": round(tokens / dt, 1), "tokens_per_s_per_gpu": round(tokens / dt / ctx.world_size, 1),
         "step_ms": round(1000 * dt / args.steps, 2),
+        "main_params": "split" if any(r.split for r in opt.regions) else "fp32",
     }
     del model, ddp, opt, step
     gc.collect()
@@ -148,7 +150,11 @@ def summary(records: dict[str, dict], world: int) -> dict:
     if "ddp" not in records:
         return out
     n = records["ddp"]["params"]
-    theory = 12 * n * (1 - 1 / world) / GIB
+    # sharded per param: Adam m and v (8 bytes) and the main param: 4 bytes fp32, or its 2-byte low half when
+    # split (the bf16 high half is the model's param, which every rank keeps whole)
+    sharded = 8 + (2 if records["ddp"].get("main_params") == "split" else 4)
+    theory = sharded * n * (1 - 1 / world) / GIB
+    out["sharded_bytes_per_param"] = sharded
     out["theoretical_saving_gib"] = round(theory, 3)
     if "zero1" in records:
         measured = records["ddp"]["peak_mem_gib"] - records["zero1"]["peak_mem_gib"]
