@@ -311,8 +311,8 @@ def split_main(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 values -> (bf16 high half, int16 low half) whose bits join back to exactly ``x`` (``join_main``).
 
     1. bits = the fp32 bit pattern as an unsigned 32-bit integer (held in int64 here).
-    2. hi = (bits + 2^15) >> 16: the bf16 nearest to x, ties rounded away from zero (round-to-nearest-even would
-       need a 17th bit to undo: both neighbours of a tie round to the same even bf16).
+    2. hi = (bits + 2^15) >> 16: the bf16 nearest to x, ties rounded away from zero (round-to-nearest-even cannot be
+       undone from 16 low bits: the ties just above and just below an even bf16 both round to it).
     3. lo = bits - hi * 2^16, in [-2^15, 2^15): fits int16. NaN keeps a quiet-NaN high half and lo = 0.
     """
     u = x.detach().float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF

@@ -148,16 +148,16 @@ class _Region:
     def load_main(self, i: int, dst: slice, values: torch.Tensor) -> None:
         """Set elements ``dst`` (relative to slice i) of the fp32 main values, and the model's params with them."""
         s = self.slices[i]
-        lo, hi = self.start + s.shard_start + dst.start, self.start + s.shard_start + dst.stop
+        a, b = s.shard_start + dst.start, s.shard_start + dst.stop  # offsets in the region
         with torch.no_grad():
             if self.split:
                 high, low = split_main(values.to(self.lo.device))
-                self.buffer.param_data[lo:hi].copy_(high)
-                self.lo[lo - self.start:hi - self.start].copy_(low)
+                self.param_region[a:b].copy_(high)
+                self.lo[a:b].copy_(low)
                 return
             self.main_params[i][dst].copy_(values)
             if not self.alias_params:
-                self.buffer.param_data[lo:hi].copy_(self.main_params[i][dst])
+                self.param_region[a:b].copy_(self.main_params[i][dst])
 
     def reload_model_params(self) -> None:
         """Main values := the model's current params (their low halves zero when split)."""
