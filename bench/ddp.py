@@ -67,22 +67,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--grad_accum", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--bucket_size", type=int, default=DDPConfig.bucket_size, help="elements per bucket")
-    ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--case", default="", choices=("",) + CASES, help="run only this case (in this process group)")
-    ap.add_argument("--nproc_per_node", type=int, default=None,
-                    help="driver (plain python): processes per case, default 1; not under torchrun")
+    add_case_args(ap, CASES, CASES)
     ap.add_argument("--profile", default="", help="directory for torch.profiler Chrome traces (ours cases)")
     ap.add_argument("--dry_run", action="store_true", help="CPU, gloo, tiny shape, 2 steps: exercises the logic")
     args = ap.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        ap.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(CASES)}")
-    check_nproc(ap, args)
+    check_case_args(ap, args, CASES)
     if args.dry_run:
         args.shape, args.seq_len, args.micro_batch, args.steps, args.warmup = "dry", 32, 2, 2, 1
         args.bucket_size = min(args.bucket_size, 20_000)
     return args
+
+
+def add_case_args(ap: argparse.ArgumentParser, cases: tuple[str, ...], default_cases: tuple[str, ...]) -> None:
+    """The options of the per-case benchmarks (this file, bench/zero1.py): bucket size, which cases, the driver's
+    process count; check them with check_case_args after parsing."""
+    ap.add_argument("--bucket_size", type=int, default=DDPConfig.bucket_size, help="elements per bucket")
+    ap.add_argument("--cases", default=",".join(default_cases))
+    ap.add_argument("--case", default="", choices=("",) + tuple(cases),
+                    help="run only this case (in this process group)")
+    ap.add_argument("--nproc_per_node", type=int, default=None,
+                    help="driver (plain python): processes per case, default 1; not under torchrun")
+
+
+def check_case_args(ap: argparse.ArgumentParser, args: argparse.Namespace, cases: tuple[str, ...]) -> None:
+    """--cases names only known cases; --nproc_per_node is the driver's (check_nproc)."""
+    unknown = set(args.cases.split(",")) - set(cases)
+    if unknown:
+        ap.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(cases)}")
+    check_nproc(ap, args)
 
 
 def check_nproc(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from bench.ddp import check_nproc, drive, is_driver  # noqa: E402
+from bench.ddp import add_case_args, check_case_args, drive, is_driver  # noqa: E402
 from optimizer import build_optimizer  # noqa: E402
 from optimizer.config import OptimizerConfig  # noqa: E402
 from parallel.config import DDPConfig  # noqa: E402
@@ -61,17 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seq_len", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--bucket_size", type=int, default=DDPConfig.bucket_size, help="elements per bucket")
-    ap.add_argument("--cases", default="ddp,zero1,zero1_overlap")
-    ap.add_argument("--case", default="", choices=("",) + CASES, help="run only this case (in this process group)")
-    ap.add_argument("--nproc_per_node", type=int, default=None,
-                    help="driver (plain python): processes per case, default 1; not under torchrun")
+    add_case_args(ap, CASES, ("ddp", "zero1", "zero1_overlap"))
     ap.add_argument("--dry_run", action="store_true", help="CPU, gloo, tiny shape, 2 steps: exercises the logic")
     args = ap.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        ap.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(CASES)}")
-    check_nproc(ap, args)
+    check_case_args(ap, args, CASES)
     args.shape = DRY_SHAPE if args.dry_run else SEED_SHAPE
     if args.dry_run:
         args.seq_len, args.micro_batch, args.steps, args.warmup = 32, 2, 2, 1
