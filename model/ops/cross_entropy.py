@@ -26,7 +26,7 @@ try:  # optional: without triton only the torch path is available
 except ImportError:  # pragma: no cover
     tl = None
 
-from model.ops._triton_utils import LazyKernel, apply_eager, check_float, next_power_of_2, resolve_impl
+from model.ops._triton_utils import LazyKernel, apply_eager, cdiv, check_float, next_power_of_2, resolve_impl
 
 REDUCTIONS = ("mean", "sum")
 MAX_BLOCK_V = 4096  # vocab columns per step of the row sweep (registers: fp32 x BLOCK_V per program)
@@ -84,7 +84,34 @@ def _ce_rows_kernel(
             tl.store(base + cols, g.to(LOGITS.dtype.element_ty), mask=cmask)
 
 
+def _scale_kernel(X, G, n, BLOCK: tl.constexpr):
+    # x *= g in place: the product in fp32, one rounding to X's dtype.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(G).to(tl.float32)
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(X + offs, (x * g).to(X.dtype.element_ty), mask=mask)
+
+
 _ce_rows = LazyKernel(_ce_rows_kernel)
+_scale = LazyKernel(_scale_kernel)
+SCALE_BLOCK = 4096
+
+
+def scale_(t: torch.Tensor, g: torch.Tensor, use_triton: bool) -> None:
+    """t *= g in place for a 0-dim fp32 tensor g: each element times g in fp32, rounded once to t's dtype.
+
+    Why a kernel: on CUDA, Tensor.mul_ by a 0-dim fp32 tensor on a bf16 tensor takes torch's non-vectorized
+    dynamic-casting loop (0.69 ms per step for grad_h and grad_w at the 1.25B shape on an H100, about 4x the
+    memory time; the kernel takes 0.22 ms), and torch._foreach_mul_ falls back to that same loop for a scalar
+    tensor of another dtype. The torch path (CPU, non-contiguous) computes the same fp32 product.
+    """
+    if not use_triton or not t.is_contiguous():
+        t.mul_(g)
+        return
+    n = t.numel()
+    if n:
+        _scale[(cdiv(n, SCALE_BLOCK),)](t, g, n, BLOCK=SCALE_BLOCK, num_warps=8)
 
 
 def _rows_triton(logits, targets, loss_out, scale, ignore_index, compute_grad) -> None:
@@ -159,6 +186,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             if need_b:
                 grad_b += logits.float().sum(dim=0)
         ctx.grads = (grad_h, grad_w, grad_b.to(bias.dtype) if need_b else None)
+        ctx.use_triton = use_triton
         return loss_rows.sum() * scale
 
     @staticmethod
@@ -170,7 +198,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         g = grad_out.to(torch.float32)  # a 0-dim tensor: multiplying keeps each grad's dtype
         for t in (grad_h, grad_w, grad_b):
             if t is not None:
-                t.mul_(g)
+                scale_(t, g, ctx.use_triton)
         return grad_h, grad_w, None, grad_b, None, None, None, None, None
 
 

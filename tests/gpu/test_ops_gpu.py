@@ -124,6 +124,28 @@ def test_fused_linear_cross_entropy(dtype, reduction):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ce_grad_scale_is_bitwise_mul(dtype):
+    # the fused CE's backward scales its stored grads in place: the fp32 product of the element and the fp32
+    # scale, rounded once to nearest even
+    from model.ops.cross_entropy import scale_
+
+    x = torch.randn(3 * 4096 + 7, device="cuda").to(dtype)
+    g = torch.tensor(0.3712345, device="cuda")
+    want = (x.float() * g).to(dtype)
+    scale_(x, g, use_triton=True)
+    assert torch.equal(x, want)
+
+
+@pytest.mark.parametrize("shape", [(528, 2048), (3, 37), (1000, 96)])
+def test_norm_colsum(shape):
+    from model.ops.rmsnorm import colsum_triton
+
+    p = torch.randn(shape, device="cuda")
+    torch.testing.assert_close(colsum_triton(p, torch.float32), p.double().sum(0).float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(colsum_triton(p, torch.bfloat16), p.sum(0).bfloat16(), rtol=8e-3, atol=8e-3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])
 def test_attention(dtype, impl):

@@ -57,6 +57,25 @@ def test_torch_chunked_path_matches_reference(dtype):
     _check("torch", dtype, 11, 40, 16, 4, "mean", bias=True, ignored=[2, 3])
 
 
+@interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [1, 37, 4096 + 5])
+def test_scale_kernel_is_bitwise_mul(dtype, n):
+    # the backward's in-place grad scaling: the fp32 product rounded once to the grad's dtype (as the CPU's
+    # Tensor.mul_ by a 0-dim fp32 tensor computes it)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    g = torch.tensor(0.3712345, dtype=torch.float32)
+    want = (x.float() * g).to(dtype)
+    assert torch.equal(want, x.clone().mul_(g))
+    ce_mod.scale_(x, g, use_triton=True)
+    if dtype == torch.bfloat16:
+        # the interpreter truncates fp32 -> bf16 where the GPU rounds to nearest even (bitwise there:
+        # tests/gpu/test_ops_gpu.py), so on the CPU allow one bf16 step
+        torch.testing.assert_close(x, want, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(x, want)
+
+
 def test_grad_output_scaling_and_no_grad():
     h, w = leaf((6, 8), torch.float32, 1), leaf((30, 8), torch.float32, 2)
     t = _targets(6, 30, [1])
