@@ -12,9 +12,10 @@ Algorithm (forward computes the gradients too, so backward only scales them):
       scale * (softmax - onehot(target)) (zeros for ignored rows);
    c. grad_h[c] = dlogits @ W; grad_W (+)= dlogits^T @ h_c (accumulated by addmm in W's dtype);
       grad_b += column sums of dlogits (fp32).
-3. loss = sum(row losses) * scale. Backward multiplies the stored grads by grad_output in place.
+3. loss = sum(row losses) * scale. Backward multiplies the stored grads by grad_output in place (scale_).
 Peak extra memory: one (C, V) chunk + grad_h + grad_W, instead of (N, V) logits in fp32 plus their grad.
-impl "triton" and "torch" share the chunking; they differ in step 2b only.
+impl "triton" and "torch" share the chunking; they differ in step 2b and in the kernel that does step 3's
+in-place multiply.
 """
 from __future__ import annotations
 
