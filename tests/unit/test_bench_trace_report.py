@@ -1,20 +1,10 @@
 """bench/trace_report.py on a small hand-made Chrome trace: idle time, categories and launch sites."""
 import gzip
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def tr():
-    spec = importlib.util.spec_from_file_location("bench_trace_report", os.path.join(ROOT, "bench", "trace_report.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import bench.trace_report as tr
 
 
 def _x(cat, name, ts, dur, tid=1, **args):
@@ -40,7 +30,7 @@ def _trace():
     ]
 
 
-def test_span_categories_and_sites(tr, tmp_path):
+def test_span_categories_and_sites(tmp_path):
     path = tmp_path / "t.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": _trace()}, f)
@@ -56,7 +46,7 @@ def test_span_categories_and_sites(tr, tmp_path):
     assert sites["_rmsnorm_fwd_kernel"] == ("-", "-")  # no runtime call carries its correlation id
 
 
-def test_trace_without_kernels_is_an_error(tr, tmp_path):
+def test_trace_without_kernels_is_an_error(tmp_path):
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps({"traceEvents": [_x("cpu_op", "aten::mm", 0, 1)]}))
     with pytest.raises(ValueError, match="no GPU kernel events"):

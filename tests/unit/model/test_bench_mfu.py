@@ -1,27 +1,16 @@
 """bench/mfu.py --dry_run logic on the CPU (tiny shape, in-process: no subprocess per case)."""
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import bench.mfu as mfu
 
 
-@pytest.fixture(scope="module")
-def mfu():
-    spec = importlib.util.spec_from_file_location("bench_mfu", os.path.join(ROOT, "bench", "mfu.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_shape_is_the_seed_recipe(mfu):
+def test_shape_is_the_seed_recipe():
     shape = mfu.load_shape()
     assert (shape["hidden_dim"], shape["n_layers"], shape["n_heads"], shape["n_kv_heads"],
             shape["intermediate_size"], shape["vocab_size"], shape["max_seq_len"]) == (2048, 22, 32, 8, 5632, 64320, 2048)
 
 
-def test_dry_run_cases_and_ratio(mfu):
+def test_dry_run_cases_and_ratio():
     args = mfu.parse_args(["--dry_run", "--micro_batch=2", "--steps=1", "--warmup=1"])
     ours = mfu.run_case("z2all", 2, args)
     peer = mfu.run_case("hf_eager", 2, args)

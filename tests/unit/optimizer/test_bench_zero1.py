@@ -1,21 +1,10 @@
 """bench/zero1.py without a GPU: arguments, the summary against the ZeRO-1 theory, and a dry run in process."""
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_zero1", os.path.join(ROOT, "bench", "zero1.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import bench.zero1 as b
 
 
 def test_args(monkeypatch):
-    b = _bench()
     monkeypatch.delenv("RANK", raising=False)
     args = b.parse_args(["--dry_run", "--nproc_per_node=2"])
     assert args.steps == 2 and args.shape == b.DRY_SHAPE and b.is_driver(args)
@@ -26,7 +15,6 @@ def test_args(monkeypatch):
 
 
 def test_summary():
-    b = _bench()
     n = 2**30
     recs = {"ddp": {"params": n, "peak_mem_gib": 40.0, "tokens_per_s": 100.0},
             "zero1": {"params": n, "peak_mem_gib": 40.0 - 6.75, "tokens_per_s": 99.0},
@@ -39,7 +27,6 @@ def test_summary():
 
 def test_dry_run_in_process(monkeypatch, capsys):
     """--case runs one case here (what each driver-launched torchrun does), world 1 on the CPU."""
-    b = _bench()
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     recs = b.main(["--dry_run", "--case=zero1_overlap"])

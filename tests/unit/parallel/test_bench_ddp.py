@@ -1,22 +1,12 @@
 """bench/ddp.py helpers that need no GPU: overlap measure, arguments, the per-case driver (fresh processes)."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_ddp", os.path.join(ROOT, "bench", "ddp.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import bench.ddp as b
 
 
 def test_overlap_fraction():
-    b = _bench()
     kernels = [("gemm", 0, 10), ("ncclAllReduce", 5, 15), ("gemm2", 12, 13), ("ncclAllReduce", 20, 30)]
     # comm 20 units; concurrent with compute: [5,10) and [12,13) = 6
     assert b.overlap_fraction(kernels) == pytest.approx(6 / 20)
@@ -25,7 +15,6 @@ def test_overlap_fraction():
 
 
 def test_args():
-    b = _bench()
     args = b.parse_args(["--dry_run"])
     assert args.shape == "dry" and args.steps == 2
     with pytest.raises(SystemExit):
@@ -33,7 +22,6 @@ def test_args():
 
 
 def test_case_and_nproc_args(monkeypatch):
-    b = _bench()
     monkeypatch.delenv("RANK", raising=False)
     assert b.is_driver(b.parse_args(["--dry_run", "--nproc_per_node=2"]))
     assert not b.is_driver(b.parse_args(["--dry_run", "--case=torch"]))
@@ -50,14 +38,12 @@ def test_case_and_nproc_args(monkeypatch):
 
 
 def test_worker_argv_drops_driver_flags():
-    b = _bench()
     argv = ["--dry_run", "--nproc_per_node=2", "--cases", "ours,torch", "--steps=3", "--nproc_per_node", "4",
             "--cases=ours"]
     assert b.worker_argv(argv, "torch") == ["--dry_run", "--steps=3", "--case=torch"]
 
 
 def test_summarize():
-    b = _bench()
     recs = [{"case": "ours", "tokens_per_s_per_gpu": 3.0}, {"case": "torch", "tokens_per_s_per_gpu": 2.0},
             {"case": "ours_no_overlap", "tokens_per_s_per_gpu": 1.5}]
     assert b.summarize(recs, 4) == {"summary": True, "world": 4, "ours_over_torch": 1.5, "overlap_speedup": 2.0}
@@ -65,7 +51,6 @@ def test_summarize():
 
 def test_launch_cases_fresh_process_per_case(tmp_path, capsys):
     """Each case runs in its own torchrun; rank 0's record is kept, a failing case is reported, not fatal."""
-    b = _bench()
     script = tmp_path / "fake_bench.py"
     script.write_text(
         "import json, os, sys\n"
