@@ -199,6 +199,9 @@ class PretrainTrainer:
         self.ga_local = t.gradient_accumulation_steps // ctx.world_size
         self.tokens_per_iter = t.batch_size * cfg.model.max_seq_len * t.gradient_accumulation_steps
         self.iter = 0
+        # Absolute micro-batches of the global data stream consumed by the run (all ranks, from its first step,
+        # carried through every checkpoint): the one source of the data position.
+        self.consumed_micro_batches = 0
         self.best_val_loss = math.inf
         self.last_val_loss = math.inf
         self.peak_flops = device_peak_flops(ctx.device, t.peak_tflops)
@@ -219,8 +222,8 @@ class PretrainTrainer:
             all_rng = [rng]
         return {
             "iter": self.iter,
-            "consumed_micro_batches": self.iter * self.cfg.train.gradient_accumulation_steps,
-            "sampler": self.stream.sampler.state_dict(local_consumed=self.iter * self.ga_local),
+            "consumed_micro_batches": self.consumed_micro_batches,
+            "sampler": self.stream.sampler.state_at(self.consumed_micro_batches),
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "world_size": self.ctx.world_size,
             "rng": all_rng,
@@ -229,7 +232,8 @@ class PretrainTrainer:
     def load_trainer_state(self, state: dict) -> None:
         self.iter = state["iter"]
         self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
-        self.stream.sampler.load_state_dict(state["sampler"])
+        self.consumed_micro_batches = int(state["consumed_micro_batches"])
+        self.stream.sampler.load_state_dict(self.stream.sampler.state_at(self.consumed_micro_batches))
         rngs = state["rng"]
         if state["world_size"] == self.ctx.world_size:
             set_rng_state(rngs[self.ctx.rank])
@@ -276,6 +280,7 @@ class PretrainTrainer:
         self.ddp.finish_grad_sync()
         _, grad_norm = self.optimizer.step()
         self.iter += 1
+        self.consumed_micro_batches += self.cfg.train.gradient_accumulation_steps
         return loss_sum, grad_norm
 
     def mean_over_ranks(self, value: torch.Tensor) -> float:

@@ -19,9 +19,12 @@ class ResumableBatchSampler:
     3. The state is the global stream position: {"epoch", "consumed_micro_batches"} (within the epoch,
        all ranks together). It can be loaded under another world_size.
 
-    A DataLoader with workers reads batch indices ahead of training. Then call
-    state_dict(local_consumed=K) with the number of micro-batches this rank has really trained on since
-    the sampler's start (or its last load_state_dict); state_dict() without it counts what was yielded.
+    A loader with workers reads batch indices ahead of training, so what was yielded is not what was
+    trained on. The trainer therefore keeps the absolute number of micro-batches the run has consumed (all
+    ranks, counted from the run's first step, carried through every checkpoint) and saves
+    state_at(consumed). A position is never counted relative to where this process started: a count
+    relative to the last resume, added to a position that already includes that resume, shifts the data
+    of every later checkpoint.
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
@@ -60,11 +63,25 @@ class ResumableBatchSampler:
             self._yielded += 1  # counted before the yield: the consumer may never resume this generator
             yield self.micro_batch(g)
 
-    def state_dict(self, local_consumed: int | None = None) -> dict:
-        consumed = self._yielded if local_consumed is None else local_consumed
-        g = self._start + consumed * self.world_size
-        epoch, within = divmod(g, self.batches_per_epoch)
+    @property
+    def position(self) -> int:
+        """The global stream position after what this rank has yielded (every rank at the same step)."""
+        return self._start + self._yielded * self.world_size
+
+    def state_at(self, consumed: int) -> dict:
+        """The state after `consumed` micro-batches of the global stream (absolute, all ranks together)."""
+        if consumed < 0:
+            raise ValueError(f"consumed micro-batches must be >= 0, got {consumed}")
+        epoch, within = divmod(consumed, self.batches_per_epoch)
         return {"epoch": epoch, "consumed_micro_batches": within}
+
+    def state_dict(self) -> dict:
+        """The state after what this rank has yielded (a loader reading ahead: use state_at instead)."""
+        return self.state_at(self.position)
+
+    @staticmethod
+    def absolute_position(state: dict, batches_per_epoch: int) -> int:
+        return int(state["epoch"]) * batches_per_epoch + int(state["consumed_micro_batches"])
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved position: the next micro-batches are exactly those an unbroken run gets."""
@@ -72,5 +89,5 @@ class ResumableBatchSampler:
         if not 0 <= within <= self.batches_per_epoch:
             raise ValueError(f"sampler state {state} does not fit this dataset ({self.batches_per_epoch} "
                              f"micro-batches per epoch): was the data, --batch_size or --max_seq_len changed?")
-        self._start = int(state["epoch"]) * self.batches_per_epoch + within
+        self._start = self.absolute_position(state, self.batches_per_epoch)
         self._yielded = 0

@@ -46,12 +46,13 @@ def test_resume_yields_exactly_the_continuation(world):
             assert _take(fresh, 40 - cut) == full[r][cut:]
 
 
-def test_local_consumed_counts_only_trained_batches_and_world_change():
+def test_state_at_is_absolute_and_survives_a_world_change():
     s = ResumableBatchSampler(50, 5, 0, 2, seed=9)
     it = iter(s)
-    [next(it) for _ in range(6)]  # a DataLoader read ahead 6, training used 4
-    state = s.state_dict(local_consumed=4)
+    [next(it) for _ in range(6)]  # a loader read ahead 6 per rank, training used 4 per rank (8 in all)
+    state = s.state_at(8)
     assert state == {"epoch": 0, "consumed_micro_batches": 8}
+    assert s.state_at(23) == {"epoch": 2, "consumed_micro_batches": 3}
     single = ResumableBatchSampler(50, 5, 0, 1, seed=9)
     single.load_state_dict(state)  # resume on another world size: the global stream continues
     assert _take(single, 3) == [single.micro_batch(g) for g in (8, 9, 10)]
@@ -64,3 +65,12 @@ def test_bad_arguments():
         ResumableBatchSampler(30, 4, rank=2, world_size=2)
     with pytest.raises(ValueError, match="does not fit"):
         ResumableBatchSampler(30, 4).load_state_dict({"epoch": 0, "consumed_micro_batches": 99})
+
+
+def test_state_after_a_resume_is_absolute():
+    """Resumed at 6, then 4 more per rank on 2 ranks: the position is 14, never 6 + 6 + 8."""
+    s = ResumableBatchSampler(100, 2, 1, 2, seed=3)
+    s.load_state_dict({"epoch": 0, "consumed_micro_batches": 6})
+    _take(s, 4)
+    assert s.state_dict() == {"epoch": 0, "consumed_micro_batches": 14}
+    assert s.state_at(14) == s.state_dict()
