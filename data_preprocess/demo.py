@@ -87,14 +87,14 @@ def _corpus(cache: Path, log) -> list[str]:
 
 def _build(cache: Path, vocab_size: int, num_workers: int, log) -> dict:
     from data_preprocess.pretokenize import pretokenize
-    from tokenizer.train_tokenizer import train_tokenizer
+    from data_preprocess.train_tokenizer import train_from_files
 
     t0 = time.perf_counter()
     files = _corpus(cache, log)
     t1 = time.perf_counter()
     log(f"demo data: training a {vocab_size}-token byte-level BPE tokenizer on up to "
         f"{TOKENIZER_MAX_CHARS:,} characters")
-    train_tokenizer(files, vocab_size, "bbpe", str(cache / "tokenizer"), max_chars=TOKENIZER_MAX_CHARS)
+    train_from_files(files, vocab_size, "bbpe", str(cache / "tokenizer"), max_chars=TOKENIZER_MAX_CHARS, log=log)
     t2 = time.perf_counter()
     log(f"demo data: tokenizer done ({t2 - t1:.1f}s); pretokenizing into {cache / 'bin'}")
     summary = pretokenize(files, str(cache / "tokenizer"), str(cache / "bin"), num_workers=num_workers,

@@ -195,7 +195,7 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--input", required=True, help="files or directories, comma-separated (.txt .json .jsonl .parquet)")
-    p.add_argument("--tokenizer_dir", required=True, help="a directory written by tokenizer.train_tokenizer")
+    p.add_argument("--tokenizer_dir", required=True, help="a directory written by data_preprocess.train_tokenizer")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--text_field", default="text", help="record field with the text (or title+content)")

@@ -1,12 +1,11 @@
-"""Train a byte-level BPE (HF ``tokenizers``) or a sentencepiece BPE tokenizer from streamed documents.
+"""Train a byte-level BPE (HF ``tokenizers``) or a sentencepiece BPE tokenizer from an iterable of documents.
 
-    python -m tokenizer.train_tokenizer --input=FILES_OR_DIR --vocab_size=N --type=bbpe|sentencepiece \
-        --out_dir=DIR [--text_field=text|content|title+content] [--skip_bad_records] [--max_chars=N]
-
-Documents come from ``data_preprocess.readers`` (see ``_readers_module`` for the layering exception), or
-from any iterator factory passed as ``docs_factory``. The special tokens
+``train_tokenizer(docs, vocab_size, type, out_dir)`` is the library entry point; the command line that reads
+files is ``python -m data_preprocess.train_tokenizer`` (it lives there because reading files is the
+data_preprocess layer's job, and tokenizer/ may import only utils/). The special tokens
 of ``tokenizer.special_tokens`` are never learned: they are appended after the trained BBPE vocabulary, or are
-sentencepiece control symbols. ``vocab_size`` counts them.
+sentencepiece control symbols. ``vocab_size`` counts them, and a result with fewer tokens than asked (too
+little text) is an error, not a smaller tokenizer.
 
 BBPE: 256 byte symbols to start, merges learned on chunks cut by ``PRE_SPLIT_PATTERN``:
 - English contractions stay one chunk (``'s``, ``'ll``);
@@ -24,11 +23,10 @@ a BPE model with the same vocabulary, merges ordered by the score of the merged 
 """
 from __future__ import annotations
 
-import argparse
 import io
-import json
+import itertools
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from tokenizer.special_tokens import SPECIAL_TOKENS
 from tokenizer.tokenizer import TOKENIZER_TYPES, Z2allTokenizer
@@ -48,14 +46,21 @@ MIN_VOCAB = {"bbpe": 256 + len(SPECIAL_TOKENS) + 1, "sentencepiece": 256 + len(S
 _SP_CHUNK_CHARS = 4000  # sentencepiece drops sentences above max_sentence_length bytes: cut long docs at lines
 
 
-def _capped(docs: Iterable[str], max_chars: int) -> Iterator[str]:
-    """Stop after ``max_chars`` characters of text (0: no cap), to bound training time on huge inputs."""
-    seen = 0
-    for doc in docs:
-        yield doc
-        seen += len(doc)
-        if max_chars and seen >= max_chars:
-            return
+class _Feed:
+    """The documents as the trainer consumes them: counted, and stopped after ``max_chars`` characters of text
+    (0: no cap) to bound training time on huge inputs."""
+
+    def __init__(self, docs: Iterable[str], max_chars: int):
+        self._docs, self._max_chars = docs, max_chars
+        self.documents = self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for doc in self._docs:
+            yield doc
+            self.documents += 1
+            self.chars += len(doc)
+            if self._max_chars and self.chars >= self._max_chars:
+                return
 
 
 def train_bbpe(docs: Iterable[str], vocab_size: int, show_progress: bool = True) -> Z2allTokenizer:
@@ -153,63 +158,37 @@ def sentencepiece_to_hf_json(model_proto: bytes, special: dict[str, int]) -> str
     return tok.to_str()
 
 
-def _readers_module():
-    """data_preprocess.readers, imported at call time.
-
-    The layering rule lets tokenizer/ import only utils/, but the issue makes this file the command-line
-    entry point that reads the user's files (``python -m tokenizer.train_tokenizer --input=...``). That one
-    edge is an explicit, named exception in tests/unit/test_layering.py. It is imported inside the function so
-    that importing tokenizer/ never pulls in data_preprocess/ (no module-level cycle); the library path
-    with ``docs_factory`` needs no reader at all.
-    """
-    from data_preprocess import readers
-
-    return readers
-
-
-def train_tokenizer(files: list[str], vocab_size: int, type: str, out_dir: str, text_field: str = "text",
-                    skip_bad_records: bool = False, max_chars: int = 0, txt_mode: str = "paragraph",
-                    docs_factory: Callable[[], Iterable[str]] | None = None) -> Z2allTokenizer:
-    """Train on the documents of ``files`` (or of ``docs_factory()``), save to ``out_dir``, return it."""
+def check_train_args(vocab_size: int, type: str) -> None:
+    """Raise ValueError (naming the flag and the fix) for a tokenizer type or vocab size that cannot be trained."""
     if type not in TOKENIZER_TYPES:
         raise ValueError(f"--type must be one of {', '.join(TOKENIZER_TYPES)}, got {type!r}")
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB[type]:
         raise ValueError(f"--vocab_size must be an int >= {MIN_VOCAB[type]} for {type} (256 bytes + "
                          f"{len(SPECIAL_TOKENS)} special tokens + merges), got {vocab_size!r}")
-    stats = None
-    if docs_factory is None:
-        readers = _readers_module()
-        stats = readers.ReadStats()
-        paths = readers.list_input_files(files)
-        docs_factory = lambda: readers.iter_all_documents(  # noqa: E731
-            paths, text_field, skip_bad_records, stats, txt_mode)
-    docs = _capped(docs_factory(), max_chars)
-    tok = train_bbpe(docs, vocab_size) if type == "bbpe" else train_sentencepiece(docs, vocab_size)
-    if stats is not None:
-        print(stats.summary(), flush=True)
-    tok.save_pretrained(out_dir)
+
+
+def train_tokenizer(docs: Iterable[str], vocab_size: int, type: str, out_dir: str | None = None,
+                    max_chars: int = 0, source: str = "the training text") -> Z2allTokenizer:
+    """Train a tokenizer of exactly ``vocab_size`` tokens on ``docs``, save it to ``out_dir`` (if given), return it.
+
+    ``source`` names the documents in error messages (the CLI passes its --input). Raises ValueError for bad
+    arguments, for no documents, and when the text holds too few distinct merges for ``vocab_size``.
+    """
+    check_train_args(vocab_size, type)
+    if max_chars < 0:
+        raise ValueError(f"--max_chars must be >= 0 (0: no cap), got {max_chars}")
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out_dir={out_dir} is a file, not a directory: pass a directory for the tokenizer")
+    docs = iter(docs)
+    first = next(docs, None)
+    if first is None:
+        raise ValueError(f"no documents to train on in {source}: check the input (and --text_field)")
+    feed = _Feed(itertools.chain([first], docs), max_chars)
+    tok = train_bbpe(feed, vocab_size) if type == "bbpe" else train_sentencepiece(feed, vocab_size)
+    if tok.vocab_size != vocab_size:
+        raise ValueError(f"{source} ({feed.documents} documents, {feed.chars:,} characters) yields only "
+                         f"{tok.vocab_size} of the {vocab_size} tokens asked: train on more text or pass a "
+                         f"smaller --vocab_size (at most {tok.vocab_size})")
+    if out_dir:
+        tok.save_pretrained(out_dir)
     return tok
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train a z2all tokenizer (byte-level BPE or sentencepiece BPE).")
-    p.add_argument("--input", required=True, help="files and/or directories, comma-separated")
-    p.add_argument("--vocab_size", type=int, required=True, help="total vocabulary, special tokens included")
-    p.add_argument("--type", default="bbpe", choices=TOKENIZER_TYPES)
-    p.add_argument("--out_dir", required=True)
-    p.add_argument("--text_field", default="text", help='"text", "content", "title+content", or any field')
-    p.add_argument("--txt_mode", default="paragraph", choices=("paragraph", "line"),
-                   help=".txt files: one document per paragraph (blank-line separated) or per line")
-    p.add_argument("--skip_bad_records", action="store_true", help="skip malformed records and count them")
-    p.add_argument("--max_chars", type=int, default=0, help="train on at most the first N characters of the input (0: all); bounds "
-                   "time, and memory for sentencepiece, on very large inputs")
-    args = p.parse_args(argv)
-    tok = train_tokenizer(args.input.split(","), args.vocab_size, args.type, args.out_dir, args.text_field,
-                          args.skip_bad_records, args.max_chars, args.txt_mode)
-    print(json.dumps({"out_dir": args.out_dir, "type": tok.type, "vocab_size": tok.vocab_size,
-                      "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                      "pad_id": tok.pad_id}), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ def corpus(tmp_path_factory):
             for doc in DOCS[k * 30:(k + 1) * 30]:
                 f.write(json.dumps({"text": doc}) + "\n")
     tok_dir = root / "tok"
-    train_tokenizer([], 300, "bbpe", str(tok_dir), docs_factory=lambda: iter(DOCS))
+    train_tokenizer(DOCS, 300, "bbpe", str(tok_dir))
     return inp, tok_dir
 
 
