@@ -1,15 +1,13 @@
 """The full model with every Triton op (TRITON_INTERPRET=1, CPU) matches the reference model: loss and every grad.
 
-The comparison runs in a subprocess so TRITON_INTERPRET is set before triton is imported.
+The comparison runs in the Triton-interpreter child pytest of tests/triton_interp.py (TRITON_INTERPRET is set
+there before triton is imported).
 """
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from model import Z2allConfig, Z2allForCausalLM
+from tests.triton_interp import interp, run_file_in_interpreter
 
 CASES = {
     # hidden 48 and head_dim 12 are not powers of two; 7 tokens and a CE chunk of 5 leave ragged blocks.
@@ -20,10 +18,6 @@ CASES = {
 
 
 def _compare(case: str) -> dict:
-    import torch
-
-    from model import Z2allConfig, Z2allForCausalLM
-
     torch.manual_seed(0)
     base = dict(vocab_size=80, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=40,
                 max_seq_len=16, cross_entropy_chunk_size=5, **CASES[case])
@@ -53,25 +47,14 @@ def _compare(case: str) -> dict:
             "n_grads": len(grads[0]), "none": [k for k, g in grads[1].items() if g is None]}
 
 
-@pytest.fixture(scope="module")
-def results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_model_matches_reference(results, case):
-    res = results[case]
+@interp
+def test_fused_model_matches_reference(case):
+    res = _compare(case)
     assert not res["none"], res
     assert abs(res["loss_ref"] - res["loss_fused"]) <= 1e-5 * max(1.0, abs(res["loss_ref"])), res
     assert res["worst_rel_grad_diff"] <= 1e-4, res
 
 
-if __name__ == "__main__":
-    import torch
-
-    torch.set_num_threads(1)
-    print(json.dumps({case: _compare(case) for case in CASES}))
+def test_triton_kernels_under_interpreter():
+    run_file_in_interpreter(__file__)

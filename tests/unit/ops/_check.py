@@ -1,53 +1,15 @@
-"""Shared checks for the op tests: run an op and its reference, compare outputs and every input gradient;
-run a test file's Triton tests in a TRITON_INTERPRET=1 child process (see conftest.py for why)."""
+"""Shared checks for the op tests: run an op and its reference, compare outputs and every input gradient.
+The op test files also take the Triton-interpreter launcher from here (it lives in tests/triton_interp.py)."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
-import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-CHILD_ENV = "Z2ALL_OPS_INTERPRETER_CHILD"
-IN_CHILD = os.environ.get(CHILD_ENV) == "1"
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+from tests.triton_interp import IN_CHILD, interp, run_file_in_interpreter  # noqa: F401 (for the op tests)
 
 # per-dtype (atol, rtol): fp32 differs by accumulation order only; bf16/fp16 by a rounding or two. For the
 # half types atol is scaled by max|ref| (sums such as dW are compared at their own magnitude), and it covers the
 # Triton interpreter rounding fp32 -> bf16 toward zero where GPUs round to nearest even.
 TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 2e-2), torch.float16: (4e-3, 4e-3)}
-
-# a Triton-kernel test: runs only inside the interpreter child
-interp = pytest.mark.z2all_interp
-
-
-_CHILD_RESULT: dict = {}
-
-
-def run_file_in_interpreter(test_file: str) -> None:
-    """Fail if any z2all_interp test of test_file failed in the TRITON_INTERPRET=1 child.
-
-    One child pytest runs the marked tests of every file in this directory (started by the first launcher
-    that needs it; one interpreter start-up instead of one per file); each launcher reports its own file.
-    """
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed")
-    if "proc" not in _CHILD_RESULT:
-        env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD_ENV: "1"})
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-m", "z2all_interp",
-               os.path.dirname(os.path.abspath(test_file))]
-        _CHILD_RESULT["cmd"] = " ".join(cmd)
-        _CHILD_RESULT["proc"] = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    proc = _CHILD_RESULT["proc"]
-    name = os.path.basename(test_file)
-    failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR")) and name in line]
-    if failed or (proc.returncode not in (0, 5) and "FAILED" not in proc.stdout):
-        pytest.fail(f"interpreter tests failed ({_CHILD_RESULT['cmd']}):\n" + "\n".join(failed)
-                    + f"\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
 
 
 def leaf(shape, dtype, seed=0, scale=1.0):

@@ -1,17 +1,13 @@
 """optimizer/fused_adamw.py: the reference against torch.optim.AdamW, the Triton kernel (CPU interpreter) against
 both, and the mixed-precision optimizer with --optimizer_impl=triton against the foreach path.
 
-Kernel tests (names contain ``interp``) run only in a child pytest started with TRITON_INTERPRET=1 set before
-anything imports triton (see tests/unit/ops/conftest.py for why); ``test_kernels_in_interpreter`` starts it.
+Kernel tests (marked ``@interp``) run only in the TRITON_INTERPRET=1 child pytest of tests/triton_interp.py (see
+there for why); ``test_kernels_in_interpreter`` starts it.
 Tolerances: torch's CPU fp32 sqrt is not always correctly rounded while the kernel's is, so the two differ
 by an ulp here and there; after a few steps that stays within ~1e-6 of the values' scale.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -22,12 +18,10 @@ from optimizer import build_optimizer
 from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main, split_main
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
+from tests.triton_interp import HAS_TRITON, IN_CHILD, interp, run_file_in_interpreter
 from tests.unit.optimizer.toy import (Case, make_model, run_case, setup, single_ctx, to_numpy, to_torch, train_steps,
                                      with_optim)
 
-CHILD_ENV = "Z2ALL_FUSED_ADAMW_INTERP_CHILD"
-IN_CHILD = os.environ.get(CHILD_ENV) == "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 HP = dict(lr=3e-2, beta1=0.9, beta2=0.95, eps=1e-8)
 
 
@@ -123,7 +117,7 @@ def test_argument_errors():
         fused_adamw_step(main, grads[0][:-1], m, v, None, **kw)
     with pytest.raises(TypeError, match="float32"):
         fused_adamw_step(main.double(), grads[0], m, v, None, **kw)
-    if not IN_CHILD and importlib.util.find_spec("triton") is not None:
+    if not IN_CHILD and HAS_TRITON:
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             fused_adamw_step(main, grads[0], m, v, None, **{**kw, "impl": "triton"})
 
@@ -152,131 +146,134 @@ def test_fp16_low_precision_grads_match_fp32_buffer():
 
 
 # ----------------------------------------------------------------------------- Triton interpreter (child)
-if not IN_CHILD:
-    def test_kernels_in_interpreter():
-        """Run this file's interp tests in a TRITON_INTERPRET=1 child pytest."""
-        if importlib.util.find_spec("triton") is None:
-            pytest.skip("triton is not installed")
-        env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD_ENV: "1"})
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-k", "interp", __file__]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0 or " passed" not in proc.stdout:
-            pytest.fail(f"interpreter tests failed ({' '.join(cmd)}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+def test_kernels_in_interpreter():
+    run_file_in_interpreter(__file__)
 
 
-else:  # defined only in the TRITON_INTERPRET=1 child, so the main run neither collects nor skips them
-    @pytest.mark.parametrize("sizes", SIZES, ids=["one", "mixed", "two"])
-    @pytest.mark.parametrize("grad_dtype,wd,scale", CASES, ids=["fp32", "bf16_scaled", "fp32_nowd", "fp16"])
-    def test_interp_kernel_matches_reference_and_torch(sizes, grad_dtype, wd, scale):
-        main, grads, segs = _problem(sizes)
-        out_dtype = torch.bfloat16 if grad_dtype != torch.float32 else None
-        kp, km, kv, kout = _run_flat("triton", main, grads, segs, grad_dtype, wd, scale, out_dtype)
-        rp, rm, rv, _ = _run_flat("torch", main, grads, segs, grad_dtype, wd, scale, out_dtype)
-        tp, tm, tv = _run_torch_adamw(main, grads, segs, grad_dtype, wd, scale)
-        for got, ref, tor, k in ((kp, rp, tp, "p"), (km, rm, tm, "m"), (kv, rv, tv, "v")):
-            _close(got, ref, what=f"{k} vs reference")
-            _close(got, tor, what=f"{k} vs torch AdamW")
-        pad = torch.ones(main.numel(), dtype=torch.bool)
-        for a, b, _ in segs:
-            pad[a:b] = False
-        assert (kp[pad] == 0).all() and (km[pad] == 0).all() and (kv[pad] == 0).all()  # padding stays zero
-        if kout is not None:  # the kernel's bf16 copy is the main param rounded to nearest even, as torch casts
-            assert torch.equal(kout, kp.to(torch.bfloat16))
+@pytest.mark.parametrize("sizes", SIZES, ids=["one", "mixed", "two"])
+@pytest.mark.parametrize("grad_dtype,wd,scale", CASES, ids=["fp32", "bf16_scaled", "fp32_nowd", "fp16"])
+@interp
+def test_interp_kernel_matches_reference_and_torch(sizes, grad_dtype, wd, scale):
+    main, grads, segs = _problem(sizes)
+    out_dtype = torch.bfloat16 if grad_dtype != torch.float32 else None
+    kp, km, kv, kout = _run_flat("triton", main, grads, segs, grad_dtype, wd, scale, out_dtype)
+    rp, rm, rv, _ = _run_flat("torch", main, grads, segs, grad_dtype, wd, scale, out_dtype)
+    tp, tm, tv = _run_torch_adamw(main, grads, segs, grad_dtype, wd, scale)
+    for got, ref, tor, k in ((kp, rp, tp, "p"), (km, rm, tm, "m"), (kv, rv, tv, "v")):
+        _close(got, ref, what=f"{k} vs reference")
+        _close(got, tor, what=f"{k} vs torch AdamW")
+    pad = torch.ones(main.numel(), dtype=torch.bool)
+    for a, b, _ in segs:
+        pad[a:b] = False
+    assert (kp[pad] == 0).all() and (km[pad] == 0).all() and (kv[pad] == 0).all()  # padding stays zero
+    if kout is not None:  # the kernel's bf16 copy is the main param rounded to nearest even, as torch casts
+        assert torch.equal(kout, kp.to(torch.bfloat16))
 
-    @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
-    def test_interp_split_kernel_matches_fp32_kernel(grad_dtype):
-        """The kernel on split storage (bf16 high half + int16 low half) gives the fp32 storage's values bit for
-        bit, and its high half is split_main's; odd sizes, a decay plan, padding."""
-        main, grads, segs = _problem((300, 7, 513, 1, 1030))
-        plan = build_decay_plan(main.numel(), [(a, b) for a, b, d in segs if d], "cpu", block=256)
-        hi, lo = split_main(main)
-        p, m1, v1, m2, v2 = main.clone(), *(torch.zeros_like(main) for _ in range(4))
-        gs = torch.tensor(0.37)
-        for step, g in enumerate(grads, start=1):
-            kw = dict(weight_decay=0.1, step=step, grad_scale=gs, decay=plan, impl="triton", **HP)
-            fused_adamw_step(p, g.to(grad_dtype), m1, v1, None, **kw)
-            fused_adamw_step(hi, g.to(grad_dtype), m2, v2, None, main_lo=lo, **kw)
-        assert torch.equal(join_main(hi, lo).view(torch.int32), p.view(torch.int32))
-        assert torch.equal(hi.view(torch.int16), split_main(p)[0].view(torch.int16))
-        assert torch.equal(m1, m2) and torch.equal(v1, v2)
 
-    def test_interp_uniform_decay_and_no_plan():
-        """decay=None decays every element; weight_decay=0 none: both as the reference, across blocks."""
-        main, grads, segs = _problem((1500, 700))
-        for wd in (0.2, 0.0):
-            res = []
-            for impl in ("triton", "torch"):
-                p, m, v = main.clone(), torch.zeros_like(main), torch.zeros_like(main)
-                for step, g in enumerate(grads, start=1):
-                    fused_adamw_step(p, g, m, v, None, weight_decay=wd, step=step, impl=impl, **HP)
-                res.append((p, m, v))
-            for got, want in zip(*res):
-                _close(got, want, what=f"wd={wd}")
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
+@interp
+def test_interp_split_kernel_matches_fp32_kernel(grad_dtype):
+    """The kernel on split storage (bf16 high half + int16 low half) gives the fp32 storage's values bit for
+    bit, and its high half is split_main's; odd sizes, a decay plan, padding."""
+    main, grads, segs = _problem((300, 7, 513, 1, 1030))
+    plan = build_decay_plan(main.numel(), [(a, b) for a, b, d in segs if d], "cpu", block=256)
+    hi, lo = split_main(main)
+    p, m1, v1, m2, v2 = main.clone(), *(torch.zeros_like(main) for _ in range(4))
+    gs = torch.tensor(0.37)
+    for step, g in enumerate(grads, start=1):
+        kw = dict(weight_decay=0.1, step=step, grad_scale=gs, decay=plan, impl="triton", **HP)
+        fused_adamw_step(p, g.to(grad_dtype), m1, v1, None, **kw)
+        fused_adamw_step(hi, g.to(grad_dtype), m2, v2, None, main_lo=lo, **kw)
+    assert torch.equal(join_main(hi, lo).view(torch.int32), p.view(torch.int32))
+    assert torch.equal(hi.view(torch.int16), split_main(p)[0].view(torch.int16))
+    assert torch.equal(m1, m2) and torch.equal(v1, v2)
 
-    def _triton_vs_foreach(case: Case, steps: int = 6):
-        a = run_case(single_ctx(), with_optim(case, optimizer_impl="foreach"), parts=2, steps=steps)
-        b = run_case(single_ctx(), with_optim(case, optimizer_impl="triton"), parts=2, steps=steps)
-        assert [r["stepped"] for r in a["log"]] == [r["stepped"] for r in b["log"]]
-        np.testing.assert_allclose([r["norm"] for r in b["log"]], [r["norm"] for r in a["log"]], rtol=1e-5)
-        for n, piece in a["state"]["params"].items():
-            got = b["state"]["params"][n]
-            assert got["step"] == piece["step"]
+
+@interp
+def test_interp_uniform_decay_and_no_plan():
+    """decay=None decays every element; weight_decay=0 none: both as the reference, across blocks."""
+    main, grads, segs = _problem((1500, 700))
+    for wd in (0.2, 0.0):
+        res = []
+        for impl in ("triton", "torch"):
+            p, m, v = main.clone(), torch.zeros_like(main), torch.zeros_like(main)
+            for step, g in enumerate(grads, start=1):
+                fused_adamw_step(p, g, m, v, None, weight_decay=wd, step=step, impl=impl, **HP)
+            res.append((p, m, v))
+        for got, want in zip(*res):
+            _close(got, want, what=f"wd={wd}")
+
+
+def _triton_vs_foreach(case: Case, steps: int = 6):
+    a = run_case(single_ctx(), with_optim(case, optimizer_impl="foreach"), parts=2, steps=steps)
+    b = run_case(single_ctx(), with_optim(case, optimizer_impl="triton"), parts=2, steps=steps)
+    assert [r["stepped"] for r in a["log"]] == [r["stepped"] for r in b["log"]]
+    np.testing.assert_allclose([r["norm"] for r in b["log"]], [r["norm"] for r in a["log"]], rtol=1e-5)
+    for n, piece in a["state"]["params"].items():
+        got = b["state"]["params"][n]
+        assert got["step"] == piece["step"]
+        for k in ("main", "exp_avg", "exp_avg_sq"):
+            _close(torch.from_numpy(got[k]), torch.from_numpy(piece[k]), rel=2e-6, what=f"{n}.{k}")
+    return a, b
+
+
+@pytest.mark.parametrize("case", [
+    with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05),
+    with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, main_params="fp32"),
+    Case(dtype=torch.bfloat16, grad_reduce_in_fp32=False),
+    with_optim(Case(dtype=torch.float32), grad_clip=0.05),
+    with_optim(Case(dtype=torch.float16, inject_inf_at=2), grad_clip=0.05, hysteresis=1,
+               initial_loss_scale=1024.0),
+], ids=["bf16_clip_split", "bf16_clip_fp32main", "bf16_bf16grads_split", "fp32_clip", "fp16_inf"])
+@interp
+def test_interp_optimizer_triton_matches_foreach(case):
+    _, b = _triton_vs_foreach(case)
+    split = case.dtype == torch.bfloat16 and case.optim.get("main_params", "auto") != "fp32"
+    if case.dtype != torch.float32:  # the kernel wrote the model params: the main params cast (split: the
+        for n, piece in b["state"]["params"].items():  # high half, ties away from zero)
+            main = torch.from_numpy(piece["main"])
+            want = (split_main(main)[0] if split else main.to(case.dtype)).float().numpy()
+            np.testing.assert_array_equal(b["params"][n].reshape(-1), want, err_msg=n)
+
+
+@interp
+def test_interp_optimizer_state_moves_between_impls():
+    """A triton run's state loads into a foreach optimizer and back (same per-param format)."""
+    case = with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, optimizer_impl="triton")
+    out = run_case(single_ctx(), case, parts=1, steps=3)
+    for impl, main_params in (("foreach", "auto"), ("triton", "fp32"), ("triton", "split")):
+        model = make_model(case.dtype)
+        ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
+        cfg = with_optim(case, optimizer_impl=impl, main_params=main_params).optimizer_config(False)
+        opt = build_optimizer(cfg, ddp, case.dtype, single_ctx())
+        opt.load_state_dict([to_torch(out["state"])])
+        again = to_numpy(opt.state_dict())
+        for n, piece in out["state"]["params"].items():
             for k in ("main", "exp_avg", "exp_avg_sq"):
-                _close(torch.from_numpy(got[k]), torch.from_numpy(piece[k]), rel=2e-6, what=f"{n}.{k}")
-        return a, b
+                np.testing.assert_array_equal(again["params"][n][k], piece[k], err_msg=f"{impl}: {n}.{k}")
+            assert again["params"][n]["step"] == 3
+        for n, p in model.named_parameters():  # the model's params are the loaded main values, cast
+            main = torch.from_numpy(out["state"]["params"][n]["main"])
+            want = split_main(main)[0] if main_params == "split" else main.to(case.dtype)
+            assert torch.equal(p.detach().reshape(-1), want), f"{impl}/{main_params}: {n}"
 
-    @pytest.mark.parametrize("case", [
-        with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05),
-        with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, main_params="fp32"),
-        Case(dtype=torch.bfloat16, grad_reduce_in_fp32=False),
-        with_optim(Case(dtype=torch.float32), grad_clip=0.05),
-        with_optim(Case(dtype=torch.float16, inject_inf_at=2), grad_clip=0.05, hysteresis=1,
-                   initial_loss_scale=1024.0),
-    ], ids=["bf16_clip_split", "bf16_clip_fp32main", "bf16_bf16grads_split", "fp32_clip", "fp16_inf"])
-    def test_interp_optimizer_triton_matches_foreach(case):
-        _, b = _triton_vs_foreach(case)
-        split = case.dtype == torch.bfloat16 and case.optim.get("main_params", "auto") != "fp32"
-        if case.dtype != torch.float32:  # the kernel wrote the model params: the main params cast (split: the
-            for n, piece in b["state"]["params"].items():  # high half, ties away from zero)
-                main = torch.from_numpy(piece["main"])
-                want = (split_main(main)[0] if split else main.to(case.dtype)).float().numpy()
-                np.testing.assert_array_equal(b["params"][n].reshape(-1), want, err_msg=n)
 
-    def test_interp_optimizer_state_moves_between_impls():
-        """A triton run's state loads into a foreach optimizer and back (same per-param format)."""
-        case = with_optim(Case(dtype=torch.bfloat16), grad_clip=0.05, optimizer_impl="triton")
-        out = run_case(single_ctx(), case, parts=1, steps=3)
-        for impl, main_params in (("foreach", "auto"), ("triton", "fp32"), ("triton", "split")):
-            model = make_model(case.dtype)
-            ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
-            cfg = with_optim(case, optimizer_impl=impl, main_params=main_params).optimizer_config(False)
-            opt = build_optimizer(cfg, ddp, case.dtype, single_ctx())
-            opt.load_state_dict([to_torch(out["state"])])
-            again = to_numpy(opt.state_dict())
-            for n, piece in out["state"]["params"].items():
-                for k in ("main", "exp_avg", "exp_avg_sq"):
-                    np.testing.assert_array_equal(again["params"][n][k], piece[k], err_msg=f"{impl}: {n}.{k}")
-                assert again["params"][n]["step"] == 3
-            for n, p in model.named_parameters():  # the model's params are the loaded main values, cast
-                main = torch.from_numpy(out["state"]["params"][n]["main"])
-                want = split_main(main)[0] if main_params == "split" else main.to(case.dtype)
-                assert torch.equal(p.detach().reshape(-1), want), f"{impl}/{main_params}: {n}"
+def _zero1_worker(ctx, case):
+    return run_case(ctx, case, parts=ctx.world_size, steps=5)
 
-    def _zero1_worker(ctx, case):
-        return run_case(ctx, case, parts=ctx.world_size, steps=5)
 
-    def test_interp_zero1_triton_matches_single_process_foreach():
-        """ZeRO-1 on 2 gloo ranks with the kernel on each rank's shards (a shard boundary cuts a weight, one
-        shard is all padding) against one process with the foreach path."""
-        from tests.dist._launch import run_dist
-        from tests.unit.optimizer.toy import merge_main
+@interp
+def test_interp_zero1_triton_matches_single_process_foreach():
+    """ZeRO-1 on 2 gloo ranks with the kernel on each rank's shards (a shard boundary cuts a weight, one
+    shard is all padding) against one process with the foreach path."""
+    from tests.dist._launch import run_dist
+    from tests.unit.optimizer.toy import merge_main
 
-        case = with_optim(Case(dtype=torch.bfloat16, zero=True), grad_clip=0.05, optimizer_impl="triton")
-        per_rank = run_dist(_zero1_worker, 2, case, timeout_s=120)
-        ref = run_case(single_ctx(), with_optim(replace(case, zero=False), optimizer_impl="foreach"), parts=2, steps=5)
-        got, want = merge_main([r["state"] for r in per_rank]), merge_main([ref["state"]])
-        for n in want:
-            for k in ("main", "exp_avg", "exp_avg_sq"):
-                _close(torch.from_numpy(got[n][k]), torch.from_numpy(want[n][k]), rel=2e-6, what=f"{n}.{k}")
-        np.testing.assert_allclose([r["norm"] for r in per_rank[0]["log"]], [r["norm"] for r in ref["log"]], rtol=1e-5)
+    case = with_optim(Case(dtype=torch.bfloat16, zero=True), grad_clip=0.05, optimizer_impl="triton")
+    per_rank = run_dist(_zero1_worker, 2, case, timeout_s=120)
+    ref = run_case(single_ctx(), with_optim(replace(case, zero=False), optimizer_impl="foreach"), parts=2, steps=5)
+    got, want = merge_main([r["state"] for r in per_rank]), merge_main([ref["state"]])
+    for n in want:
+        for k in ("main", "exp_avg", "exp_avg_sq"):
+            _close(torch.from_numpy(got[n][k]), torch.from_numpy(want[n][k]), rel=2e-6, what=f"{n}.{k}")
+    np.testing.assert_allclose([r["norm"] for r in per_rank[0]["log"]], [r["norm"] for r in ref["log"]], rtol=1e-5)
