@@ -45,10 +45,10 @@ def _validate(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> None:
         if ctx.device.type != "cuda" and not interpret_mode():
             raise ValueError("--optimizer_impl=triton needs CUDA (or TRITON_INTERPRET=1, the Triton CPU interpreter, "
                              "for tests); use --optimizer_impl=auto on the CPU")
-    for buf in ddp.buffers:
-        if buf.param_dtype != param_dtype:
-            raise TypeError(f"a DDP buffer holds {buf.param_dtype} params but param_dtype={param_dtype}; cast the "
-                            f"whole model to --dtype before wrapping it in DDP")
+    for bucket in ddp.buckets:
+        if bucket.param_data.dtype != param_dtype:
+            raise TypeError(f"a DDP bucket holds {bucket.param_data.dtype} params but param_dtype={param_dtype}; cast "
+                            f"the whole model to --dtype before wrapping it in DDP")
 
 
 def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> MixedPrecisionOptimizer:

@@ -22,6 +22,7 @@ One step (after ``ddp.finish_grad_sync()``, which reduce-scattered the grads int
 from __future__ import annotations
 
 from optimizer.mixed_precision import MixedPrecisionOptimizer
+from parallel.comm_hooks.bucket import GradBucket
 
 
 class DistributedOptimizer(MixedPrecisionOptimizer):
@@ -29,9 +30,9 @@ class DistributedOptimizer(MixedPrecisionOptimizer):
 
     sharded = True
 
-    def _region_range(self, bucket) -> tuple[int, int]:
-        lo, hi = bucket.shard_range(self.rank)
-        return bucket.offset + lo, bucket.offset + hi
+    def _region_range(self, bucket: GradBucket) -> tuple[int, int]:
+        """This rank's shard of the bucket, local to the bucket."""
+        return bucket.shard_range()
 
     def _after_update(self) -> None:
         overlap = self.cfg.overlap_param_gather

@@ -32,6 +32,7 @@ forward/backward.)
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,7 @@ from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main,
 from utils.triton_env import triton_available
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from optimizer.range_map import ParamSlice, shard_param_slices
+from parallel.comm_hooks.bucket import GradBucket
 
 STATE_FORMAT = "z2all.optimizer.v1"
 
@@ -82,23 +84,29 @@ def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, impl: str) -> to
     return torch.optim.AdamW(params_groups, fused=impl == "torch_fused", foreach=impl == "foreach", **kw)
 
 
+def _decayed(s: ParamSlice) -> bool:
+    """Weight decay applies to matrices (and higher), never to 1-D params (norm gains, biases)."""
+    return len(s.param.shape) >= 2
+
+
 class _Region:
     """One bucket's part that this rank updates (see the module docstring)."""
 
-    def __init__(self, buffer, bucket, start: int, end: int, names: dict, cfg: OptimizerConfig, impl: str,
+    def __init__(self, bucket: GradBucket, start: int, end: int, cfg: OptimizerConfig, impl: str,
                  split: bool = False):
-        self.buffer, self.bucket, self.start, self.end = buffer, bucket, start, end
+        self.index, self.start, self.end = bucket.index, start, end
         self.cfg, self.impl, self.lr, self.split = cfg, impl, cfg.learning_rate, split
-        self.slices: list[ParamSlice] = shard_param_slices(buffer.param_index_map, start, end, bucket.index)
-        self.names = [names[s.param] for s in self.slices]
-        self.param_region = buffer.param_data[start:end]
-        self.grad_region = buffer.grad_data[start:end]
-        self.alias_params = buffer.param_dtype == torch.float32
-        self.alias_grads = buffer.grad_dtype == torch.float32
+        # slices of BucketParams: s.param.name and s.param.shape name and shape the model's param
+        self.slices: list[ParamSlice] = shard_param_slices({p: (p.start, p.end) for p in bucket.params}, start, end)
+        self.names = [s.param.name for s in self.slices]
+        self.param_region = bucket.param_data[start:end]
+        self.grad_region = bucket.grad_data[start:end]
+        self.alias_params = bucket.param_data.dtype == torch.float32
+        self.alias_grads = bucket.grad_data.dtype == torch.float32
         self._grad_views = [self.grad_region[s.shard_start:s.shard_end] for s in self.slices]
         self.opt = None
         if split:  # the fp32 values are the bf16 params (high half) and self.lo (low half); none stored whole
-            assert impl == "triton" and buffer.param_dtype == torch.bfloat16, (impl, buffer.param_dtype)
+            assert impl == "triton" and self.param_region.dtype == torch.bfloat16, (impl, self.param_region.dtype)
             self.main = None
             self.lo = torch.zeros(end - start, dtype=torch.int16, device=self.param_region.device)
             self.main_params = []
@@ -117,7 +125,7 @@ class _Region:
         for s, p, g in zip(self.slices, self.main_params, self._grad_views):
             if self.alias_grads:
                 p.grad = g  # the fp32 main_grad itself; low-precision grads get a per-step temporary copy
-            (decay if s.param.ndim >= 2 else no_decay).append(p)
+            (decay if _decayed(s) else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         self.opt = make_adamw(groups, cfg, self.impl) if groups else None
@@ -130,7 +138,7 @@ class _Region:
         self.step_count = 0
         self._state = [{"exp_avg": self.exp_avg[s.shard_start:s.shard_end],
                         "exp_avg_sq": self.exp_avg_sq[s.shard_start:s.shard_end]} for s in self.slices]
-        decayed = [(s.shard_start, s.shard_end) for s in self.slices if s.param.ndim >= 2]
+        decayed = [(s.shard_start, s.shard_end) for s in self.slices if _decayed(s)]
         self.weight_decay = self.cfg.weight_decay if decayed else 0.0
         if decayed and len(decayed) < len(self.slices):
             self.decay_plan = build_decay_plan(numel, decayed, device)
@@ -269,18 +277,16 @@ class MixedPrecisionOptimizer:
         self.cfg, self.ddp, self.ctx, self.param_dtype = cfg, ddp, ctx, param_dtype
         self.device = ctx.device
         self.group, self.world_size, self.rank = ctx.group, ctx.world_size, ctx.rank
-        names = {p: n for n, p in ddp.module.named_parameters()}
         self.impl = resolve_optimizer_impl(cfg.optimizer_impl, self.device)
         self.regions: list[_Region] = []
-        for buffer in ddp.buffers:
-            split = resolve_main_params(cfg.main_params, self.impl, buffer.param_dtype) == "split"
-            for bucket in buffer.buckets:
-                lo, hi = self._region_range(bucket)
-                self.regions.append(_Region(buffer, bucket, lo, hi, names, cfg, self.impl, split))
+        for bucket in ddp.buckets:
+            split = resolve_main_params(cfg.main_params, self.impl, bucket.param_data.dtype) == "split"
+            lo, hi = self._region_range(bucket)
+            self.regions.append(_Region(bucket, lo, hi, cfg, self.impl, split))
         # the exact legacy fp16 path: unscale the fp32 grads in place, with an element-wise inf/NaN check
         self._unscale_in_place = self.impl != "triton" and all(r.alias_grads for r in self.regions)
         self._one = torch.ones((), dtype=torch.float32, device=self.device)
-        self._region_of_bucket = {id(r.bucket): r for r in self.regions}
+        self._region_of_bucket = {r.index: r for r in self.regions}
         self.grad_scaler = self._make_scaler()
         self.iteration = 0  # optimizer.step() calls, skipped ones included
         self._overlap_sq_norms: list[torch.Tensor] = []
@@ -288,14 +294,15 @@ class MixedPrecisionOptimizer:
         self._bucket_norms: dict[int, torch.Tensor] = {}
         self.overlap_optim_step = cfg.overlap_optim_step
         if self.overlap_optim_step:
-            self._install_post_reduce_hook(self.step_bucket, "--overlap_optim_step")
+            self._install_post_reduce_hook(self.step_bucket)
         elif self.grad_scaler is None:
             # fp16 keeps computing its norm in step(): its inf check must see the grads as they are then
-            self._install_post_reduce_hook(self.record_bucket_norms, "the grad norm during the backward")
+            self._install_post_reduce_hook(self.record_bucket_norms)
 
     # ----- subclass points -----
-    def _region_range(self, bucket) -> tuple[int, int]:
-        return bucket.offset, bucket.offset + bucket.numel
+    def _region_range(self, bucket: GradBucket) -> tuple[int, int]:
+        """The elements of the bucket this rank updates, local to the bucket: all of them."""
+        return 0, bucket.numel
 
     def _after_update(self) -> None:
         """Nothing: the model params (views of the buffer) already hold the update."""
@@ -399,48 +406,45 @@ class MixedPrecisionOptimizer:
         return bool(flag.item())
 
     # ----- per-bucket work as soon as a bucket is reduced (parallel/comm_hooks/post_reduce.py) -----
-    def _install_post_reduce_hook(self, callback, what: str) -> None:
+    def _install_post_reduce_hook(self, callback: Callable[[GradBucket], None]) -> None:
+        """Wrap the DDP's comm hook so ``callback(bucket)`` runs as soon as each bucket is reduced."""
         from parallel.comm_hooks.post_reduce import PostReduceState, post_reduce_hook
 
-        # the DDP's current (state, hook): the contract names comm_hook_state; the hook is private there
-        inner_hook = getattr(self.ddp, "comm_hook", None) or getattr(self.ddp, "_comm_hook", None)
-        inner_state = getattr(self.ddp, "comm_hook_state", None)
-        if inner_hook is None:
-            raise TypeError(f"{what} needs the DDP's current comm hook (ddp.comm_hook or ddp._comm_hook)")
+        inner_state, inner_hook = self.ddp.comm_hook
         self.ddp.register_comm_hook(PostReduceState(inner_hook, inner_state, callback), post_reduce_hook)
 
-    def record_bucket_norms(self, bucket) -> None:
+    def record_bucket_norms(self, bucket: GradBucket) -> None:
         """Comm-hook callback: the bucket's grads are reduced; take the norm of each of its grads now.
 
         On CUDA this runs beside the rest of the backward (the callback's stream is synchronized with the
         reduction, and finish_grad_sync() waits for it); step() then only sums the recorded norms.
         """
-        r = self._region_of_bucket[id(bucket)]
-        self._bucket_norms[id(bucket)] = tensor_norms(r.grad_views(), self.device)
+        r = self._region_of_bucket[bucket.index]
+        self._bucket_norms[bucket.index] = tensor_norms(r.grad_views(), self.device)
 
     def _squared_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """This rank's squared grad norm: from the norms recorded during this step's reduction when every bucket
         has one (the same vector in the same order as squared_norm(grads) builds: bitwise equal), else computed
         now (no DDP sync ran, e.g. grads written by hand). The records are consumed either way."""
         recorded, self._bucket_norms = self._bucket_norms, {}
-        keys = [id(r.bucket) for r in self.regions]
+        keys = [r.index for r in self.regions]
         if keys and all(k in recorded for k in keys):
             return torch.cat([recorded[k] for k in keys]).square().sum()
         return squared_norm(grads, self.device)
 
-    def step_bucket(self, bucket) -> None:
+    def step_bucket(self, bucket: GradBucket) -> None:
         """Comm-hook callback: the bucket's reduction finished; step its region now.
 
         Exact only without a global dependency (no clipping, no loss scaling); build_optimizer
         rejects the other combinations. The region's squared grad norm is kept for logging.
         """
-        r = self._region_of_bucket[id(bucket)]
+        r = self._region_of_bucket[bucket.index]
         self._overlap_sq_norms.append(squared_norm(r.grad_views(), self.device))
         r.step(None, None, self._one if self.impl == "triton" else None)
-        self._overlap_stepped.add(id(bucket))
+        self._overlap_stepped.add(bucket.index)
 
     def _finish_overlapped_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [r.bucket.index for r in self.regions if id(r.bucket) not in self._overlap_stepped]
+        missing = [r.index for r in self.regions if r.index not in self._overlap_stepped]
         if missing:
             raise RuntimeError(
                 f"--overlap_optim_step: buckets {missing} were not reduced this iteration; call "

@@ -9,6 +9,7 @@ its predecessors. Mismatched orders would deadlock NCCL or silently sum differen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import weakref
@@ -16,10 +17,12 @@ import weakref
 import torch
 from torch import nn
 
-from parallel.comm_hooks.default import _all_gather, build_hook
+from parallel.collectives import all_gather
+from parallel.comm_hooks.bucket import BucketParam, CommHook, GradBucket, Hook
+from parallel.comm_hooks.default import build_hook
 from parallel.config import DDPConfig
 from parallel.dist import DistContext
-from parallel.param_and_grad_buffer import Bucket, ParamAndGradBuffer
+from parallel.param_and_grad_buffer import ParamAndGradBuffer
 
 
 class BucketStatus(enum.IntEnum):
@@ -30,12 +33,12 @@ class BucketStatus(enum.IntEnum):
 
 
 class _BucketState:
-    """Per-bucket bookkeeping of the DDP (the Bucket itself is shared with the optimizer)."""
+    """Per-bucket bookkeeping of the DDP (the GradBucket of the same gid is what hooks and the optimizer see)."""
 
-    __slots__ = ("bucket", "gid", "status", "ready", "future", "gather")
+    __slots__ = ("n_params", "gid", "status", "ready", "future", "gather")
 
-    def __init__(self, bucket: Bucket, gid: int):
-        self.bucket, self.gid = bucket, gid
+    def __init__(self, n_params: int, gid: int):
+        self.n_params, self.gid = n_params, gid
         self.status = BucketStatus.RESET
         self.ready: set = set()
         self.future = None
@@ -124,17 +127,17 @@ class DistributedDataParallel(nn.Module):
                 raise ValueError(f"param {self.param_to_name[p]} is on {p.device} but the DistContext device is "
                                  f"{ctx.device}; call model.to(ctx.device) before wrapping")
         self.buffers = self._build_buffers(trainable)
-        self._states = []
-        for buf in self.buffers:
-            for b in buf.buckets:
-                b.group, b.rank = (ctx.group if ctx.world_size > 1 else None), ctx.rank
-                self._states.append(_BucketState(b, len(self._states)))
+        self.grad_scale: float | torch.Tensor = 1.0 / ctx.world_size
+        self._buckets = self._build_grad_buckets()
+        self._states = [_BucketState(len(b.params), b.index) for b in self._buckets]
         self._main_grads: dict[nn.Parameter, torch.Tensor] = {}
         self._param_state: dict[nn.Parameter, _BucketState] = {}
-        for buf, first in zip(self.buffers, self._first_gids()):
-            for p, (_, _, b) in buf.param_index_map.items():
+        for buf in self.buffers:
+            for p in buf.params:
                 self._main_grads[p] = buf.main_grad(p)
-                self._param_state[p] = self._states[first + b]
+        for b, state in zip(self._buckets, self._states):
+            for bp in b.params:
+                self._param_state[bp.param] = state
         self._sync_enabled = True
         self._next_launch = 0
         self._seen: set = set()
@@ -142,8 +145,7 @@ class DistributedDataParallel(nn.Module):
         self._zeroed = None  # CUDA event: the comm stream zeroed the grad buffers (zero_grad_buffer)
         self._gather_pending = False
         self._prehooks_installed = False
-        self.comm_hook_state, self._comm_hook = build_hook(ddp_config.comm_hook)
-        self.set_grad_scale(1.0 / ctx.world_size)
+        self._comm_hook = CommHook(*build_hook(ddp_config.comm_hook))
         grad_hook = self._make_grad_hook()
         self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
         self._install_weight_grad_sink()
@@ -169,12 +171,19 @@ class DistributedDataParallel(nn.Module):
         return [ParamAndGradBuffer(ps, pd, gd, self.config.bucket_size, self.ctx.world_size,
                                    self.config.disable_bucketing) for (pd, gd), ps in groups.items()]
 
-    def _first_gids(self) -> list[int]:
-        firsts, n = [], 0
+    def _build_grad_buckets(self) -> tuple[GradBucket, ...]:
+        """The hook-facing view of every buffer bucket; the index is the launch order (buffers, then buckets)."""
+        group = self.ctx.group if self.ctx.world_size > 1 else None
+        out: list[GradBucket] = []
         for buf in self.buffers:
-            firsts.append(n)
-            n += len(buf.buckets)
-        return firsts
+            for b in buf.buckets:
+                params = []
+                for p in b.params:
+                    start, end, _ = buf.param_index_map[p]
+                    params.append(BucketParam(self.param_to_name[p], p, p.shape, start - b.offset, end - b.offset))
+                out.append(GradBucket(len(out), b.grad_data, b.param_data, tuple(params), self.grad_scale, group,
+                                      self.ctx.rank, self.ctx.world_size))
+        return tuple(out)
 
     # ------------------------------------------------------------------ public API
     def forward(self, *args, **kwargs):
@@ -189,13 +198,25 @@ class DistributedDataParallel(nn.Module):
             name = self.param_to_name.get(param, f"<param of shape {tuple(param.shape)}>")
             raise ValueError(f"{name} is not managed by this DDP (frozen, or not part of the module)") from None
 
+    @property
+    def buckets(self) -> tuple[GradBucket, ...]:
+        """Every bucket as the comm hooks see it, in launch order (bucket.index is the position here).
+
+        The tuple is rebuilt by set_grad_scale: hold an index, not a bucket, across steps.
+        """
+        return self._buckets
+
+    @property
+    def comm_hook(self) -> CommHook:
+        """The registered (state, hook); a wrapper calls it from its own hook, registered with register_comm_hook."""
+        return self._comm_hook
+
     def set_grad_scale(self, scale: float | torch.Tensor) -> None:
         """Factor applied to the grads by the comm hook: 1/world (mean, default) or 1/total_tokens (sum loss)."""
         self.grad_scale = scale
-        for s in self._states:
-            s.bucket.grad_scale = scale
+        self._buckets = tuple(dataclasses.replace(b, grad_scale=scale) for b in self._buckets)
 
-    def register_comm_hook(self, state, hook) -> None:
+    def register_comm_hook(self, state, hook: Hook) -> None:
         """Use `hook(state, bucket) -> Future[Tensor]` for every bucket from now on (not during a sync)."""
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
@@ -203,7 +224,7 @@ class DistributedDataParallel(nn.Module):
         if busy:
             raise RuntimeError(f"register_comm_hook during a grad sync (buckets {busy} in flight); "
                                "call finish_grad_sync() first")
-        self.comm_hook_state, self._comm_hook = state, hook
+        self._comm_hook = CommHook(state, hook)
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -343,7 +364,7 @@ class DistributedDataParallel(nn.Module):
         self._seen.add(p)
         if self.config.overlap_grad_reduce and self._sync_enabled:
             state.ready.add(p)
-            if len(state.ready) == len(state.bucket.params):
+            if len(state.ready) == state.n_params:
                 state.status = BucketStatus.READY
                 self._launch_ready()
 
@@ -355,13 +376,14 @@ class DistributedDataParallel(nn.Module):
 
     def _launch(self, s: _BucketState) -> None:
         s.expect(BucketStatus.READY, action="launch its comm hook")
+        state, hook = self._comm_hook
         if self._comm_stream is None:
-            s.future = self._comm_hook(self.comm_hook_state, s.bucket)
+            s.future = hook(state, self._buckets[s.gid])
         else:
             # the comm stream must see the finished grads of this backward: wait on the compute stream first
             self._comm_stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
             with torch.cuda.stream(self._comm_stream):
-                s.future = self._comm_hook(self.comm_hook_state, s.bucket)
+                s.future = hook(state, self._buckets[s.gid])
         s.status = BucketStatus.STARTED
 
     def _raise_unused(self) -> None:
@@ -384,9 +406,9 @@ class DistributedDataParallel(nn.Module):
         if self.ctx.group is None or self.ctx.world_size == 1:
             return
         for s in reversed(self._states):
-            b = s.bucket
-            start, end = b.shard_range(b.rank)
-            s.gather = _all_gather(b.param_data, b.param_data[start:end], group=b.group, async_op=True)
+            b = self._buckets[s.gid]
+            start, end = b.shard_range()
+            s.gather = all_gather(b.param_data, b.param_data[start:end], group=b.group, async_op=True)
         self._gather_pending = True
         if overlap:
             self._install_prehooks()

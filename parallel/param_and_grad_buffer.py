@@ -28,6 +28,14 @@ def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
+def shard_range(numel: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Elements [start, end) of a bucket of `numel` elements owned by `rank`: the rank's equal, contiguous part."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside [0, {world_size})")
+    size = numel // world_size
+    return rank * size, (rank + 1) * size
+
+
 def compute_layout(numels: list[int], bucket_size: int, world_size: int,
                    disable_bucketing: bool) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
     """Place params (given in buffer order) into buckets.
@@ -54,11 +62,8 @@ def compute_layout(numels: list[int], bucket_size: int, world_size: int,
 
 
 class Bucket:
-    """A contiguous, padded slice of the buffer that is reduced as one collective.
-
-    `group`, `rank` and `grad_scale` are filled in by the DDP (the hook reads them); the buffer itself knows
-    nothing of process groups.
-    """
+    """A contiguous, padded slice of the buffer that is reduced as one collective (layout only: the DDP builds
+    the hook-facing view of it, with the process group and the grad scale; see parallel/comm_hooks/bucket.py)."""
 
     def __init__(self, index: int, params: list[nn.Parameter], offset: int, numel: int,
                  param_data: torch.Tensor, grad_data: torch.Tensor, world_size: int):
@@ -70,24 +75,10 @@ class Bucket:
         self.param_data = param_data
         self.grad_data = grad_data
         self.world_size = world_size
-        self.rank = 0
-        self.group = None
-        self.grad_scale: float | torch.Tensor = 1.0 / world_size
 
     def shard_range(self, rank: int) -> tuple[int, int]:
         """Elements [start, end) of this bucket owned by `rank` (local to the bucket; equal sizes)."""
-        if not 0 <= rank < self.world_size:
-            raise ValueError(f"rank {rank} outside [0, {self.world_size})")
-        size = self.numel // self.world_size
-        return rank * size, (rank + 1) * size
-
-    def with_grad(self, grad_data: torch.Tensor, grad_scale: float | torch.Tensor) -> "Bucket":
-        """A shallow copy whose grad_data is another tensor of the same numel (used by compression wrappers)."""
-        assert grad_data.numel() == self.numel, f"bucket {self.index}: {grad_data.numel()} != {self.numel}"
-        view = Bucket.__new__(Bucket)
-        view.__dict__.update(self.__dict__)
-        view.grad_data, view.grad_scale = grad_data, grad_scale
-        return view
+        return shard_range(self.numel, self.world_size, rank)
 
     def __repr__(self) -> str:
         return f"Bucket(index={self.index}, offset={self.offset}, numel={self.numel}, params={len(self.params)})"

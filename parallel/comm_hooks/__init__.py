@@ -1,4 +1,5 @@
 """Communication hooks `hook(state, bucket) -> torch.futures.Future[Tensor]` for the hand-written DDP."""
+from parallel.comm_hooks.bucket import BucketParam, CommHook, GradBucket, Hook
 from parallel.comm_hooks.default import (
     DefaultHookState,
     allreduce_hook,
@@ -8,5 +9,5 @@ from parallel.comm_hooks.default import (
     stream_wrapper,
 )
 
-__all__ = ["DefaultHookState", "allreduce_hook", "bf16_compress_wrapper", "build_hook", "reduce_scatter_hook",
-           "stream_wrapper"]
+__all__ = ["BucketParam", "CommHook", "DefaultHookState", "GradBucket", "Hook", "allreduce_hook",
+           "bf16_compress_wrapper", "build_hook", "reduce_scatter_hook", "stream_wrapper"]

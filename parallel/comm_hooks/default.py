@@ -1,23 +1,19 @@
 """Default communication hooks: `hook(state, bucket) -> torch.futures.Future[Tensor]`.
 
-A hook reduces `bucket.grad_data` across `bucket.group` (None or world 1: no collective) and completes its
-future with the reduced tensor. Scaling by `bucket.grad_scale` (1/world by default: a mean) happens before the
-reduction when `state.prescale` (the default: sums of pre-divided grads cannot overflow), else after it.
+`bucket` is a GradBucket (parallel/comm_hooks/bucket.py). A hook reduces `bucket.grad_data` across
+`bucket.group` (None or world 1: no collective) and completes its future with the reduced tensor. Scaling by
+`bucket.grad_scale` (1/world by default: a mean) happens before the reduction when `state.prescale` (the
+default: sums of pre-divided grads cannot overflow), else after it.
 Wrappers compose: `bf16_compress_wrapper(allreduce_hook)`, `stream_wrapper(reduce_scatter_hook)`, ...
 State objects hold no process group (the group comes with the bucket), so they can go into checkpoints.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.distributed as dist
 
-# torch >= 2.13 renamed the flat-tensor collectives; keep working on older versions (the GPU machine may differ)
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-Hook = Callable[[object, object], torch.futures.Future]
+from parallel.collectives import completed_future, reduce_scatter, work_future
+from parallel.comm_hooks.bucket import GradBucket, Hook
 
 
 class DefaultHookState:
@@ -40,27 +36,11 @@ def apply_scale(t: torch.Tensor, scale) -> torch.Tensor:
     return t
 
 
-def completed_future(t: torch.Tensor) -> torch.futures.Future:
-    """A future already holding t (CUDA-aware on GPU: waiters sync with the current stream)."""
-    fut = torch.futures.Future(devices=[t.device]) if t.is_cuda else torch.futures.Future()
-    fut.set_result(t)
-    return fut
-
-
-def work_future(work) -> torch.futures.Future:
-    """The future of an async collective; gloo lacks it for some collectives (reduce_scatter): wait, then wrap."""
-    try:
-        return work.get_future()
-    except RuntimeError:
-        work.wait()
-        return completed_future(torch.empty(0))
-
-
-def _no_collective(bucket) -> bool:
+def _no_collective(bucket: GradBucket) -> bool:
     return bucket.group is None or bucket.world_size == 1
 
 
-def allreduce_hook(state: DefaultHookState, bucket) -> torch.futures.Future:
+def allreduce_hook(state: DefaultHookState, bucket: GradBucket) -> torch.futures.Future:
     """Sum grad_data over the group (scaled by grad_scale); every rank gets the whole reduced bucket."""
     t, scale = bucket.grad_data, bucket.grad_scale
     if state.prescale:
@@ -73,7 +53,7 @@ def allreduce_hook(state: DefaultHookState, bucket) -> torch.futures.Future:
     return work_future(work).then(lambda _: apply_scale(t, scale))
 
 
-def reduce_scatter_hook(state: DefaultHookState, bucket) -> torch.futures.Future:
+def reduce_scatter_hook(state: DefaultHookState, bucket: GradBucket) -> torch.futures.Future:
     """Reduce-scatter grad_data in place: afterwards only bucket.shard_range(rank) holds the reduced grad (ZeRO-1).
 
     The elements outside this rank's shard are left with local, unreduced values; read only the shard.
@@ -83,9 +63,9 @@ def reduce_scatter_hook(state: DefaultHookState, bucket) -> torch.futures.Future
         apply_scale(t, scale)
     if _no_collective(bucket):
         return completed_future(t if state.prescale else apply_scale(t, scale))
-    start, end = bucket.shard_range(bucket.rank)
+    start, end = bucket.shard_range()
     shard = t[start:end]
-    work = _reduce_scatter(shard, t, group=bucket.group, async_op=True)
+    work = reduce_scatter(shard, t, group=bucket.group, async_op=True)
     if state.prescale:
         return work_future(work).then(lambda _: t)
 
@@ -109,7 +89,7 @@ def bf16_compress_wrapper(hook: Hook) -> Hook:
     A bucket whose grads are already bf16 goes straight to the inner hook.
     """
 
-    def bf16_hook(state, bucket) -> torch.futures.Future:
+    def bf16_hook(state, bucket: GradBucket) -> torch.futures.Future:
         t = bucket.grad_data
         if t.dtype == torch.bfloat16:
             return hook(state, bucket)
@@ -140,7 +120,7 @@ def stream_wrapper(hook: Hook) -> Hook:
     """
     streams: dict[torch.device, torch.cuda.Stream] = {}
 
-    def stream_hook(state, bucket) -> torch.futures.Future:
+    def stream_hook(state, bucket: GradBucket) -> torch.futures.Future:
         t = bucket.grad_data
         if not t.is_cuda:
             return hook(state, bucket)

@@ -17,11 +17,13 @@ from typing import Callable
 
 import torch
 
+from parallel.comm_hooks.bucket import GradBucket, Hook
+
 
 class PostReduceState:
     """Inner (state, hook) plus the per-bucket callback. Checkpoints carry the inner state only."""
 
-    def __init__(self, inner_hook: Callable, inner_state, callback: Callable[[object], None]):
+    def __init__(self, inner_hook: Hook, inner_state, callback: Callable[[GradBucket], None]):
         self.inner_hook = inner_hook
         self.inner_state = inner_state
         self.callback = callback
@@ -35,7 +37,7 @@ class PostReduceState:
             self.inner_state.load_state_dict(state["inner"])
 
 
-def post_reduce_hook(state: PostReduceState, bucket) -> torch.futures.Future:
+def post_reduce_hook(state: PostReduceState, bucket: GradBucket) -> torch.futures.Future:
     """Reduce with the inner hook, then call ``state.callback(bucket)``; the future keeps the inner value."""
     fut = state.inner_hook(state.inner_state, bucket)
 

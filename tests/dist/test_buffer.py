@@ -18,7 +18,15 @@ def _layout_case(ctx):
     buf = ddp.buffers[0]
     check_layout(buf, trainable, 64, ctx.world_size, False)
     for b in buf.buckets:
-        assert b.group is ctx.group and b.rank == ctx.rank and b.numel % ctx.world_size == 0
+        assert b.numel % ctx.world_size == 0
+    assert [b.index for b in ddp.buckets] == list(range(len(buf.buckets)))
+    for hb, b in zip(ddp.buckets, buf.buckets):
+        assert hb.group is ctx.group and hb.rank == ctx.rank and hb.world_size == ctx.world_size
+        assert hb.grad_data.data_ptr() == b.grad_data.data_ptr() and hb.numel == b.numel
+        assert [p.param for p in hb.params] == b.params
+        for p in hb.params:
+            start, end, _ = buf.param_index_map[p.param]
+            assert (p.start, p.end) == (start - b.offset, end - b.offset) and p.shape == p.param.shape
     ddp_one = DistributedDataParallel(TinyNet(), DDPConfig(disable_bucketing=True), ctx)
     assert len(ddp_one.buffers[0].buckets) == 1
     return [(b.offset, b.numel) for b in buf.buckets]
@@ -39,17 +47,17 @@ def _gather_case(ctx, overlap: bool):
     idx, y = make_data(3)
     launched = []
     import parallel.ddp as ddp_mod
-    real = ddp_mod._all_gather
+    real = ddp_mod.all_gather
 
     def spy(out, inp, group, async_op):
         launched.append(next(b.index for b in ddp.buffers[0].buckets if b.param_data.data_ptr() == out.data_ptr()))
         return real(out, inp, group=group, async_op=async_op)
 
-    ddp_mod._all_gather = spy
+    ddp_mod.all_gather = spy
     try:
         ddp.start_param_sync(overlap)
     finally:
-        ddp_mod._all_gather = real
+        ddp_mod.all_gather = real
     assert launched == sorted(launched, reverse=True), "first layers' (last) buckets are gathered first"
     assert ddp._gather_pending == overlap
     loss = ddp(idx, y)  # with overlap, the forward pre-hooks wait for each bucket before its first use

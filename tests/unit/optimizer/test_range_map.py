@@ -6,7 +6,7 @@ from optimizer.range_map import ParamSlice, overlap, shard_param_slices
 
 
 def _example_map():
-    return {"a": (0, 160, 0), "b": (160, 260, 0), "c": (260, 320, 0)}
+    return {"a": (0, 160), "b": (160, 260), "c": (260, 320)}
 
 
 def test_worked_example():
@@ -21,9 +21,10 @@ def test_worked_example():
     ]
 
 
-def test_bucket_filter_and_overlap():
-    m = {"a": (0, 10, 0), "b": (128, 140, 1)}
-    assert [s.param for s in shard_param_slices(m, 0, 256, bucket_id=1)] == ["b"]
+def test_padding_only_shard_and_overlap():
+    m = {"a": (0, 10), "b": (10, 140)}
+    assert [s.param for s in shard_param_slices(m, 128, 256)] == ["b"]
+    assert shard_param_slices(m, 140, 256) == []
     assert overlap(0, 5, 5, 9) is None
     assert overlap(0, 6, 5, 9) == (5, 6)
 
@@ -36,16 +37,16 @@ def test_random_layouts_cover_every_element_once():
         sizes = [rng.randint(1, 40) for _ in range(rng.randint(1, 6))]
         m, off = {}, 0
         for i, n in enumerate(sizes):
-            m[i] = (off, off + n, 0)
+            m[i] = (off, off + n)
             off += n
         total = -(-off // pad) * pad
         shard = total // world
         seen = {i: [0] * n for i, n in enumerate(sizes)}
         for r in range(world):
             for s in shard_param_slices(m, r * shard, (r + 1) * shard):
-                assert s.buffer_end - s.buffer_start == s.numel == s.shard_end - s.shard_start
-                assert s.buffer_start - r * shard == s.shard_start
-                assert m[s.param][0] + s.param_start == s.buffer_start
+                assert s.bucket_end - s.bucket_start == s.numel == s.shard_end - s.shard_start
+                assert s.bucket_start - r * shard == s.shard_start
+                assert m[s.param][0] + s.param_start == s.bucket_start
                 for k in range(s.param_start, s.param_end):
                     seen[s.param][k] += 1
         assert all(c == 1 for counts in seen.values() for c in counts)
