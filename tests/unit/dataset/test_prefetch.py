@@ -1,4 +1,5 @@
-"""BatchPrefetcher on the CPU path: passes batches through in order and stops at the end."""
+"""BatchPrefetcher on the CPU path: passes batches through in order and stops at the end.
+The CUDA path (side stream, pinned copies) is tested in tests/gpu/test_prefetch_gpu.py."""
 import torch
 
 from dataset.prefetch import BatchPrefetcher
@@ -12,7 +13,7 @@ def test_cpu_path_passes_batches_through():
         assert torch.equal(x, ex) and torch.equal(y, ey) and x.device.type == "cpu"
 
 
-def test_disabled_on_cuda_name_still_iterates_on_cpu_only_machine():
+def test_disabled_prefetcher_passes_batches_through():
     batches = [(torch.zeros(1), torch.ones(1))]
     pf = BatchPrefetcher(batches, "cpu", enabled=False)
     assert [tuple(t.tolist() for t in b) for b in pf] == [([0.0], [1.0])]
