@@ -22,17 +22,22 @@ index; parquet: the row group and row) and suggesting ``--skip_bad_records``. Wi
 the record is skipped and counted in the ``ReadStats`` passed by the caller, which reports the count at the
 end (``ReadStats.summary()``). A .json file whose JSON syntax breaks mid-stream cannot be resynchronised:
 with ``skip_bad_records`` the rest of that file counts as one bad record and reading moves to the next file.
+
+``iter_records`` yields whole records (.jsonl/.json/.parquet) through a caller's parse function instead of a
+text field (the SFT/DPO formats of data_preprocess.chat_formats), with the same errors and counts.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 SUPPORTED_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
 TXT_MODES = ("paragraph", "line")
 _PARQUET_BATCH_ROWS = 1024
+T = TypeVar("T")
 _SKIP_HINT = "fix the input or pass --skip_bad_records to skip and count such records"
 
 
@@ -306,3 +311,83 @@ def iter_all_documents(files: Iterable[str], text_field: str = "text", skip_bad_
     """Chain ``iter_documents`` over several files, in the given order."""
     for path in files:
         yield from iter_documents(path, text_field, skip_bad_records, stats, txt_mode)
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[str, object, Exception | None]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield f"line {lineno}", json.loads(raw), None
+            except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                yield f"line {lineno}", None, ValueError(f"bad JSON ({e})")
+
+
+def _json_records(path: str) -> Iterator[tuple[str, object, Exception | None]]:
+    import ijson
+
+    _check_json_array(path)
+    with open(path, "rb") as f:
+        records = ijson.items(f, "item", use_float=True)
+        for index in itertools.count():
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except (ijson.JSONError, ValueError) as e:
+                # The parser cannot resume after a syntax error: the rest of the file is one bad record.
+                yield f"after record {index - 1} (0-based)", None, ValueError(f"invalid JSON ({e})")
+                return
+            yield f"record {index} (0-based)", record, None
+
+
+def _parquet_records(path: str) -> Iterator[tuple[str, object, Exception | None]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e}); remove it from --input") from e
+    for rg in range(pf.num_row_groups):
+        row = 0
+        try:
+            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[rg]):
+                for i, record in enumerate(batch.to_pylist()):
+                    yield f"row group {rg}, row {row + i}", record, None
+                row += batch.num_rows
+        except (pa.ArrowException, OSError) as e:
+            yield f"row group {rg}", None, ValueError(f"unreadable row group ({e})")
+
+
+def iter_records(path: str, parse: Callable[[dict], T], skip_bad_records: bool = False,
+                 stats: ReadStats | None = None) -> Iterator[T]:
+    """Yield ``parse(record)`` for each whole record (a JSON object, or a parquet row as a dict) of a .jsonl,
+    .json or .parquet file, streamed like ``iter_documents`` (SFT/DPO inputs: messages, pairs, ...).
+
+    ``parse`` raises ValueError or TypeError for a malformed record. That record, like one that is not valid
+    JSON, raises ValueError naming the file, the line (json: the record index; parquet: the row group and row)
+    and what is wrong, or with ``skip_bad_records`` is skipped and counted in ``stats.bad_records``. Each
+    parsed record counts as one document in ``stats``.
+    """
+    readers = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}
+    suffix = os.path.splitext(path)[1]
+    if suffix not in readers:
+        raise ValueError(f"input file {path!r}: records are read from {', '.join(readers)} files, not {suffix!r}; "
+                         "convert it or remove it from --input")
+    if not os.path.isfile(path):
+        raise ValueError(f"input file {path!r} does not exist")
+    for where, record, error in readers[suffix](path):
+        try:
+            if error is not None:
+                raise error
+            if not isinstance(record, dict):
+                raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+            value = parse(record)
+        except (ValueError, TypeError) as e:
+            _bad(path, where, str(e), skip_bad_records, stats)
+            continue
+        if stats is not None:
+            stats.add_document(path)
+        yield value
