@@ -259,7 +259,7 @@ def derive(cfg: ExperimentConfig, given: set[str]) -> None:
         # The default was derived from the default hidden_dim: derive it again from the final one.
         m.intermediate_size = 0
         m.__post_init__()
-    if cfg.optim.use_distributed_optimizer and cfg.ddp.comm_hook == "allreduce":
+    if cfg.ddp.use_distributed_optimizer and cfg.ddp.comm_hook == "allreduce":
         # ZeRO-1 needs each rank's shard of the reduced grads only: reduce-scatter is the matching hook.
         cfg.ddp.comm_hook = "reduce_scatter"
 
@@ -283,17 +283,22 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.resume and t.init_from:
         raise ValueError("--resume and --init_from exclude each other: resume continues a run, init_from starts a new one")
     o, d = cfg.optim, cfg.ddp
-    if d.comm_hook == "reduce_scatter" and not o.use_distributed_optimizer:
-        raise ValueError("--comm_hook=reduce_scatter leaves each rank a shard of the grads: it needs --use_distributed_optimizer")
-    if o.use_distributed_optimizer and d.comm_hook != "reduce_scatter":
-        raise ValueError(
-            f"--use_distributed_optimizer needs --comm_hook=reduce_scatter, got --comm_hook={d.comm_hook}"
-        )
-    if o.overlap_optim_step and (o.grad_clip > 0 or t.dtype == "float16"):
-        raise ValueError(
-            "--overlap_optim_step steps each bucket before the global grad norm (clipping) or the fp16 inf check is known; "
-            "use --grad_clip=0 and a dtype other than float16, or drop --overlap_optim_step"
-        )
+    # The one home of the cross-field ddp/optim rules; the DDP and the optimizer only assert what they rely on.
+    if d.comm_hook == "reduce_scatter" and not d.use_distributed_optimizer:
+        raise ValueError("--comm_hook=reduce_scatter leaves each rank a shard of the grads: it needs "
+                         "--use_distributed_optimizer; add it or use --comm_hook=allreduce")
+    if d.use_distributed_optimizer and d.comm_hook != "reduce_scatter":
+        raise ValueError(f"--use_distributed_optimizer needs --comm_hook=reduce_scatter, got "
+                         f"--comm_hook={d.comm_hook}; drop --comm_hook (it then defaults to reduce_scatter)")
+    if o.overlap_param_gather and not d.use_distributed_optimizer:
+        raise ValueError("--overlap_param_gather needs --use_distributed_optimizer (there is no gather without "
+                         "ZeRO-1); add --use_distributed_optimizer or drop --overlap_param_gather")
+    if o.overlap_optim_step and o.grad_clip > 0:
+        raise ValueError(f"--overlap_optim_step steps each bucket before the global grad norm is known, so it cannot "
+                         f"clip: got --grad_clip={o.grad_clip}; set --grad_clip=0 or drop --overlap_optim_step")
+    if o.overlap_optim_step and t.dtype == "float16":
+        raise ValueError("--overlap_optim_step cannot skip a step on an inf/NaN found in a later bucket, so it cannot "
+                         "run with fp16 loss scaling: use --dtype=bfloat16 or drop --overlap_optim_step")
     if o.loss_scale > 0 and t.dtype != "float16":
         raise ValueError(f"--loss_scale is for --dtype=float16 only (got --dtype={t.dtype}); drop --loss_scale")
 

@@ -385,7 +385,7 @@ def run_pretrain(cfg: ExperimentConfig, ctx: DistContext) -> None:
     model = build_model(cfg, ctx, dtype)
     if resume_dir is not None or t.init_from:
         load_initial_weights(cfg, model, resume_dir or resolve_checkpoint(t.init_from))
-    ddp = DistributedDataParallel(model, cfg.ddp, ctx, use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
+    ddp = DistributedDataParallel(model, cfg.ddp, ctx)
     ddp.broadcast_params()
     optimizer = build_optimizer(cfg.optim, ddp, dtype, ctx)
     if resume_dir is not None:

@@ -80,10 +80,11 @@ def build(case: str, args, ctx):
     zero = case != "ddp"
     with torch.device(ctx.device):
         model = Z2allForCausalLM(Z2allConfig(**args.shape, max_seq_len=args.seq_len)).to(torch.bfloat16)
-    dcfg = DDPConfig(bucket_size=args.bucket_size, comm_hook="reduce_scatter" if zero else "allreduce")
-    ddp = DistributedDataParallel(model, dcfg, ctx, use_distributed_optimizer=zero)
+    dcfg = DDPConfig(bucket_size=args.bucket_size, comm_hook="reduce_scatter" if zero else "allreduce",
+                     use_distributed_optimizer=zero)
+    ddp = DistributedDataParallel(model, dcfg, ctx)
     ddp.broadcast_params()
-    ocfg = OptimizerConfig(learning_rate=1e-4, grad_clip=1.0, use_distributed_optimizer=zero,
+    ocfg = OptimizerConfig(learning_rate=1e-4, grad_clip=1.0,
                            overlap_param_gather=case in ("zero1_overlap", "zero1_overlap_optim"))
     if case == "zero1_overlap_optim":
         ocfg.overlap_optim_step, ocfg.grad_clip = True, 0.0

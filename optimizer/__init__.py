@@ -16,26 +16,17 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _validate(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> None:
-    """Reject combinations that would be wrong or silently inexact, naming the flags to change."""
+    """Reject what only the runtime knows to be wrong (dtypes, device, triton), naming the flags to change.
+
+    The rules between flags are configurator.validate()'s; here they are invariants.
+    """
     cfg.validate()
+    assert not cfg.overlap_param_gather or ddp.use_distributed_optimizer, \
+        "--overlap_param_gather without ZeRO-1 (configurator.validate() rejects it)"
+    assert not (cfg.overlap_optim_step and cfg.grad_clip > 0), \
+        "--overlap_optim_step with --grad_clip > 0 (configurator.validate() rejects it)"
     if param_dtype not in _DTYPES:
         raise TypeError(f"param dtype {param_dtype} is not one of float32, bfloat16, float16; set --dtype")
-    if cfg.loss_scale > 0 and param_dtype != torch.float16:
-        raise ValueError(f"--loss_scale={cfg.loss_scale} only applies to fp16 params, got {param_dtype}; "
-                         f"use --loss_scale=0 or --dtype=float16")
-    if cfg.overlap_optim_step and cfg.grad_clip > 0:
-        raise ValueError(f"--overlap_optim_step steps each bucket before the global grad norm is known, so it "
-                         f"cannot clip exactly: set --grad_clip=0 or --overlap_optim_step=False "
-                         f"(got grad_clip={cfg.grad_clip})")
-    if cfg.overlap_optim_step and param_dtype == torch.float16:
-        raise ValueError("--overlap_optim_step cannot skip a step on an inf/NaN found in a later bucket, so it "
-                         "does not support fp16 loss scaling: use --dtype=bfloat16 or --overlap_optim_step=False")
-    ddp_zero = bool(getattr(ddp, "use_distributed_optimizer", False))
-    if cfg.use_distributed_optimizer != ddp_zero:
-        raise ValueError(f"--use_distributed_optimizer={cfg.use_distributed_optimizer} but the DDP was built with "
-                         f"use_distributed_optimizer={ddp_zero}; build DistributedDataParallel(..., "
-                         f"use_distributed_optimizer=cfg.use_distributed_optimizer) so grads are reduce-scattered "
-                         f"exactly when the optimizer is sharded")
     if cfg.optimizer_impl == "apex" and ctx.device.type != "cuda":
         raise ValueError("--optimizer_impl=apex needs CUDA; use --optimizer_impl=auto on the CPU")
     if cfg.optimizer_impl == "triton":
@@ -54,7 +45,7 @@ def _validate(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> None:
 def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> MixedPrecisionOptimizer:
     """The optimizer for this run.
 
-    ZeRO-1 (--use_distributed_optimizer) -> DistributedOptimizer (any dtype; fp16 with a scaler);
+    ZeRO-1 (ddp.use_distributed_optimizer) -> DistributedOptimizer (any dtype; fp16 with a scaler);
     fp32 params -> FP32Optimizer; bf16/fp16 params -> Float16OptimizerWithFloat16Params.
 
     Order: model -> DDP -> ddp.broadcast_params() -> (load model weights) -> build_optimizer ->
@@ -64,7 +55,7 @@ def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) ->
     outside a forward (saving a checkpoint). With --overlap_optim_step, call set_lr before the backward.
     """
     _validate(cfg, ddp, param_dtype, ctx)
-    if cfg.use_distributed_optimizer:
+    if ddp.use_distributed_optimizer:
         cls = DistributedOptimizer
     elif param_dtype == torch.float32:
         cls = FP32Optimizer

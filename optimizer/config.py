@@ -1,4 +1,9 @@
-"""OptimizerConfig: AdamW, the LR schedule, clipping, loss scaling and ZeRO-1 (flat command-line keys)."""
+"""OptimizerConfig: AdamW, the LR schedule, clipping, loss scaling and the overlaps (flat command-line keys).
+
+ZeRO-1 itself is switched on in the DDP's config (DDPConfig.use_distributed_optimizer): the DDP reduce-scatters
+for it, and the optimizer learns it from the DDP. Rules that tie these flags to other sections live in
+configurator.validate().
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +30,6 @@ class OptimizerConfig:
     min_loss_scale: float = 1.0  # dynamic scaler floor
     loss_scale_window: int = 1000  # clean steps before the dynamic scale doubles
     hysteresis: int = 2  # overflowing steps tolerated before the scale halves
-    use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
     overlap_param_gather: bool = False  # ZeRO-1: hide the param all-gather behind the next forward
     overlap_optim_step: bool = False  # step each bucket's shard as soon as its reduction finishes
     # split: the bf16 params are the high half of each fp32 main value, an int16 tensor the low half (same
@@ -48,5 +52,3 @@ class OptimizerConfig:
             raise ValueError(f"--grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         if self.loss_scale < 0:
             raise ValueError(f"--loss_scale must be >= 0 (0 = dynamic), got {self.loss_scale}")
-        if self.overlap_param_gather and not self.use_distributed_optimizer:
-            raise ValueError("--overlap_param_gather needs --use_distributed_optimizer (there is no gather without ZeRO-1)")

@@ -26,7 +26,7 @@ from parallel.comm_hooks.bucket import GradBucket
 
 
 class DistributedOptimizer(MixedPrecisionOptimizer):
-    """ZeRO-1 over the DDP's buffers (the DDP must be built with use_distributed_optimizer=True)."""
+    """ZeRO-1 over the DDP's buckets (built for a DDP whose config has use_distributed_optimizer=True)."""
 
     sharded = True
 

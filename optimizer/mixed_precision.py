@@ -294,6 +294,8 @@ class MixedPrecisionOptimizer:
         self._bucket_norms: dict[int, torch.Tensor] = {}
         self.overlap_optim_step = cfg.overlap_optim_step
         if self.overlap_optim_step:
+            # a bucket steps before later buckets are reduced: no global inf check (configurator.validate())
+            assert self.grad_scaler is None, "--overlap_optim_step with fp16 loss scaling"
             self._install_post_reduce_hook(self.step_bucket)
         elif self.grad_scaler is None:
             # fp16 keeps computing its norm in step(): its inf check must see the grads as they are then

@@ -15,6 +15,7 @@ class DDPConfig:
     bucket_size: int = 40_000_000  # elements per bucket (about; padded to lcm(world, 128))
     disable_bucketing: bool = False  # one bucket for the whole buffer
     comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce
+    use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
     loss_reduction: str = "mean"  # mean: average grads over ranks; sum: divide by total tokens
     dist_timeout_s: int = 600  # seconds before a hung collective becomes an error
     check_for_unused_params: bool = True  # fail when a trainable param never receives a gradient

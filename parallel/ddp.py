@@ -112,12 +112,10 @@ class DistributedDataParallel(nn.Module):
        their zeros) and waits for every future.
     """
 
-    def __init__(self, module: nn.Module, ddp_config: DDPConfig, ctx: DistContext,
-                 use_distributed_optimizer: bool = False):
+    def __init__(self, module: nn.Module, ddp_config: DDPConfig, ctx: DistContext):
         super().__init__()
         ddp_config.validate()
         self.module, self.config, self.ctx = module, ddp_config, ctx
-        self.use_distributed_optimizer = use_distributed_optimizer
         self.param_to_name = {p: n for n, p in module.named_parameters()}
         trainable = [p for p in self.param_to_name if p.requires_grad]
         if not trainable:
@@ -197,6 +195,11 @@ class DistributedDataParallel(nn.Module):
         except KeyError:
             name = self.param_to_name.get(param, f"<param of shape {tuple(param.shape)}>")
             raise ValueError(f"{name} is not managed by this DDP (frozen, or not part of the module)") from None
+
+    @property
+    def use_distributed_optimizer(self) -> bool:
+        """ZeRO-1 (DDPConfig.use_distributed_optimizer): the optimizer built on this DDP shards its state."""
+        return self.config.use_distributed_optimizer
 
     @property
     def buckets(self) -> tuple[GradBucket, ...]:

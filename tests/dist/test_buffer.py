@@ -38,7 +38,8 @@ def _gather_case(ctx, overlap: bool):
     ref = TinyNet()
     net = TinyNet()
     net.load_state_dict(ref.state_dict())
-    ddp = DistributedDataParallel(net, DDPConfig(bucket_size=64), ctx, use_distributed_optimizer=True)
+    ddp = DistributedDataParallel(net, DDPConfig(bucket_size=64, comm_hook="reduce_scatter",
+                                                 use_distributed_optimizer=True), ctx)
     full = ddp.buffers[0].param_data.clone()
     for b in ddp.buffers[0].buckets:
         start, end = b.shard_range(ctx.rank)

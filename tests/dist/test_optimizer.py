@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import configurator
 from optimizer import FP32Optimizer, Float16OptimizerWithFloat16Params, build_optimizer, get_lr
 from optimizer.grad_scaler import DynamicGradScaler
 from parallel.config import DDPConfig
@@ -24,7 +25,7 @@ def reference_run(case: Case, steps: int = STEPS) -> dict[str, np.ndarray]:
     as sqrt(sum of per-param norms²) in buffer order (reverse registration); clip coefficient
     min(1, c/(norm+1e-6)); decoupled weight decay for ndim >= 2 only; then Adam with bias correction.
     """
-    cfg = case.optimizer_config(False)
+    cfg = case.optimizer_config()
     model = make_model(case.dtype)
     named = list(model.named_parameters())
     master = {n: p.detach().float().clone() for n, p in named}
@@ -98,26 +99,23 @@ def test_class_choice_and_state_dict_roles():
     for dtype, cls in [(torch.float32, FP32Optimizer), (torch.bfloat16, Float16OptimizerWithFloat16Params)]:
         model = make_model(dtype)
         ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
-        opt = build_optimizer(Case().optimizer_config(False), ddp, dtype, single_ctx())
+        opt = build_optimizer(Case().optimizer_config(), ddp, dtype, single_ctx())
         assert type(opt) is cls and opt.loss_scale == 1.0
         sd = opt.state_dict()
         assert set(sd["params"]) == {n for n, _ in model.named_parameters()}
         assert sd["grad_scaler"] is None
 
 
-@pytest.mark.parametrize("overrides,dtype,match", [
-    ({"overlap_optim_step": True, "grad_clip": 1.0}, torch.bfloat16, "grad_clip=0"),
-    ({"overlap_optim_step": True, "grad_clip": 0.0}, torch.float16, "overlap_optim_step"),
-    ({"use_distributed_optimizer": True}, torch.bfloat16, "use_distributed_optimizer"),
-    ({"loss_scale": 128.0}, torch.bfloat16, "loss_scale"),
+@pytest.mark.parametrize("argv,match", [
+    (["--overlap_optim_step", "--grad_clip=1"], "grad_clip=0"),
+    (["--overlap_optim_step", "--grad_clip=0", "--dtype=float16"], "overlap_optim_step"),
+    (["--overlap_param_gather"], "use_distributed_optimizer"),
+    (["--loss_scale=128", "--dtype=bfloat16"], "loss_scale"),
 ])
-def test_rejects_bad_combinations(overrides, dtype, match):
-    model = make_model(dtype)
-    ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
-    cfg = Case(optim=overrides).optimizer_config(False)
-    cfg.use_distributed_optimizer = overrides.get("use_distributed_optimizer", False)
+def test_rejects_bad_combinations(argv, match):
+    """The optimizer's cross-flag rules have one home, the configurator (the optimizer asserts them)."""
     with pytest.raises(ValueError, match=match):
-        build_optimizer(cfg, ddp, dtype, single_ctx())
+        configurator.build_config(argv)
 
 
 def test_overlap_optim_step_single_process_bitwise():
@@ -133,7 +131,7 @@ def test_load_state_dict_roundtrip_single_process():
     out = run_case(single_ctx(), case, parts=1, steps=5)
     model = make_model(case.dtype)
     ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
-    opt = build_optimizer(case.optimizer_config(False), ddp, case.dtype, single_ctx())
+    opt = build_optimizer(case.optimizer_config(), ddp, case.dtype, single_ctx())
     from tests.unit.optimizer.toy import to_numpy, to_torch
 
     opt.load_state_dict([to_torch(out["state"])])
@@ -156,7 +154,7 @@ def test_fp16_scaler_state_and_reload_model_params():
     assert out["state"]["grad_scaler"]["scale"] == out["log"][-1]["scale"] == 1024.0
     model = make_model(case.dtype)
     ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
-    opt = build_optimizer(case.optimizer_config(False), ddp, case.dtype, single_ctx())
+    opt = build_optimizer(case.optimizer_config(), ddp, case.dtype, single_ctx())
     from tests.unit.optimizer.toy import to_torch
 
     opt.load_state_dict([to_torch(out["state"])])

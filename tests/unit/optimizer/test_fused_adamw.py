@@ -244,7 +244,7 @@ def test_interp_optimizer_state_moves_between_impls():
     for impl, main_params in (("foreach", "auto"), ("triton", "fp32"), ("triton", "split")):
         model = make_model(case.dtype)
         ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
-        cfg = with_optim(case, optimizer_impl=impl, main_params=main_params).optimizer_config(False)
+        cfg = with_optim(case, optimizer_impl=impl, main_params=main_params).optimizer_config()
         opt = build_optimizer(cfg, ddp, case.dtype, single_ctx())
         opt.load_state_dict([to_torch(out["state"])])
         again = to_numpy(opt.state_dict())

@@ -68,9 +68,9 @@ class Case:
     inject_inf_at: int = -1  # step at which rank 1 (or the single process) writes an inf into its grads
     optim: dict = field(default_factory=dict)  # OptimizerConfig overrides
 
-    def optimizer_config(self, use_zero: bool) -> OptimizerConfig:
+    def optimizer_config(self) -> OptimizerConfig:
         base = dict(learning_rate=2e-2, min_lr=2e-3, warmup_iters=3, lr_decay_iters=20, weight_decay=0.5,
-                    grad_clip=0.0, use_distributed_optimizer=use_zero)
+                    grad_clip=0.0)
         base.update(self.optim)
         return OptimizerConfig(**base)
 
@@ -85,9 +85,9 @@ def setup(ctx: DistContext, case: Case, use_zero: bool | None = None):
     model = make_model(case.dtype)
     dcfg = DDPConfig(bucket_size=case.bucket_size, grad_reduce_in_fp32=case.grad_reduce_in_fp32,
                      overlap_grad_reduce=case.overlap_grad_reduce,
-                     comm_hook="reduce_scatter" if use_zero else "allreduce")
-    ddp = DistributedDataParallel(model, dcfg, ctx, use_distributed_optimizer=use_zero)
-    ocfg = case.optimizer_config(use_zero)
+                     comm_hook="reduce_scatter" if use_zero else "allreduce", use_distributed_optimizer=use_zero)
+    ddp = DistributedDataParallel(model, dcfg, ctx)
+    ocfg = case.optimizer_config()
     return model, ddp, build_optimizer(ocfg, ddp, case.dtype, ctx), ocfg
 
 

@@ -27,9 +27,10 @@ def _run_and_drop(dtype, opt_kw=None, prehooks=False):
     ctx = init_distributed("cpu", env={})
     torch.manual_seed(0)
     model = Net().to(dtype)
-    zero = bool(opt_kw and opt_kw.get("use_distributed_optimizer"))
-    ddp = DistributedDataParallel(model, DDPConfig(bucket_size=128, comm_hook="reduce_scatter" if zero else
-                                                   "allreduce"), ctx, use_distributed_optimizer=zero)
+    opt_kw = None if opt_kw is None else dict(opt_kw)
+    zero = bool(opt_kw and opt_kw.pop("use_distributed_optimizer", False))
+    ddp = DistributedDataParallel(model, DDPConfig(bucket_size=128, comm_hook="reduce_scatter" if zero else "allreduce",
+                                                   use_distributed_optimizer=zero), ctx)
     ddp.broadcast_params()
     opt = None
     if opt_kw is not None:
