@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if ctx is not None:
-            destroy(ctx)
+            destroy()
     return 0
 
 

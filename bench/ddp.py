@@ -391,7 +391,7 @@ def run_in_process(args) -> list[dict]:
         if ctx.is_main:
             print(json.dumps(summarize(records, ctx.world_size)), flush=True)
     finally:
-        destroy(ctx)
+        destroy()
     return records
 
 

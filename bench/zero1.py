@@ -15,7 +15,7 @@ case left in the caching allocator.
 The model is the seed 1.25B shape (`from model import Z2allConfig, Z2allForCausalLM`) in bf16 with fp32
 main grads, AdamW with grad_clip=1 (train.py's defaults). One step = zero grads, forward/backward,
 finish_grad_sync, optimizer step. Cases, each on a fresh model:
-- ddp:                    all-reduce, Float16OptimizerWithFloat16Params (full fp32 main params + m + v per GPU)
+- ddp:                    all-reduce, MixedPrecisionOptimizer (full fp32 main params + m + v per GPU)
 - zero1:                  reduce-scatter, DistributedOptimizer, param all-gather finished inside step()
 - zero1_overlap:          the same with --overlap_param_gather (gathers waited just before each module)
 - zero1_overlap_optim:    zero1_overlap plus --overlap_optim_step (needs grad_clip=0, so it runs without clipping)
@@ -180,7 +180,7 @@ def run_in_process(args) -> list[dict]:
         if ctx.is_main:
             print(json.dumps(summary(records, ctx.world_size)), flush=True)
     finally:
-        destroy(ctx)
+        destroy()
     return list(records.values())
 
 

@@ -10,7 +10,7 @@ from optimizer.config import OptimizerConfig
 from optimizer.distributed import DistributedOptimizer
 from utils.triton_env import interpret_mode, triton_available
 from optimizer.lr_schedule import get_lr
-from optimizer.mixed_precision import FP32Optimizer, Float16OptimizerWithFloat16Params, MixedPrecisionOptimizer
+from optimizer.mixed_precision import MixedPrecisionOptimizer
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -45,8 +45,8 @@ def _validate(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> None:
 def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) -> MixedPrecisionOptimizer:
     """The optimizer for this run.
 
-    ZeRO-1 (ddp.use_distributed_optimizer) -> DistributedOptimizer (any dtype; fp16 with a scaler);
-    fp32 params -> FP32Optimizer; bf16/fp16 params -> Float16OptimizerWithFloat16Params.
+    ZeRO-1 (ddp.use_distributed_optimizer) -> DistributedOptimizer, else MixedPrecisionOptimizer (any dtype:
+    fp32 params are their own main params, bf16/fp16 get fp32 ones, fp16 adds a loss scaler).
 
     Order: model -> DDP -> ddp.broadcast_params() -> (load model weights) -> build_optimizer ->
     (optimizer.load_state_dict on resume). The fp32 main params are copied from the model's params
@@ -55,16 +55,10 @@ def build_optimizer(cfg: OptimizerConfig, ddp, param_dtype: torch.dtype, ctx) ->
     outside a forward (saving a checkpoint). With --overlap_optim_step, call set_lr before the backward.
     """
     _validate(cfg, ddp, param_dtype, ctx)
-    if ddp.use_distributed_optimizer:
-        cls = DistributedOptimizer
-    elif param_dtype == torch.float32:
-        cls = FP32Optimizer
-    else:
-        cls = Float16OptimizerWithFloat16Params
+    cls = DistributedOptimizer if ddp.use_distributed_optimizer else MixedPrecisionOptimizer
     return cls(cfg, ddp, ctx, param_dtype)
 
 
 __all__ = [
-    "build_optimizer", "get_lr", "MixedPrecisionOptimizer", "Float16OptimizerWithFloat16Params",
-    "FP32Optimizer", "DistributedOptimizer", "OptimizerConfig",
+    "build_optimizer", "get_lr", "MixedPrecisionOptimizer", "DistributedOptimizer", "OptimizerConfig",
 ]

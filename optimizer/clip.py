@@ -36,17 +36,6 @@ def squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Ten
     return tensor_norms(tensors, device).square().sum()
 
 
-def global_norm(
-    tensors: list[torch.Tensor],
-    device: torch.device,
-    sharded: bool,
-    group=None,
-    world_size: int = 1,
-) -> torch.Tensor:
-    """The L2 norm over all ranks' tensors (see the module docstring for ``sharded``)."""
-    return norm_from_squared(squared_norm(tensors, device), sharded, group, world_size)
-
-
 def norm_from_squared(sq: torch.Tensor, sharded: bool, group=None, world_size: int = 1) -> torch.Tensor:
     """The global L2 norm from this rank's squared norm (summed over ranks when sharded; ``sq`` is reduced in place)."""
     if sharded and world_size > 1:
@@ -58,13 +47,3 @@ def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     """min(1, max_norm / (norm + eps)) as a tensor, so the caller never syncs to decide."""
     return (max_norm / (total_norm + _EPS)).clamp(max=1.0)
 
-
-def clip_grads_(grads: list[torch.Tensor], total_norm: torch.Tensor, max_norm: float) -> None:
-    """Scale ``grads`` in place so that their global norm is at most ``max_norm``.
-
-    Always multiplies (by exactly 1.0 when under the limit, which leaves the values unchanged), so
-    no host sync is needed to decide whether to clip.
-    """
-    if max_norm <= 0 or not grads:
-        return
-    torch._foreach_mul_(grads, clip_coefficient(total_norm, max_norm))

@@ -35,7 +35,5 @@ class DistributedOptimizer(MixedPrecisionOptimizer):
         return bucket.shard_range()
 
     def _after_update(self) -> None:
-        overlap = self.cfg.overlap_param_gather
-        self.ddp.start_param_sync(overlap=overlap)
-        if not overlap:
-            self.ddp.finish_param_sync()
+        """All-gather the updated shards (start_param_sync waits for them itself unless they overlap)."""
+        self.ddp.start_param_sync(overlap=self.cfg.overlap_param_gather)

@@ -536,11 +536,3 @@ class MixedPrecisionOptimizer:
                              f"{s.param_end}) this rank needs; it is incomplete (missing optim/rank_*.pt?) "
                              f"or from another model")
         r.set_step(i, step)
-
-
-class Float16OptimizerWithFloat16Params(MixedPrecisionOptimizer):
-    """bf16/fp16 model params with fp32 main params; fp16 adds loss scaling (dynamic or fixed)."""
-
-
-class FP32Optimizer(MixedPrecisionOptimizer):
-    """fp32 model params: the main params are the model's own buffer, the grads its fp32 main_grad."""

@@ -92,7 +92,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 600, env: Mapping[st
     return DistContext(rank, world_size, local_rank, dev, dist.group.WORLD, backend)
 
 
-def destroy(ctx: DistContext | None = None) -> None:
+def destroy() -> None:
     """Tear down the process group (idempotent; a no-op for a single process without a group)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -89,16 +89,6 @@ def persistent_programs(device: torch.device, work_items: int, per_sm: int = 4) 
     return max(1, min(work_items, 3))
 
 
-def tl_dtype(dtype: torch.dtype):
-    """The triton.language dtype for a torch floating dtype (used for constexpr store casts)."""
-    import triton.language as tl
-
-    table = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-    if dtype not in table:
-        raise TypeError(f"dtype {dtype} is not supported by the fused ops; use float32, bfloat16 or float16")
-    return table[dtype]
-
-
 def check_float(name: str, t: torch.Tensor) -> None:
     """TypeError unless t is fp32/bf16/fp16."""
     if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):

@@ -48,7 +48,7 @@ def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, q, 
         try:
             result = fn(ctx, *args)
         finally:
-            destroy(ctx)
+            destroy()
         q.put((rank, "ok", result))
     except BaseException:  # report everything, including assertion failures, to the parent
         q.put((rank, "error", traceback.format_exc()))

@@ -1,4 +1,4 @@
-"""MixedPrecisionOptimizer / FP32Optimizer against a hand-written fp32-master AdamW, bitwise, on one process.
+"""MixedPrecisionOptimizer (fp32, bf16, fp16 params) against a hand-written fp32-master AdamW, bitwise, on one process.
 
 Plus the combinations build_optimizer must reject, and overlap_optim_step on one process.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import configurator
-from optimizer import FP32Optimizer, Float16OptimizerWithFloat16Params, build_optimizer, get_lr
+from optimizer import MixedPrecisionOptimizer, build_optimizer, get_lr
 from optimizer.grad_scaler import DynamicGradScaler
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
@@ -96,11 +96,11 @@ def test_matches_handwritten_fp32_master_reference(case):
 
 
 def test_class_choice_and_state_dict_roles():
-    for dtype, cls in [(torch.float32, FP32Optimizer), (torch.bfloat16, Float16OptimizerWithFloat16Params)]:
+    for dtype in (torch.float32, torch.bfloat16):
         model = make_model(dtype)
         ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
         opt = build_optimizer(Case().optimizer_config(), ddp, dtype, single_ctx())
-        assert type(opt) is cls and opt.loss_scale == 1.0
+        assert type(opt) is MixedPrecisionOptimizer and opt.loss_scale == 1.0
         sd = opt.state_dict()
         assert set(sd["params"]) == {n for n, _ in model.named_parameters()}
         assert sd["grad_scaler"] is None
