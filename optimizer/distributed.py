@@ -3,7 +3,7 @@
 Each rank owns the contiguous 1/world slice ``bucket.shard_range(rank)`` of every bucket, whatever the
 param boundaries (optimizer/range_map.py maps shards to param slices, with a worked example).
 
-Shard storage choice: per bucket, one flat fp32 tensor for the rank's shard (``_Region.main``), with
+Shard storage choice: per bucket, one flat fp32 tensor for the rank's shard (``Region.main``, optimizer/regions.py), with
 one view per param slice. The flat tensor lets the triton kernel (optimizer/fused_adamw.py) update the
 whole shard, m, v and the model's param buffer slice in one launch per bucket (the torch path: one
 cast copy per bucket); the per-slice views carry the per-param state and put each slice in the

@@ -1,8 +1,8 @@
 """Mixed-precision AdamW over the DDP's flat buffers: fp32 main params, loss scaling, global clipping.
 
-Layout. The optimizer works on *regions*: for every bucket of every ParamAndGradBuffer, the part this
-rank updates. Without ZeRO-1 a region is the whole bucket; with ZeRO-1 (optimizer/distributed.py) it
-is the rank's shard. Each region holds
+Layout. The optimizer works on *regions* (optimizer/regions.py, one class per implementation): for every
+bucket of the DDP (``ddp.buckets``), the part this rank updates. Without ZeRO-1 a region is the whole bucket;
+with ZeRO-1 (optimizer/distributed.py) it is the rank's shard. Each region holds
 - ``main``: an fp32 flat tensor of the region's elements: a copy of the model's params (bf16/fp16
   params), or the model's param buffer itself (fp32 params: nothing to copy). With --main_params=split (the
   default for bf16 with the triton impl) no fp32 tensor is kept: the model's bf16 params are the high
@@ -39,11 +39,10 @@ import torch.distributed as dist
 
 from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm, tensor_norms
 from optimizer.config import OptimizerConfig
-from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main, split_main
-from utils.triton_env import triton_available
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
-from optimizer.range_map import ParamSlice, shard_param_slices
+from optimizer.regions import Region, StepScales, make_region
 from parallel.comm_hooks.bucket import GradBucket
+from utils.triton_env import triton_available
 
 STATE_FORMAT = "z2all.optimizer.v1"
 
@@ -72,198 +71,6 @@ def resolve_main_params(mode: str, impl: str, param_dtype: torch.dtype) -> str:
     return "split" if impl == "triton" else "fp32"
 
 
-def make_adamw(params_groups: list[dict], cfg: OptimizerConfig, impl: str) -> torch.optim.Optimizer:
-    """A torch.optim AdamW (torch_fused or foreach) or apex FusedAdam over the groups."""
-    kw = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-    if impl == "apex":
-        try:
-            from apex.optimizers import FusedAdam
-        except ImportError as exc:
-            raise ValueError("--optimizer_impl=apex but apex is not installed; use --optimizer_impl=auto") from exc
-        return FusedAdam(params_groups, adam_w_mode=True, **kw)
-    return torch.optim.AdamW(params_groups, fused=impl == "torch_fused", foreach=impl == "foreach", **kw)
-
-
-def _decayed(s: ParamSlice) -> bool:
-    """Weight decay applies to matrices (and higher), never to 1-D params (norm gains, biases)."""
-    return len(s.param.shape) >= 2
-
-
-class _Region:
-    """One bucket's part that this rank updates (see the module docstring)."""
-
-    def __init__(self, bucket: GradBucket, start: int, end: int, cfg: OptimizerConfig, impl: str,
-                 split: bool = False):
-        self.index, self.start, self.end = bucket.index, start, end
-        self.cfg, self.impl, self.lr, self.split = cfg, impl, cfg.learning_rate, split
-        # slices of BucketParams: s.param.name and s.param.shape name and shape the model's param
-        self.slices: list[ParamSlice] = shard_param_slices({p: (p.start, p.end) for p in bucket.params}, start, end)
-        self.names = [s.param.name for s in self.slices]
-        self.param_region = bucket.param_data[start:end]
-        self.grad_region = bucket.grad_data[start:end]
-        self.alias_params = bucket.param_data.dtype == torch.float32
-        self.alias_grads = bucket.grad_data.dtype == torch.float32
-        self._grad_views = [self.grad_region[s.shard_start:s.shard_end] for s in self.slices]
-        self.opt = None
-        if split:  # the fp32 values are the bf16 params (high half) and self.lo (low half); none stored whole
-            assert impl == "triton" and self.param_region.dtype == torch.bfloat16, (impl, self.param_region.dtype)
-            self.main = None
-            self.lo = torch.zeros(end - start, dtype=torch.int16, device=self.param_region.device)
-            self.main_params = []
-        else:
-            with torch.no_grad():
-                self.main = self.param_region if self.alias_params else self.param_region.detach().float()
-            self.main_params = [torch.nn.Parameter(self.main[s.shard_start:s.shard_end], requires_grad=False)
-                                for s in self.slices]
-        if impl == "triton":
-            self._init_triton()
-        else:
-            self._init_torch(cfg)
-
-    def _init_torch(self, cfg: OptimizerConfig) -> None:
-        decay, no_decay = [], []
-        for s, p, g in zip(self.slices, self.main_params, self._grad_views):
-            if self.alias_grads:
-                p.grad = g  # the fp32 main_grad itself; low-precision grads get a per-step temporary copy
-            (decay if _decayed(s) else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        self.opt = make_adamw(groups, cfg, self.impl) if groups else None
-
-    def _init_triton(self) -> None:
-        """Flat m/v over the region (per-slice views for the state dict) and the weight-decay plan."""
-        numel, device = self.end - self.start, self.param_region.device
-        self.exp_avg = torch.zeros(numel, dtype=torch.float32, device=device)
-        self.exp_avg_sq = torch.zeros(numel, dtype=torch.float32, device=device)
-        self.step_count = 0
-        self._state = [{"exp_avg": self.exp_avg[s.shard_start:s.shard_end],
-                        "exp_avg_sq": self.exp_avg_sq[s.shard_start:s.shard_end]} for s in self.slices]
-        decayed = [(s.shard_start, s.shard_end) for s in self.slices if _decayed(s)]
-        self.weight_decay = self.cfg.weight_decay if decayed else 0.0
-        if decayed and len(decayed) < len(self.slices):
-            self.decay_plan = build_decay_plan(numel, decayed, device)
-        else:  # uniform: every element decayed (padding is zero and stays zero) or none
-            self.decay_plan = None
-
-    # ----- the fp32 main values, whole or split -----
-    def main_values(self, i: int) -> torch.Tensor:
-        """Slice i's fp32 main values (a view; split: joined into a new tensor)."""
-        s = self.slices[i]
-        if self.split:
-            return join_main(self.param_region[s.shard_start:s.shard_end], self.lo[s.shard_start:s.shard_end])
-        return self.main_params[i].detach()
-
-    def load_main(self, i: int, dst: slice, values: torch.Tensor) -> None:
-        """Set elements ``dst`` (relative to slice i) of the fp32 main values, and the model's params with them."""
-        s = self.slices[i]
-        a, b = s.shard_start + dst.start, s.shard_start + dst.stop  # offsets in the region
-        with torch.no_grad():
-            if self.split:
-                high, low = split_main(values.to(self.lo.device))
-                self.param_region[a:b].copy_(high)
-                self.lo[a:b].copy_(low)
-                return
-            self.main_params[i][dst].copy_(values)
-            if not self.alias_params:
-                self.param_region[a:b].copy_(self.main_params[i][dst])
-
-    def reload_model_params(self) -> None:
-        """Main values := the model's current params (their low halves zero when split)."""
-        with torch.no_grad():
-            if self.split:
-                self.lo.zero_()
-            elif not self.alias_params:
-                self.main.copy_(self.param_region)
-
-    def grad_views(self) -> list[torch.Tensor]:
-        """Per-slice views of the reduced grads in the grad buffer (fp32, or bf16/fp16 main grads)."""
-        return self._grad_views
-
-    def step(self, inv_scale: torch.Tensor | None, clip_coef: torch.Tensor | None,
-             grad_scale: torch.Tensor | None) -> None:
-        """AdamW on this region with the model's params updated too.
-
-        triton: one kernel reads the grads (any dtype) scaled by ``grad_scale`` (= inv_scale * clip_coef) and
-        writes main, m, v and the cast model params. torch/apex: fp32 grads (the buffer itself, or a temporary
-        copy of bf16/fp16 grads freed right after, so the extra memory is one region), times inv_scale, times
-        clip_coef, the optimizer's step, then the cast copy into the model's param buffer.
-        """
-        if not self.slices:
-            return
-        if self.impl == "triton":
-            self.step_count += 1
-            cfg = self.cfg
-            out = None if self.alias_params or self.split else self.param_region
-            main = self.param_region if self.split else self.main
-            fused_adamw_step(main, self.grad_region, self.exp_avg, self.exp_avg_sq, out, lr=self.lr,
-                             weight_decay=self.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.adam_eps,
-                             step=self.step_count, grad_scale=grad_scale, decay=self.decay_plan, impl="triton",
-                             main_lo=self.lo if self.split else None)
-            return
-        temp = None if self.alias_grads else self.grad_region.float()
-        if temp is not None:
-            for s, p in zip(self.slices, self.main_params):
-                p.grad = temp[s.shard_start:s.shard_end]
-        grads = [p.grad for p in self.main_params]
-        if inv_scale is not None:
-            torch._foreach_mul_(grads, inv_scale)
-        if clip_coef is not None:
-            torch._foreach_mul_(grads, clip_coef)
-        self.opt.step()
-        if temp is not None:
-            for p in self.main_params:
-                p.grad = None
-        if not self.alias_params:
-            self.param_region.copy_(self.main)
-
-    def set_lr(self, lr: float) -> None:
-        self.lr = lr
-        if self.opt is not None:
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-
-    def adam_state(self, i: int) -> dict:
-        """(exp_avg, exp_avg_sq, step) of slice i, created as zeros when it never stepped."""
-        if self.impl == "triton":
-            return self._state[i]
-        assert self.opt is not None
-        p = self.main_params[i]
-        st = self.opt.state[p]
-        if "exp_avg" not in st:
-            st["exp_avg"] = torch.zeros_like(p)
-            st["exp_avg_sq"] = torch.zeros_like(p)
-            if _is_apex(self.opt):
-                self.opt.param_groups[0].setdefault("step", 0)
-            else:
-                on_device = self.opt.defaults.get("fused") or self.opt.defaults.get("capturable")
-                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-        return st
-
-    def get_step(self, i: int) -> float:
-        if self.impl == "triton":
-            return float(self.step_count)
-        if _is_apex(self.opt):
-            return float(_group_of(self.opt, self.main_params[i]).get("step", 0))
-        return float(self.adam_state(i)["step"])
-
-    def set_step(self, i: int, step: float) -> None:
-        """Restore a step count (triton: one count per region; every slice of a region steps together)."""
-        if self.impl == "triton":
-            self.step_count = int(step)
-        elif _is_apex(self.opt):
-            _group_of(self.opt, self.main_params[i])["step"] = int(step)
-        else:
-            self.adam_state(i)["step"].fill_(step)
-
-
-def _is_apex(opt) -> bool:
-    return type(opt).__module__.startswith("apex")
-
-
-def _group_of(opt, p) -> dict:
-    return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
-
-
 class MixedPrecisionOptimizer:
     """AdamW on fp32 regions of the DDP's buffers (see the module docstring).
 
@@ -278,13 +85,13 @@ class MixedPrecisionOptimizer:
         self.device = ctx.device
         self.group, self.world_size, self.rank = ctx.group, ctx.world_size, ctx.rank
         self.impl = resolve_optimizer_impl(cfg.optimizer_impl, self.device)
-        self.regions: list[_Region] = []
+        self.regions: list[Region] = []
         for bucket in ddp.buckets:
             split = resolve_main_params(cfg.main_params, self.impl, bucket.param_data.dtype) == "split"
             lo, hi = self._region_range(bucket)
-            self.regions.append(_Region(bucket, lo, hi, cfg, self.impl, split))
+            self.regions.append(make_region(bucket, lo, hi, cfg, self.impl, split))
         # the exact legacy fp16 path: unscale the fp32 grads in place, with an element-wise inf/NaN check
-        self._unscale_in_place = self.impl != "triton" and all(r.alias_grads for r in self.regions)
+        self._unscale_in_place = all(r.unscales_in_place for r in self.regions)
         self._one = torch.ones((), dtype=torch.float32, device=self.device)
         self._region_of_bucket = {r.index: r for r in self.regions}
         self.grad_scaler = self._make_scaler()
@@ -373,21 +180,13 @@ class MixedPrecisionOptimizer:
         if inv_scale is not None:
             norm = norm * inv_scale
         coef = clip_coefficient(norm, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
-        grad_scale = self._combined_scale(inv_scale, coef)
+        scales = StepScales(inv_scale, coef, self._one)
         for r in self.regions:
-            r.step(inv_scale, coef, grad_scale)
+            r.step(scales)
         if self.grad_scaler is not None:
             self.grad_scaler.update(False)
         self._after_update()
         return torch.ones((), dtype=torch.bool, device=self.device), norm
-
-    def _combined_scale(self, inv_scale: torch.Tensor | None, coef: torch.Tensor | None) -> torch.Tensor | None:
-        """The triton kernel's single grad multiplier (None for the torch path, which applies them one by one)."""
-        if self.impl != "triton":
-            return None
-        if inv_scale is not None and coef is not None:
-            return inv_scale * coef
-        return inv_scale if inv_scale is not None else coef if coef is not None else self._one
 
     def _unscale_and_check(self, grads: list[torch.Tensor]) -> bool:
         """Unscale fp32 grads in place; True when any rank saw inf/NaN (the one host sync of an fp16 step)."""
@@ -442,7 +241,7 @@ class MixedPrecisionOptimizer:
         """
         r = self._region_of_bucket[bucket.index]
         self._overlap_sq_norms.append(squared_norm(r.grad_views(), self.device))
-        r.step(None, None, self._one if self.impl == "triton" else None)
+        r.step(StepScales(None, None, self._one))
         self._overlap_stepped.add(bucket.index)
 
     def _finish_overlapped_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -514,7 +313,7 @@ class MixedPrecisionOptimizer:
             self.grad_scaler.load_state_dict(meta["grad_scaler"])
 
     @staticmethod
-    def _load_slice(r: _Region, i: int, name: str, pieces: list[dict]) -> None:
+    def _load_slice(r: Region, i: int, name: str, pieces: list[dict]) -> None:
         s, st = r.slices[i], r.adam_state(i)
         covered, step = 0, None
         with torch.no_grad():
