@@ -7,15 +7,16 @@ automatically, so running this ahead of time only moves the work (and the token-
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 from dataset.format import DATA_FORMATS
 from dataset.sample_index import load_or_build_sample_index
+from utils.cli import ArgumentParser, run_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, help="directory of .bin shards (or one .bin file)")
     p.add_argument("--max_seq_len", type=int, required=True, help="tokens per training sample (windows hold L+1)")
     p.add_argument("--vocab_size", type=int, default=None,
@@ -33,4 +34,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -13,15 +13,17 @@ the others wait and then reuse. CLI: `python -m data_preprocess.demo [--cache_di
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dataset.format import tmp_sibling
+from tokenizer.train_tokenizer import check_train_args
+from utils.cli import ArgumentParser, run_main
 
 DEMO_VERSION = 1
 MARKER = "DEMO_COMPLETE"
@@ -112,6 +114,7 @@ def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_w
     1. Complete and matching marker: return at once. 2. Else take the lock, check again (another process
     may have just built it), drop the marker, build the missing stages, and write the marker last.
     """
+    check_train_args(vocab_size, "bbpe")  # before minutes of corpus building
     cache = Path(cache_dir)
     paths = DemoData(str(cache / "bin"), str(cache / "tokenizer"), str(cache / "sft"))
     if _is_complete(cache, vocab_size):
@@ -131,7 +134,7 @@ def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_w
 
 
 def main(argv: list[str] | None = None) -> DemoData:
-    p = argparse.ArgumentParser(description="Build (or reuse) the demo data of `python train.py`.")
+    p = ArgumentParser(description="Build (or reuse) the demo data of `python train.py`.")
     p.add_argument("--cache_dir", default="data/demo")
     p.add_argument("--vocab_size", type=int, default=4096)
     p.add_argument("--num_workers", type=int, default=None, help="pretokenize workers (default: min(2, cores))")
@@ -142,4 +145,4 @@ def main(argv: list[str] | None = None) -> DemoData:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

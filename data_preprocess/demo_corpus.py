@@ -20,16 +20,18 @@ is byte-identical across runs on the same Python installation (no timestamps, so
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
 import os
 import platform
+import sys
 import sysconfig
 import textwrap
 import tokenize
 from typing import Iterator
+
+from utils.cli import ArgumentParser, UserError, run_main
 
 SFT_INSTRUCTION = "Write the docstring for this function:\n"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -269,17 +271,20 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Build the demo corpus (and SFT/DPO set) from the Python stdlib.")
+    p = ArgumentParser(description="Build the demo corpus (and SFT/DPO set) from the Python stdlib.")
     p.add_argument("--out_dir", required=True, help="where the jsonl shards and manifest.json go")
     p.add_argument("--shard_mb", type=int, default=8, help="approximate shard size in MB")
     p.add_argument("--sft_dpo_out_dir", default="", help="also build the demo SFT/DPO set there")
     p.add_argument("--root", default="", help="source tree to read instead of the local stdlib (tests)")
     args = p.parse_args(argv)
     if args.shard_mb < 1:
-        raise ValueError(f"--shard_mb must be >= 1, got {args.shard_mb}")
+        raise UserError(f"--shard_mb must be >= 1, got {args.shard_mb}")
     root = args.root or None
     if root is not None and not os.path.isdir(root):
-        raise ValueError(f"--root={root!r} is not a directory")
+        raise UserError(f"--root={root!r} is not a directory: pass a source tree, or leave it out for the stdlib")
+    for flag, out in (("--out_dir", args.out_dir), ("--sft_dpo_out_dir", args.sft_dpo_out_dir)):
+        if out and os.path.exists(out) and not os.path.isdir(out):
+            raise UserError(f"{flag}={out} is a file, not a directory: pass a directory")
     build_demo_corpus(args.out_dir, shard_bytes=args.shard_mb << 20, root=root)
     if args.sft_dpo_out_dir:
         paths = build_demo_sft_dpo(args.sft_dpo_out_dir, root=root)
@@ -287,4 +292,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

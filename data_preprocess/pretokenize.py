@@ -11,6 +11,8 @@ Output (out_dir):
   when --tokenizer_dir is not given).
 - pretokenize.json: input files, tokenizer sizes, shard list and counts; written last, it marks a complete
   run. It holds no timings, so two runs on the same input write byte-identical directories.
+The shards are written into out_dir/.pretokenize.partial/ and moved into place only when the whole input has
+been read, so a run that fails (a bad record, a full disk) leaves out_dir as it was, earlier shards included.
 
 Determinism: the token stream is the documents in input order, each encoded independently, and shards
 are cut at fixed token counts; workers only encode batches of documents, whose results are consumed in
@@ -18,12 +20,14 @@ submission order. Hence the output does not depend on --num_workers.
 """
 from __future__ import annotations
 
-import argparse
 import collections
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,14 +35,16 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from data_preprocess.readers import ReadStats, iter_all_documents, list_input_files
+from data_preprocess.readers import TXT_MODES, ReadStats, iter_all_documents, list_input_files
 from dataset.format import BinWriter, tmp_sibling, token_dtype
 from tokenizer import Z2allTokenizer
+from utils.cli import ArgumentParser, UserError, run_main
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
 BATCH_CHARS = 1_000_000  # ... or fewer, so one task holds a bounded amount of text
 SUMMARY_FILE = "pretokenize.json"
+STAGE_DIR = ".pretokenize.partial"  # hidden: no *.bin glob of a reader sees the shards of an unfinished run
 
 _WORKER_TOK: Z2allTokenizer | None = None
 
@@ -133,36 +139,61 @@ class ShardSink:
             self.writer.abort()
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix with an earlier run's shards unless --overwrite, which removes them (and old indexes)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = sorted(out_dir.glob("*.bin")) + sorted(out_dir.glob("*sample_index_*")) + sorted(out_dir.glob(SUMMARY_FILE))
+def _data_files(out_dir: Path) -> list[Path]:
+    """An earlier run's output in out_dir: shards, sample-index maps and the summary."""
+    return sorted(out_dir.glob("*.bin")) + sorted(out_dir.glob("*sample_index_*")) + sorted(out_dir.glob(SUMMARY_FILE))
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The earlier run's data files that --overwrite will replace; refuse to mix with them otherwise."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir={out_dir} is a file, not a directory: pass a directory for the shards")
+    old = _data_files(out_dir) if out_dir.is_dir() else []
     if old and not overwrite:
-        raise ValueError(f"{out_dir} already holds {len(old)} data file(s) (e.g. {old[0].name}): pass "
-                         f"--overwrite to replace them, or choose an empty --out_dir")
+        raise UserError(f"{out_dir} already holds {len(old)} data file(s) (e.g. {old[0].name}): pass "
+                        f"--overwrite to replace them, or choose an empty --out_dir")
+    return old
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """A private directory inside out_dir for the shards of this run; on any failure it goes, and so does
+    every directory of the out_dir path that this run created, so a failed run leaves nothing behind."""
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = out_dir / STAGE_DIR
+    shutil.rmtree(stage, ignore_errors=True)  # left by a run that was killed
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    stage.rmdir()
+
+
+def _commit(out: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer, summary: dict) -> None:
+    """Replace the old data by the staged shards, copy the tokenizer, and write the summary last."""
     for path in old:
         path.unlink()
+    for path in shards:
+        os.replace(path, out / path.name)
+    tok.save_pretrained(str(out / "tokenizer"))
+    tmp = tmp_sibling(out / SUMMARY_FILE)
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / SUMMARY_FILE)
 
 
-def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_workers: int = 1,
-                text_field: str = "text", skip_bad_records: bool = False,
-                shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
-                txt_mode: str = "paragraph", log=print) -> dict:
-    """Tokenize every document of `input` into out_dir (see the module docstring); returns the summary."""
-    if shard_tokens < 1:
-        raise ValueError(f"--shard_tokens must be >= 1, got {shard_tokens}")
-    files = list_input_files(input)
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
-    out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
-    stats = ReadStats()
-    docs = iter_all_documents(files, text_field, skip_bad_records, stats, txt_mode)
-    sink = ShardSink(out, tok.vocab_size, shard_tokens)
+def _encode_into(sink: ShardSink, batches: Iterator, progress: bool) -> tuple[int, int]:
+    """Feed the encoded batches to the sink; returns (documents, tokens)."""
     num_docs = num_tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(unit="doc", desc="pretokenize", disable=not progress, mininterval=1.0)
+    bar = tqdm(unit="doc", desc="pretokenize", disable=None if progress else True, mininterval=1.0)
     try:
-        for n, tokens, doc_ends in encoded_batches(batch_documents(docs), tokenizer_dir, num_workers, tok):
+        for n, tokens, doc_ends in batches:
             sink.add(tokens, doc_ends)
             num_docs += n
             num_tokens += len(tokens)
@@ -173,19 +204,45 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
         raise
     finally:
         bar.close()
-    shards = sink.finish()
+    return num_docs, num_tokens
+
+
+def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_workers: int = 1,
+                text_field: str = "text", skip_bad_records: bool = False,
+                shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
+                txt_mode: str = "paragraph", log=print) -> dict:
+    """Tokenize every document of `input` into out_dir (see the module docstring); returns the summary.
+
+    Every check that needs no reading (flags, input paths, tokenizer, out_dir) runs before anything is
+    written; a bad record found later fails the run with nothing left in out_dir (the shards are staged).
+    """
+    if shard_tokens < 1:
+        raise UserError(f"--shard_tokens must be >= 1, got {shard_tokens}")
+    if num_workers < 1:
+        raise UserError(f"--num_workers must be >= 1, got {num_workers}")
+    if txt_mode not in TXT_MODES:
+        raise UserError(f"--txt_mode must be one of {', '.join(TXT_MODES)}, got {txt_mode!r}")
+    files = list_input_files(input)
+    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    out = Path(out_dir)
+    old = check_out_dir(out, overwrite)
+    stats = ReadStats()
+    t0 = time.perf_counter()
+    with staged_output(out) as stage:
+        docs = iter_all_documents(files, text_field, skip_bad_records, stats, txt_mode)
+        sink = ShardSink(stage, tok.vocab_size, shard_tokens)
+        batches = encoded_batches(batch_documents(docs), tokenizer_dir, num_workers, tok)
+        num_docs, num_tokens = _encode_into(sink, batches, progress)
+        shards = sink.finish()
+        if num_docs == 0:
+            raise UserError(f"no documents found in {', '.join(files)} (text field {text_field!r}; "
+                            f"{stats.summary()}): check --input and --text_field")
+        summary = {"input_files": files, "text_field": text_field, "documents": num_docs, "tokens": num_tokens,
+                   "shards": [p.name for p in shards], "shard_tokens": shard_tokens,
+                   "vocab_size": tok.vocab_size, "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id,
+                   "eos_id": tok.eos_id, "bad_records": stats.bad_records, "empty_documents": stats.empty}
+        _commit(out, shards, old, tok, summary)
     elapsed = time.perf_counter() - t0
-    if num_docs == 0:
-        raise ValueError(f"no documents found in {files} (text field {text_field!r}; {stats.summary()}): check "
-                         f"--input and --text_field")
-    tok.save_pretrained(str(out / "tokenizer"))
-    summary = {"input_files": files, "text_field": text_field, "documents": num_docs, "tokens": num_tokens,
-               "shards": [p.name for p in shards], "shard_tokens": shard_tokens, "vocab_size": tok.vocab_size,
-               "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-               "bad_records": stats.bad_records, "empty_documents": stats.empty}
-    tmp = tmp_sibling(out / SUMMARY_FILE)
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / SUMMARY_FILE)
     log(f"pretokenize: {stats.summary()}; wrote {num_docs} documents, {num_tokens} tokens in {len(shards)} "
         f"shard(s) to {out} in {elapsed:.1f}s ({num_tokens / max(elapsed, 1e-9):,.0f} tokens/s, "
         f"{num_workers} worker(s))")
@@ -193,21 +250,21 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="files or directories, comma-separated (.txt .json .jsonl .parquet)")
     p.add_argument("--tokenizer_dir", required=True, help="a directory written by data_preprocess.train_tokenizer")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--text_field", default="text", help="record field with the text (or title+content)")
-    p.add_argument("--txt_mode", default="paragraph", help="for .txt: paragraph | line (one document each)")
+    p.add_argument("--txt_mode", default="paragraph", choices=TXT_MODES, help="for .txt: one document per paragraph or line")
     p.add_argument("--skip_bad_records", action="store_true", help="skip and count malformed records")
     p.add_argument("--shard_tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
     p.add_argument("--overwrite", action="store_true", help="replace the .bin shards already in out_dir")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     a = p.parse_args(argv)
     return pretokenize(a.input, a.tokenizer_dir, a.out_dir, a.num_workers, a.text_field, a.skip_bad_records,
                        a.shard_tokens, a.overwrite, not a.no_progress, a.txt_mode)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

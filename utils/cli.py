@@ -28,7 +28,8 @@ API:
 - ``UserError``: raise it for a mistake found by the tool's own checks. It is a ValueError, so library callers
   that catch ValueError keep working.
 - ``ArgumentParser``: ``argparse.ArgumentParser`` whose parse errors (a missing or unknown flag, a bad value)
-  raise ``UserError`` naming the flag (one line, exit 2 under ``run_main``) instead of printing the usage.
+  raise ``UserError`` naming the flag (one line, exit 2 under ``run_main``) instead of printing the usage;
+  ``--help`` prints the usage and exits 0 as usual.
 - ``debug_enabled() -> bool``: whether ``Z2ALL_DEBUG`` asks for tracebacks. Besides train.py this module is
   the one place that reads the environment: it is the entry point of the other CLIs, never library code.
 
@@ -65,7 +66,15 @@ class UserError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: a bad command line raises UserError instead of printing the usage."""
+    """argparse with one-line errors: a bad command line raises UserError instead of printing the usage.
+    Under ``python -m pkg.mod`` the program is named ``python -m pkg.mod`` (argparse would say ``mod.py``)."""
+
+    def __init__(self, *args, **kwargs):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        built_by_main = sys._getframe(1).f_globals.get("__name__") == "__main__"  # not by a test calling main()
+        if "prog" not in kwargs and not args and built_by_main and spec is not None:
+            kwargs["prog"] = f"python -m {spec.name}"
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message} (see --help)")
