@@ -1,15 +1,25 @@
-"""ChatML conversations to token ids plus a loss mask (used by SFT and DPO).
+"""ChatML conversations to token ids plus a loss mask (used by SFT, DPO and the chat CLI).
 
-Layout of one message: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; a generation prompt appends
-``<|im_start|>assistant\\n``. The text is the same as the Jinja ``chat_template`` written to
-``tokenizer_config.json``, so ``transformers``' ``apply_chat_template`` renders the same string.
+Layout: BOS, then per message ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; a generation prompt appends
+``<|im_start|>assistant\\n``. ``CHATML_JINJA`` is the same layout as a Jinja template; the tokenizer writes it
+to ``tokenizer_config.json``, so ``transformers``' ``apply_chat_template(..., tokenize=True)`` gives exactly
+the ids of ``render_chat`` (BOS included), and a model served through transformers or vLLM sees the prompt
+it was trained on.
+
+Why the ids agree: HF cuts the rendered text at the special tokens and encodes each piece between them as
+one string. ``render_chat`` encodes the same pieces: ``"{role}\\n{content}"`` as one string (never the header
+and the content apart: a content that starts with a newline merges with the header's newline into one
+token), and the ``"\\n"`` between ``<|im_end|>`` and the next ``<|im_start|>``. Only the BOS, ``<|im_start|>``
+and ``<|im_end|>`` ids are added by the template.
 
 Safety: the special ids come from the template, never from the content. Contents and roles are encoded with
-the safe ``Z2allTokenizer.encode``, so a user writing ``"<|im_end|>"`` gets ordinary tokens.
+the safe ``Z2allTokenizer.encode``, so a user writing ``"<|im_end|>"`` gets ordinary tokens (HF's template
+path would match it as the special token: parity holds for contents without special-token strings).
 
 Loss mask: 1 on the tokens the model must learn to produce, i.e. each assistant message's content and its
 closing ``<|im_end|>`` (so it learns to stop); 0 on the BOS, the system/user turns, the role headers and the
-newline after ``<|im_end|>``.
+newline after ``<|im_end|>``. Where a token straddles the header and the content (BBPE merging the header's
+``"\\n"`` with a content that starts with ``"\\n"``), it is part of the reply and gets mask 1.
 """
 from __future__ import annotations
 
@@ -18,11 +28,17 @@ from typing import Sequence
 
 ROLES = ("system", "user", "assistant")
 
+# render_chat as Jinja, for HF's apply_chat_template (tokenizer_config.json's "chat_template").
+CHATML_JINJA = ("{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
 
 @dataclass
 class ChatEncoding:
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is trained on (assistant replies), same length as input_ids
+    turn_ends: list[int]  # per message, the index just past its closing "\n" (a whole-turn cut point)
 
 
 def _check_messages(messages: Sequence[dict]) -> None:
@@ -33,40 +49,52 @@ def _check_messages(messages: Sequence[dict]) -> None:
             raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.120}")
 
 
-def render_chat_text(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """The rendered conversation as text (what the HF Jinja template produces)."""
+def render_chat_text(messages: Sequence[dict], add_generation_prompt: bool = False, bos: str = "") -> str:
+    """The rendered conversation as text (what the HF Jinja template produces, given bos = the BOS string)."""
     _check_messages(messages)
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    text = bos + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False,
                 add_bos: bool = True) -> ChatEncoding:
-    """Encode a conversation (see the module docstring for the layout and the loss mask).
+    """Encode a conversation (see the module docstring for the layout, the pieces and the loss mask).
 
-    1. Optionally start with BOS (as pretraining documents do).
-    2. For each message: ``<|im_start|>`` + encode(role + "\\n") + encode(content) + ``<|im_end|>`` +
-       encode("\\n"); the content and ``<|im_end|>`` of assistant messages get mask 1.
+    1. Optionally start with BOS (as pretraining documents do, and as the HF template does).
+    2. For each message: ``<|im_start|>`` + encode(role + "\\n" + content) + ``<|im_end|>`` + encode("\\n").
+       For an assistant message the reply starts after the longest common prefix of that piece's ids and
+       encode(role + "\\n"); the reply and ``<|im_end|>`` get mask 1.
     3. Optionally append the generation prompt ``<|im_start|>`` + encode("assistant\\n") (mask 0).
     """
     _check_messages(messages)
     newline = tokenizer.encode("\n")
     ids: list[int] = [tokenizer.bos_id] if add_bos else []
     mask: list[int] = [0] * len(ids)
+    turn_ends: list[int] = []
 
     def put(part: list[int], trained: bool) -> None:
         ids.extend(part)
         mask.extend([int(trained)] * len(part))
 
     for m in messages:
-        trained = m["role"] == "assistant"
-        put([tokenizer.im_start_id] + tokenizer.encode(m["role"] + "\n"), False)
-        put(tokenizer.encode(m["content"]) + [tokenizer.im_end_id], trained)
+        header = m["role"] + "\n"
+        piece = tokenizer.encode(header + m["content"])
+        head = _common_prefix(piece, tokenizer.encode(header)) if m["role"] == "assistant" else len(piece)
+        put([tokenizer.im_start_id] + piece[:head], False)
+        put(piece[head:] + [tokenizer.im_end_id], m["role"] == "assistant")
         put(newline, False)
+        turn_ends.append(len(ids))
     if add_generation_prompt:
         put([tokenizer.im_start_id] + tokenizer.encode("assistant\n"), False)
     assert len(ids) == len(mask)
-    return ChatEncoding(ids, mask)
+    return ChatEncoding(ids, mask, turn_ends)
 
 
 def render_generation_prompt(tokenizer, messages: Sequence[dict], add_bos: bool = True) -> list[int]:

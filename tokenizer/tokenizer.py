@@ -10,7 +10,8 @@ A saved directory holds:
   ``transformers.AutoTokenizer.from_pretrained(dir)`` as a ``PreTrainedTokenizerFast`` with no remote code.
   HF's behaviour differs in one documented way: HF matches added tokens inside text, so there the literal
   string ``"<|im_end|>"`` becomes the special id. Ordinary text gives the same ids as this class.
-- ``tokenizer_config.json`` and ``special_tokens_map.json`` (HF metadata, including a ChatML chat template).
+- ``tokenizer_config.json`` and ``special_tokens_map.json`` (HF metadata, including the ChatML chat template of
+  ``tokenizer.chat_template``, which renders the ids of ``render_chat``, BOS included).
 - ``z2all_tokenizer.json``: the tokenizer type and the special-token ids used by this class.
 - ``tokenizer.model``: the sentencepiece model (sentencepiece tokenizers only; it is the one that encodes).
 """
@@ -20,6 +21,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from tokenizer.chat_template import CHATML_JINJA
 from tokenizer.special_tokens import (BOS_TOKEN, EOS_TOKEN, IM_END_TOKEN, IM_START_TOKEN, PAD_TOKEN,
                                       resolve_allowed, split_on_special)
 
@@ -29,11 +31,6 @@ HF_FILE = "tokenizer.json"
 SP_FILE = "tokenizer.model"
 VOCAB_MULTIPLE = 64
 FORMAT_VERSION = 1
-
-# Same rendering as tokenizer.chat_template.render_chat (ChatML), for HF's apply_chat_template.
-CHATML_JINJA = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-                "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
-                "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 class _BBPEBackend:

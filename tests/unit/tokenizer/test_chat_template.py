@@ -35,11 +35,48 @@ def test_bad_messages(trained):
         render_chat(tok, [])
 
 
-def test_same_as_hf_apply_chat_template(trained):
+MULTI_TURN = [
+    {"role": "system", "content": "You are terse.\nAnswer in one line."},
+    {"role": "user", "content": "def f(x):\n    return x + 1  # what is it?"},
+    {"role": "assistant", "content": "\nAn increment, 1234567 times faster. 中文 café"},
+    {"role": "user", "content": "  and\n\n\tnow?"},
+    {"role": "assistant", "content": "\n\n  Still 3.14.\n"},
+]
+
+
+def _hf_ids(hf, messages, add_generation_prompt):
+    out = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.parametrize("messages", [MESSAGES, MULTI_TURN, MULTI_TURN[1:3]])
+def test_same_ids_as_hf_apply_chat_template(trained, messages):
+    """The exported chat_template gives exactly the ids we train on: BOS first, with and without the
+    generation prompt, multi-turn with a system prompt, and contents that start with newlines."""
     from transformers import AutoTokenizer
 
     tok, saved = trained
     hf = AutoTokenizer.from_pretrained(saved)
-    text = hf.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    assert text == render_chat_text(MESSAGES, add_generation_prompt=True)
-    assert hf.encode(text) == render_generation_prompt(tok, MESSAGES, add_bos=False)
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == render_chat_text(messages, add_generation_prompt=True, bos="<|beginoftext|>")
+    assert _hf_ids(hf, messages, False) == render_chat(tok, messages).input_ids
+    assert _hf_ids(hf, messages, True) == render_generation_prompt(tok, messages)
+    assert _hf_ids(hf, messages[:-1], True)[0] == tok.bos_id
+
+
+def test_turn_ends_and_straddling_newline(trained):
+    tok, _ = trained
+    enc = render_chat(tok, MULTI_TURN)
+    assert enc.turn_ends[-1] == len(enc.input_ids)
+    for end in enc.turn_ends:  # every turn ends with <|im_end|> "\n"
+        assert enc.input_ids[end - 1 - len(tok.encode("\n"))] == tok.im_end_id
+    # each reply's trained tokens decode to its content (a straddling "\n" token counts as reply)
+    start = 0
+    for m, end in zip(MULTI_TURN, enc.turn_ends):
+        trained_ids = [i for i, k in zip(enc.input_ids[start:end], enc.loss_mask[start:end]) if k]
+        if m["role"] == "assistant":
+            assert trained_ids[-1] == tok.im_end_id
+            assert tok.decode(trained_ids[:-1]) in (m["content"], "\n" + m["content"])
+        else:
+            assert not trained_ids
+        start = end
