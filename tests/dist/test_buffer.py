@@ -6,7 +6,7 @@ from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
 from tests.dist._launch import run_dist
 from tests.dist.test_ddp import TinyNet, make_data
-from tests.unit.parallel.test_buffer_layout import check_layout
+from tests.support.buffer_layout import check_layout
 
 
 def _layout_case(ctx):

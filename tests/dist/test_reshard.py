@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.dist._launch import run_dist
-from tests.unit.optimizer.toy import (Case, load_params, merge_main, params_of, setup, single_ctx, to_numpy,
-                                      to_torch, train_steps, with_optim)
+from tests.support.toy import (Case, load_params, merge_main, params_of, setup, single_ctx, to_numpy, to_torch,
+                               train_steps, with_optim)
 
 CASE = with_optim(Case(dtype=torch.bfloat16, zero=True), grad_clip=0.05)
 

@@ -2,7 +2,8 @@
 
 One process group per world size runs every case (process start-up dominates the cost). The toy
 model's buckets (bucket_size 100) mix 1-D and 2-D params, a shard boundary cuts a weight, and on 2
-ranks one rank's shard of a bucket is all padding.
+ranks one rank's shard of a bucket is all padding. The fused AdamW kernel on the ranks' shards runs in the
+Triton interpreter child (tests/triton_interp.py).
 """
 from dataclasses import replace
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from tests.dist._launch import run_dist
-from tests.unit.optimizer.toy import Case, merge_main, run_case, single_ctx, with_optim
+from tests.support.toy import Case, merge_main, run_case, single_ctx, with_optim
+from tests.triton_interp import interp, run_file_in_interpreter
 
 STEPS = 20
 BF16 = Case(dtype=torch.bfloat16, zero=True)
@@ -116,3 +118,27 @@ def test_fp16_inf_on_one_rank_skips_everywhere(results, name):
         assert log[4]["scale"] == 1024.0 and log[5]["scale"] == 512.0, f"rank {rank}: scale not lowered"
         assert r[name]["state"] is None or all(p["step"] == STEPS - 1 for p in r[name]["state"]["params"].values())
     _assert_same_params_on_all_ranks(per_rank, name)
+
+
+def test_kernels_in_interpreter():
+    run_file_in_interpreter(__file__)
+
+
+def _triton_worker(ctx, case):
+    return run_case(ctx, case, parts=ctx.world_size, steps=5)
+
+
+@interp
+def test_interp_zero1_triton_matches_single_process_foreach():
+    """ZeRO-1 on 2 gloo ranks with the kernel on each rank's shards (a shard boundary cuts a weight, one
+    shard is all padding) against one process with the foreach path, within an ulp-level tolerance of each
+    tensor's scale (the kernel's fp32 sqrt is correctly rounded, torch's CPU one not always)."""
+    case = with_optim(Case(dtype=torch.bfloat16, zero=True), grad_clip=0.05, optimizer_impl="triton")
+    per_rank = run_dist(_triton_worker, 2, case, timeout_s=120)
+    ref = run_case(single_ctx(), with_optim(replace(case, zero=False), optimizer_impl="foreach"), parts=2, steps=5)
+    got, want = merge_main([r["state"] for r in per_rank]), merge_main([ref["state"]])
+    for n in want:
+        for k in ("main", "exp_avg", "exp_avg_sq"):
+            scale = float(np.abs(want[n][k]).max()) or 1.0
+            np.testing.assert_allclose(got[n][k], want[n][k], rtol=0, atol=2e-6 * scale, err_msg=f"{n}.{k}")
+    np.testing.assert_allclose([r["norm"] for r in per_rank[0]["log"]], [r["norm"] for r in ref["log"]], rtol=1e-5)

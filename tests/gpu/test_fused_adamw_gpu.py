@@ -11,7 +11,7 @@ from optimizer.mixed_precision import resolve_optimizer_impl  # noqa: E402
 from parallel.config import DDPConfig  # noqa: E402
 from parallel.ddp import DistributedDataParallel  # noqa: E402
 from parallel.dist import DistContext  # noqa: E402
-from tests.unit.optimizer.toy import batch, loss_fn, make_model  # noqa: E402
+from tests.support.toy import batch, loss_fn, make_model  # noqa: E402
 
 HP = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8)
 SIZES = (4096 * 64 + 3, 4096, 1, 70_001, 2048)  # 2-D (decayed) and 1-D params, odd sizes, block-straddling

@@ -11,7 +11,7 @@ from optimizer.config import OptimizerConfig  # noqa: E402
 from parallel.config import DDPConfig  # noqa: E402
 from parallel.ddp import DistributedDataParallel  # noqa: E402
 from parallel.dist import DistContext  # noqa: E402
-from tests.unit.optimizer.toy import batch, loss_fn, make_model  # noqa: E402
+from tests.support.toy import batch, loss_fn, make_model  # noqa: E402
 
 
 @pytest.mark.parametrize("fp32_grads", [True, False])

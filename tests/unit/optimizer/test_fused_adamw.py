@@ -1,5 +1,6 @@
 """optimizer/fused_adamw.py: the reference against torch.optim.AdamW, the Triton kernel (CPU interpreter) against
-both, and the mixed-precision optimizer with --optimizer_impl=triton against the foreach path.
+both, and the mixed-precision optimizer with --optimizer_impl=triton against the foreach path (on one process; the
+kernel under ZeRO-1 on gloo ranks is tests/dist/test_zero1.py's).
 
 Kernel tests (marked ``@interp``) run only in the TRITON_INTERPRET=1 child pytest of tests/triton_interp.py (see
 there for why); ``test_kernels_in_interpreter`` starts it.
@@ -19,8 +20,8 @@ from optimizer.fused_adamw import build_decay_plan, fused_adamw_step, join_main,
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
 from tests.triton_interp import HAS_TRITON, IN_CHILD, interp, run_file_in_interpreter
-from tests.unit.optimizer.toy import (Case, make_model, run_case, setup, single_ctx, to_numpy, to_torch, train_steps,
-                                     with_optim)
+from tests.support.toy import (Case, make_model, run_case, setup, single_ctx, to_numpy, to_torch, train_steps,
+                               with_optim)
 
 HP = dict(lr=3e-2, beta1=0.9, beta2=0.95, eps=1e-8)
 
@@ -257,23 +258,3 @@ def test_interp_optimizer_state_moves_between_impls():
             want = split_main(main)[0] if main_params == "split" else main.to(case.dtype)
             assert torch.equal(p.detach().reshape(-1), want), f"{impl}/{main_params}: {n}"
 
-
-def _zero1_worker(ctx, case):
-    return run_case(ctx, case, parts=ctx.world_size, steps=5)
-
-
-@interp
-def test_interp_zero1_triton_matches_single_process_foreach():
-    """ZeRO-1 on 2 gloo ranks with the kernel on each rank's shards (a shard boundary cuts a weight, one
-    shard is all padding) against one process with the foreach path."""
-    from tests.dist._launch import run_dist
-    from tests.unit.optimizer.toy import merge_main
-
-    case = with_optim(Case(dtype=torch.bfloat16, zero=True), grad_clip=0.05, optimizer_impl="triton")
-    per_rank = run_dist(_zero1_worker, 2, case, timeout_s=120)
-    ref = run_case(single_ctx(), with_optim(replace(case, zero=False), optimizer_impl="foreach"), parts=2, steps=5)
-    got, want = merge_main([r["state"] for r in per_rank]), merge_main([ref["state"]])
-    for n in want:
-        for k in ("main", "exp_avg", "exp_avg_sq"):
-            _close(torch.from_numpy(got[n][k]), torch.from_numpy(want[n][k]), rel=2e-6, what=f"{n}.{k}")
-    np.testing.assert_allclose([r["norm"] for r in per_rank[0]["log"]], [r["norm"] for r in ref["log"]], rtol=1e-5)

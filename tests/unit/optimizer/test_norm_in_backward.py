@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optimizer.clip import squared_norm, tensor_norms
-from tests.unit.optimizer.toy import Case, batch, loss_fn, run_case, setup, single_ctx, with_optim
+from tests.support.toy import Case, batch, loss_fn, run_case, setup, single_ctx, with_optim
 
 
 def _backward(ddp, opt, it: int, dtype) -> list[torch.Tensor]:

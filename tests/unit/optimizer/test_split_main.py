@@ -14,7 +14,7 @@ from optimizer.fused_adamw import fused_adamw_step, join_main, split_main
 from optimizer.mixed_precision import resolve_main_params
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.unit.optimizer.toy import make_model, single_ctx
+from tests.support.toy import make_model, single_ctx
 
 HP = dict(lr=3e-2, beta1=0.9, beta2=0.95, eps=1e-8)
 

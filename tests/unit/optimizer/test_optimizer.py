@@ -13,7 +13,7 @@ from optimizer import MixedPrecisionOptimizer, build_optimizer, get_lr
 from optimizer.grad_scaler import DynamicGradScaler
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.unit.optimizer.toy import Case, batch, loss_fn, make_model, run_case, single_ctx, with_optim
+from tests.support.toy import Case, batch, loss_fn, make_model, run_case, single_ctx, with_optim
 
 STEPS = 20
 
@@ -132,7 +132,7 @@ def test_load_state_dict_roundtrip_single_process():
     model = make_model(case.dtype)
     ddp = DistributedDataParallel(model, DDPConfig(bucket_size=37), single_ctx())
     opt = build_optimizer(case.optimizer_config(), ddp, case.dtype, single_ctx())
-    from tests.unit.optimizer.toy import to_numpy, to_torch
+    from tests.support.toy import to_numpy, to_torch
 
     opt.load_state_dict([to_torch(out["state"])])
     again = to_numpy(opt.state_dict())
@@ -155,7 +155,7 @@ def test_fp16_scaler_state_and_reload_model_params():
     model = make_model(case.dtype)
     ddp = DistributedDataParallel(model, DDPConfig(bucket_size=100), single_ctx())
     opt = build_optimizer(case.optimizer_config(), ddp, case.dtype, single_ctx())
-    from tests.unit.optimizer.toy import to_torch
+    from tests.support.toy import to_torch
 
     opt.load_state_dict([to_torch(out["state"])])
     assert opt.loss_scale == 1024.0 and opt.iteration == 5

@@ -1,4 +1,4 @@
-"""Shared by the optimizer tests: a tiny model with mixed 1-D/2-D params, data, and a training loop.
+"""Shared by the optimizer tests of every tier: a tiny model with mixed 1-D/2-D params, data, a training loop.
 
 The global batch of every step is fixed (seeded by the step); rank r of W takes rows [r·B/W, (r+1)·B/W).
 A single process reproduces W ranks with W micro-batches under no_sync() and grad scale 1/W, so its

@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers (unit, dist, gpu): toy models, run directories, process control."""
