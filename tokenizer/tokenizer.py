@@ -86,7 +86,7 @@ class Z2allTokenizer:
         for name in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IM_START_TOKEN, IM_END_TOKEN):
             if name not in special_tokens:
                 raise ValueError(f"special token {name} is missing from {sorted(special_tokens)}; "
-                                 "retrain the tokenizer with tokenizer.train_tokenizer")
+                                 "retrain the tokenizer with `python -m data_preprocess.train_tokenizer`")
         self.type = kind
         self._hf_json = hf_json
         self.special_tokens = dict(special_tokens)
@@ -198,22 +198,25 @@ class Z2allTokenizer:
     # ---- persistence ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str) -> "Z2allTokenizer":
-        """Load a directory written by ``save_pretrained`` (or by ``tokenizer.train_tokenizer``)."""
+        """Load a directory written by ``save_pretrained`` (or by ``tokenizer.train_tokenizer``); a directory
+        that is not one, or whose files are unreadable, is a ValueError naming the path and the fix."""
         meta_path = os.path.join(path, Z2ALL_FILE)
         if not os.path.isfile(meta_path):
             raise ValueError(f"{path!r} is not a z2all tokenizer directory (no {Z2ALL_FILE}); train one with "
-                             "`python -m tokenizer.train_tokenizer --input=... --out_dir=DIR`")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-        with open(os.path.join(path, HF_FILE), encoding="utf-8") as f:
-            hf_json = f.read()
-        proto = None
-        if meta["type"] == "sentencepiece":
-            with open(os.path.join(path, SP_FILE), "rb") as f:
-                proto = f.read()
-        return cls(meta["type"], hf_json, {k: int(v) for k, v in meta["special_tokens"].items()}, proto)
+                             "`python -m data_preprocess.train_tokenizer --input=... --out_dir=DIR`")
+        kind, special = _read_meta(meta_path)
+        names = [HF_FILE] + ([SP_FILE] if kind == "sentencepiece" else [])
+        try:
+            with open(os.path.join(path, HF_FILE), encoding="utf-8") as f:
+                hf_json = f.read()
+            proto = None
+            if kind == "sentencepiece":
+                with open(os.path.join(path, SP_FILE), "rb") as f:
+                    proto = f.read()
+            return cls(kind, hf_json, special, proto)
+        except Exception as e:  # the Rust tokenizers library raises plain Exception for a malformed file
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"{path}: {' or '.join(names)} cannot be loaded ({detail}); {_RETRAIN}") from e
 
     def save_pretrained(self, path: str) -> list[str]:
         """Write the directory described in the module docstring; returns the written file paths."""
@@ -247,6 +250,27 @@ class Z2allTokenizer:
                "chat_template": CHATML_JINJA}
         cfg.update(self._special_tokens_map())
         return cfg
+
+
+_RETRAIN = "copy the tokenizer directory again, or retrain it with `python -m data_preprocess.train_tokenizer`"
+
+
+def _read_meta(meta_path: str) -> tuple[str, dict[str, int]]:
+    """(type, special-token ids) of a z2all_tokenizer.json; a ValueError that names the file if it is unusable."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{meta_path}: not valid JSON ({e}); {_RETRAIN}") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: format_version {version} is not {FORMAT_VERSION}; {_RETRAIN}")
+    special = meta.get("special_tokens")
+    if meta.get("type") not in TOKENIZER_TYPES or not isinstance(special, dict) or not all(
+            isinstance(i, int) for i in special.values()):
+        raise ValueError(f"{meta_path}: needs \"type\" (one of {', '.join(TOKENIZER_TYPES)}) and \"special_tokens\" "
+                         f"(token -> int id); {_RETRAIN}")
+    return meta["type"], special
 
 
 def _dumps(obj: dict) -> str:
