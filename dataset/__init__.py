@@ -1,4 +1,5 @@
-"""dataset: the on-disk token format, sample-index maps, PretrainDataset, the resumable sampler, prefetch.
+"""dataset: the on-disk token format, sample-index maps, PretrainDataset, SFT/DPO datasets with packing and
+collate (dataset.sft), the resumable sampler, prefetch.
 
 The torch-based classes are imported on first use, so `dataset.format` stays light for preprocessing CLIs.
 """
@@ -14,6 +15,8 @@ _LAZY = {
     "open_bin": "dataset.format",
     "write_bin": "dataset.format",
     "BinWriter": "dataset.format",
+    **{name: "dataset.sft" for name in ("SFTDataset", "DPODataset", "PackedSFTDataset", "pack_examples",
+                                         "collate_padded", "collate_packed", "collate_dpo", "SFTBatch", "DPOBatch")},
 }
 
 __all__ = sorted(_LAZY)
