@@ -107,3 +107,35 @@ def test_custom_hook_and_grad_scale():
     ref(x, True).backward()
     assert calls == list(range(len(ddp.buffers[0].buckets)))
     torch.testing.assert_close(ddp.main_grad(net.a.weight), 0.5 * ref.a.weight.grad)
+
+
+def test_hook_contract_global_index_and_param_views():
+    """Two buffers (fp32 and bf16 params): bucket indices run across both in launch order, each BucketParam views
+    its param's main_grad, with_grad keeps the index, and comm_hook hands back what was registered."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3))
+    net[1].to(torch.bfloat16)
+    ddp = DistributedDataParallel(net, DDPConfig(bucket_size=5), _ctx())
+    assert len(ddp.buffers) == 2 and len(ddp.buckets) == 4
+    assert [b.index for b in ddp.buckets] == list(range(sum(len(buf.buckets) for buf in ddp.buffers)))
+    seen = []
+
+    def hook(state, bucket):
+        seen.append(bucket.index)
+        for p in bucket.params:
+            assert p.view(bucket.grad_data).data_ptr() == ddp.main_grad(p.param).data_ptr()
+            assert p.shape == p.param.shape and p.numel == p.param.numel()
+        copy = bucket.with_grad(bucket.grad_data.clone(), 1.0)
+        assert copy.index == bucket.index and copy.grad_scale == 1.0 and bucket.grad_scale == 1.0
+        return allreduce_hook(state, bucket)
+
+    state = DefaultHookState()
+    ddp.register_comm_hook(state, hook)
+    assert ddp.comm_hook == (state, hook)
+    ddp.zero_grad_buffer()
+    x = torch.randn(4, 5)
+    net[1](net[0](x).bfloat16()).float().sum().backward()
+    ddp.finish_grad_sync()
+    assert seen == [b.index for b in ddp.buckets]
+    # buffers in creation order (fp32 first), each in reverse registration order
+    assert [p.name for b in ddp.buckets for p in b.params] == ["0.bias", "0.weight", "1.bias", "1.weight"]
