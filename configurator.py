@@ -6,7 +6,7 @@ next to its code. The tree is built once, here, by :func:`build_config`:
 
 1. Start from the dataclass defaults.
 2. Apply one Python config file of assignments: the one given, or ``configs/default.py`` when none is
-   given. With ``--resume``, the run's own ``<out_dir>/exp_config.py`` is applied instead.
+   given. With ``--resume``, the run's own ``<out_dir>/exp_config.json`` (data, not code) is applied instead.
 3. Apply the ``--key=value`` overrides (they win over everything). ``--flag`` alone means True.
 4. Parse each value against its field's type, reject unknown keys with the closest valid key, derive
    what can be derived, and check the cross-field rules, raising ValueError/TypeError that name the fix.
@@ -15,10 +15,11 @@ next to its code. The tree is built once, here, by :func:`build_config`:
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import json
 import os
-import pprint
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,39 +28,12 @@ from dataset.config import DataConfig
 from model.config import Z2allConfig
 from optimizer.config import OptimizerConfig
 from parallel.config import DDPConfig
+from tasks.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG_FILE = os.path.join(ROOT, "configs", "default.py")
-EXP_CONFIG_NAME = "exp_config.py"
-TASK_TYPES = ("pretrain",)  # sft and dpo register here when they land
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass
-class TrainConfig:
-    """The run itself: where it writes, how long it trains, how it logs and saves."""
-
-    out_dir: str = "out/default"  # run directory: exp_config.py, ckpt/, metrics.jsonl, tb/, loss.png
-    task_type: str = "pretrain"  # pretrain (sft and dpo arrive with their own issue)
-    batch_size: int = 8  # sequences per micro-batch per rank
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step across ALL ranks (divided by world size)
-    max_iters: int = 1000  # optimizer steps of the whole run
-    eval_interval: int = 250  # optimizer steps between validation passes (0 disables)
-    eval_iters: int = 20  # micro-batches per rank in one validation pass
-    log_interval: int = 10  # optimizer steps between log lines
-    save_interval: int = 500  # optimizer steps between checkpoints (one is always written at the end)
-    keep_last_n: int = 2  # complete checkpoints kept (>= 2), besides best/
-    seed: int = 1337  # seed of model init and dropout (data order uses data_seed)
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # param dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the model
-    resume: bool = False  # continue the run in out_dir from its newest complete checkpoint
-    init_from: str = ""  # start from the weights of a run dir or checkpoint dir (no optimizer state)
-    tensorboard: bool = True  # also write TensorBoard scalars to <out_dir>/tb
-    peak_tflops: float = 0.0  # device bf16 dense peak for MFU; 0 = known devices only (H100/H200, A100)
-    sample_tokens: int = 64  # tokens generated as a sample at the end (0 disables)
-    sample_prompt: str = "def "  # prompt of that sample
+EXP_CONFIG_NAME = "exp_config.json"  # the resolved config of a run: data, parsed on --resume, never executed
+LEGACY_EXP_CONFIG_NAME = "exp_config.py"  # what runs written before exp_config.json hold; read as literals only
 
 
 @dataclass
@@ -235,12 +209,7 @@ def build_config(argv: list[str]) -> ExperimentConfig:
             )
         if "out_dir" not in args.overrides:
             raise ValueError("--resume needs the run to continue: add --out_dir=RUN")
-        run_config = os.path.join(str(args.overrides["out_dir"]), EXP_CONFIG_NAME)
-        if not os.path.isfile(run_config):
-            raise ValueError(
-                f"cannot resume: {run_config} does not exist; check --out_dir, or start a new run without --resume"
-            )
-        file_values = read_config_file(run_config)
+        file_values = read_run_config(str(args.overrides["out_dir"]))
     else:
         file_values = read_config_file(args.config_file or DEFAULT_CONFIG_FILE)
     given |= set(file_values)
@@ -258,7 +227,7 @@ def derive(cfg: ExperimentConfig, given: set[str]) -> None:
     if "intermediate_size" not in given or m.intermediate_size == 0:
         # The default was derived from the default hidden_dim: derive it again from the final one.
         m.intermediate_size = 0
-        m.__post_init__()
+        m.derive()
     if cfg.ddp.use_distributed_optimizer and cfg.ddp.comm_hook == "allreduce":
         # ZeRO-1 needs each rank's shard of the reduced grads only: reduce-scatter is the matching hook.
         cfg.ddp.comm_hook = "reduce_scatter"
@@ -266,23 +235,9 @@ def derive(cfg: ExperimentConfig, given: set[str]) -> None:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Check every section and the rules that span sections."""
-    for name, section in cfg.sections().items():
-        if name != "train":
-            section.validate()
-    t = cfg.train
-    _check_choice("task_type", t.task_type, TASK_TYPES)
-    _check_choice("device", t.device, DEVICES)
-    _check_choice("dtype", t.dtype, DTYPES)
-    for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "log_interval", "save_interval"):
-        if getattr(t, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(t, name)}")
-    if t.eval_interval < 0 or t.eval_iters < 0:
-        raise ValueError("--eval_interval and --eval_iters must be >= 0 (0 disables evaluation)")
-    if t.keep_last_n < 2:
-        raise ValueError(f"--keep_last_n must be >= 2 so a torn newest checkpoint leaves one to resume from, got {t.keep_last_n}")
-    if t.resume and t.init_from:
-        raise ValueError("--resume and --init_from exclude each other: resume continues a run, init_from starts a new one")
-    o, d = cfg.optim, cfg.ddp
+    for section in cfg.sections().values():
+        section.validate()
+    t, o, d = cfg.train, cfg.optim, cfg.ddp
     # The one home of the cross-field ddp/optim rules; the DDP and the optimizer only assert what they rely on.
     if d.comm_hook == "reduce_scatter" and not d.use_distributed_optimizer:
         raise ValueError("--comm_hook=reduce_scatter leaves each rank a shard of the grads: it needs "
@@ -303,11 +258,6 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ValueError(f"--loss_scale is for --dtype=float16 only (got --dtype={t.dtype}); drop --loss_scale")
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"--{key}={value!r} is not one of {', '.join(allowed)}")
-
-
 def check_world_size(cfg: ExperimentConfig, world_size: int) -> None:
     """The rules that need the number of data-parallel ranks."""
     ga = cfg.train.gradient_accumulation_steps
@@ -319,30 +269,70 @@ def check_world_size(cfg: ExperimentConfig, world_size: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# saving and reading exp_config.py
+# saving and reading the resolved config of a run (exp_config.json)
 
 
-def format_config(cfg: ExperimentConfig) -> str:
-    """Render the resolved tree as a config file of assignments, one block per section."""
-    lines = ["# The resolved config of this run, written by configurator.py.", "# `train.py --resume --out_dir=RUN` reads it back."]
+def config_record(cfg: ExperimentConfig) -> dict:
+    """The resolved tree as JSON-able data: {section: {key: value}}, without the per-invocation `resume`."""
+    out = {}
     for name, section in cfg.sections().items():
-        lines.append("")
-        lines.append(f"# [{name}] {type(section).__name__}")
-        for key, value in dataclasses.asdict(section).items():
-            if key == "resume":
-                continue  # resuming is a property of the invocation, not of the run
-            lines.append(f"{key} = {pprint.pformat(value)}")
-    return "\n".join(lines) + "\n"
+        values = dataclasses.asdict(section)
+        values.pop("resume", None)  # resuming is a property of the invocation, not of the run
+        out[name] = values
+    return out
 
 
 def save_config(cfg: ExperimentConfig, out_dir: str) -> str:
-    """Write <out_dir>/exp_config.py atomically (temp file, then rename)."""
+    """Write <out_dir>/exp_config.json atomically (temp file, fsync, rename)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, EXP_CONFIG_NAME)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(format_config(cfg))
+        json.dump({"format": "z2all.exp_config.v1", "config": config_record(cfg)}, f, indent=2, sort_keys=True)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def read_run_config(out_dir: str) -> dict[str, object]:
+    """The flat, type-checked values of a run's saved config, for --resume (parsed as data, never run).
+
+    exp_config.json is read with json; a run from before it holds exp_config.py, whose assignments are read with
+    ast.literal_eval (literals only: a name, a call or an import in it is an error, not code that runs).
+    """
+    path = os.path.join(out_dir, EXP_CONFIG_NAME)
+    legacy = os.path.join(out_dir, LEGACY_EXP_CONFIG_NAME)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)["config"]
+            flat = {k: v for section in record.values() for k, v in section.items()}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"cannot read {path} ({type(e).__name__}: {e}); restore it from a backup, or start "
+                             f"a new run without --resume") from e
+    elif os.path.isfile(legacy):
+        path, flat = legacy, _literal_assignments(legacy)
+    else:
+        raise ValueError(f"cannot resume: {path} does not exist; check --out_dir, or start a new run without --resume")
+    values = {}
+    for key, value in flat.items():
+        if key not in KEYS:
+            raise _unknown_key_error(key, f"in {path}")
+        values[key] = check_type(key, value, KEYS[key][1], f"in {path}")
+    return values
+
+
+def _literal_assignments(path: str) -> dict[str, object]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        out = {}
+        for node in tree.body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                raise ValueError(f"line {node.lineno} is not a `key = literal` assignment")
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        return out
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as data ({e}); restore it, or start a new run without --resume") from e

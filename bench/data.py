@@ -112,11 +112,12 @@ def bench_loader(args, data: Path) -> None:
     import torch
     from torch.utils.data import DataLoader
 
+    from dataset.config import DataConfig
     from dataset.pretrain import PretrainDataset
     from dataset.sampler import ResumableBatchSampler
 
     torch.set_num_threads(1)
-    ds = PretrainDataset(str(data), args.seq_len, args.vocab_size_synthetic, log=lambda m: None)
+    ds = PretrainDataset(DataConfig(data_dir=str(data)), args.seq_len, args.vocab_size_synthetic, log=lambda m: None)
     for workers in args.loader_workers:
         sampler = ResumableBatchSampler(len(ds), args.batch_size, seed=0)
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=False,

@@ -11,7 +11,7 @@ random tokens, the same micro-batch:
 - hf_eager:   transformers LlamaForCausalLM, fp32 params, bf16 autocast, SDPA, torch fused AdamW.
 - hf_compile: the same under torch.compile.
 - hf_liger:   the same after liger_kernel.transformers.apply_liger_kernel_to_llama() (skipped if not importable).
-- hf_patch:   the same after our model.ops.patch_hf(model) (skipped if it does not exist).
+- hf_patch:   the same after our model.hf.patch_hf(model).
 - z2all_compile (only when listed in --cases): z2all with model.compile(), as train.py --compile does.
 One JSON line per case: name, micro_batch, tokens_per_s, mfu (PaLM: 6·N_non-embedding-input + 12·L·d·T
 FLOPs per token, against --peak_tflops), peak_mem_gb, loss. With --sweep, z2all also runs at each listed
@@ -36,7 +36,7 @@ DRY_SHAPE = dict(vocab_size=512, hidden_dim=64, n_layers=2, n_heads=4, n_kv_head
                  max_seq_len=64, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
 PEERS = ("hf_eager", "hf_compile", "hf_liger", "hf_patch")
 # what a user can take off the shelf: the ratio's "best peer" is the fastest of these; hf_patch is HF running our
-# own kernels (model.ops.patch_hf), reported beside them but not a peer to beat
+# own kernels (model.hf.patch_hf), reported beside them but not a peer to beat
 OFF_THE_SHELF = ("hf_eager", "hf_compile", "hf_liger")
 OURS = ("z2all", "z2all_compile")
 CASES = OURS + PEERS
@@ -103,8 +103,9 @@ def _z2all_step(shape: dict, device, lr: float, compiled: bool = False, dry_run:
     return step, model.flops_per_token(shape["max_seq_len"])
 
 
-def _hf_step(shape: dict, device, lr: float, variant: str, dry_run: bool):
-    """(step(x, y) -> loss, flops_per_token) for HF Llama with bf16 autocast, SDPA, fused AdamW; None if skipped."""
+def build_hf(shape: dict, device, lr: float, variant: str, dry_run: bool):
+    """(forward, model, optimizer, flops_per_token) of an HF Llama peer: fp32 params for bf16 autocast, SDPA,
+    fused AdamW; `variant` adds Liger's kernels, our patch_hf, or torch.compile."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -121,7 +122,7 @@ def _hf_step(shape: dict, device, lr: float, variant: str, dry_run: bool):
     with torch.device(device):
         model = LlamaForCausalLM(hf_cfg)
     if variant == "hf_patch":
-        from model.ops import patch_hf
+        from model.hf import patch_hf
 
         patch_hf(model)
     n = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
@@ -133,11 +134,20 @@ def _hf_step(shape: dict, device, lr: float, variant: str, dry_run: bool):
     fwd = model
     if variant == "hf_compile":
         fwd = torch.compile(model, backend="aot_eager" if dry_run else "inductor")
+    return fwd, model, opt, flops
+
+
+def _hf_step(shape: dict, device, lr: float, variant: str, dry_run: bool):
+    """(step(x, y) -> loss, flops_per_token) for an HF Llama peer (build_hf), clipping at 1.0 as z2all does."""
+    import torch
+
+    fwd, model, opt, flops = build_hf(shape, device, lr, variant, dry_run)
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = fwd(input_ids=x, labels=x).loss  # HF shifts labels inside: same tokens as our (x, y)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -150,11 +160,6 @@ def _skip_reason(name: str) -> str | None:
 
     if name == "hf_liger" and importlib.util.find_spec("liger_kernel") is None:
         return "liger_kernel not importable (pip install liger-kernel)"
-    if name == "hf_patch":
-        import model.ops as ops
-
-        if not hasattr(ops, "patch_hf"):
-            return "model.ops.patch_hf does not exist yet"
     if name.startswith("hf_") and importlib.util.find_spec("transformers") is None:
         return "transformers not importable"
     return None

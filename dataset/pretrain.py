@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataset.config import DataConfig
 from dataset.format import open_bin
 from dataset.sample_index import load_or_build_sample_index, split_windows
 
@@ -14,15 +15,15 @@ from dataset.sample_index import load_or_build_sample_index, split_windows
 class PretrainDataset(Dataset):
     """ds[i] -> (x, y): int64 tensors of max_seq_len tokens, y = x shifted left by one.
 
-    The windows come from the sample-index map of data_dir (built when missing or stale). The split is
-    on the windows: split="valid" takes a fixed seeded valid_ratio of them (split="train" the rest), or,
-    when valid_data_dir is given, train uses all of data_dir and valid all of valid_data_dir.
+    The windows come from the sample-index map of data.data_dir (built when missing or stale). The split is
+    on the windows: split="valid" takes a fixed seeded data.valid_ratio of them (split="train" the rest), or,
+    when data.valid_data_dir is given, train uses all of data_dir and valid all of valid_data_dir.
     Shards are memmapped lazily, per process, on first read, so the dataset pickles small and DataLoader
     workers (fork or spawn) open their own maps.
     """
 
-    def __init__(self, data_dir: str, max_seq_len: int, vocab_size: int, split: str = "train",
-                 valid_ratio: float = 0.01, valid_data_dir: str = "", data_format: str = "z2all", log=print):
+    def __init__(self, data: DataConfig, max_seq_len: int, vocab_size: int, split: str = "train", log=print):
+        data_dir, valid_data_dir, data_format = data.data_dir, data.valid_data_dir, data.data_format
         if split not in ("train", "valid"):
             raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
         if not data_dir:
@@ -38,7 +39,7 @@ class PretrainDataset(Dataset):
         if valid_data_dir:
             self.ids = None  # every window of source
         else:
-            train_ids, valid_ids = split_windows(len(index), valid_ratio)
+            train_ids, valid_ids = split_windows(len(index), data.valid_ratio)
             self.ids = train_ids if split == "train" else valid_ids
         if len(self) == 0:
             raise ValueError(f"the {split} split of {source} has no windows of {max_seq_len + 1} tokens: "

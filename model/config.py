@@ -14,6 +14,9 @@ ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "torch")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+# The fields that define the parameter shapes: weights load only into a model with the same values.
+SHAPE_KEYS = ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+              "tie_word_embeddings", "attention_bias")
 
 
 @dataclass
@@ -52,6 +55,11 @@ class Z2allConfig:
     debug_checks: bool = False  # host-syncing input checks on CUDA (always on for CPU)
 
     def __post_init__(self) -> None:
+        self.derive()
+
+    def derive(self) -> None:
+        """Fill in the fields that follow from others: intermediate_size = 0 becomes 8/3·hidden_dim rounded up
+        to multiple_of (the configurator calls it again after the overrides changed hidden_dim)."""
         if self.intermediate_size == 0:
             raw = int(8 * self.hidden_dim / 3)
             self.intermediate_size = self.multiple_of * math.ceil(raw / self.multiple_of)
@@ -94,6 +102,23 @@ class Z2allConfig:
         for name in ("attention_dropout", "residual_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def shape_differences(self, saved: "Z2allConfig") -> dict[str, tuple]:
+        """{key: (saved value, this value)} for every SHAPE_KEYS field where `saved` differs from this config."""
+        return {k: (getattr(saved, k), getattr(self, k)) for k in SHAPE_KEYS if getattr(saved, k) != getattr(self, k)}
+
+    def check_same_shape(self, saved: "Z2allConfig", where: str, fix: str) -> None:
+        """Raise ValueError when weights saved with config `saved` do not fit this config's shapes.
+
+        The message lists each differing key and ends with `fix`, which the caller words for its situation
+        (the keys to set for --init_from, the --keys to drop for --resume); `{keys}` in it becomes the
+        command-line settings that would match the saved shape.
+        """
+        diff = self.shape_differences(saved)
+        if diff:
+            clashes = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            keys = " ".join(f"--{k}={a}" for k, (a, _) in diff.items())
+            raise ValueError(f"the model shape differs from the checkpoint {where} ({clashes}); {fix.format(keys=keys)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

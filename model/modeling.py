@@ -21,10 +21,8 @@ when residual_in_fp32), then the sublayer on `normed`; the final norm adds the l
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -35,10 +33,8 @@ from torch.utils.checkpoint import checkpoint
 import model.ops as ops
 from model.config import Z2allConfig
 from model.ops.rope import rope_qkv
+from model.weights import read_pretrained, save_pretrained
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 class Z2allOutput(NamedTuple):
@@ -340,14 +336,8 @@ class Z2allForCausalLM(nn.Module):
     # -- save / load ---------------------------------------------------------------------------
 
     def save_pretrained(self, save_dir: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors (lm_head.weight left out when tied)."""
-        from safetensors.torch import save_file
-
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-        (save_dir / CONFIG_NAME).write_text(self.config.to_json() + "\n", encoding="utf-8")
+        """Write config.json and model.safetensors (lm_head.weight left out when tied); see model/weights.py."""
+        save_pretrained(self, save_dir)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None,
@@ -356,7 +346,7 @@ class Z2allForCausalLM(nn.Module):
 
         config_overrides replace config fields that do not change the shape (e.g. op impls, dropout).
         """
-        config, state = load_config_and_state(path)
+        config, state, _ = read_pretrained(path)
         for key, value in (config_overrides or {}).items():
             if not hasattr(config, key):
                 raise ValueError(f"config_overrides: unknown Z2allConfig field {key!r}")
@@ -421,45 +411,3 @@ def _positions_from_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> torc
     idx = torch.arange(B * T, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
     doc = torch.searchsorted(cu_seqlens, idx, right=True) - 1
     return (idx - cu_seqlens[doc]).view(B, T).long()
-
-
-def _strip_prefixes(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _STRIP_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A dir holding config.json + model.safetensors: a saved dir itself, or a checkpoint/run dir resolved."""
-    p = Path(path)
-    if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file() and not (p / "ckpt").is_dir():
-        return p
-    try:
-        from utils.checkpoint import resolve_checkpoint
-    except ImportError as e:
-        raise ValueError(f"{p} has no {CONFIG_NAME} + {WEIGHTS_NAME}, and utils.checkpoint is unavailable "
-                         f"to resolve a run or checkpoint dir") from e
-    resolved = Path(resolve_checkpoint(p))
-    if not (resolved / CONFIG_NAME).is_file() or not (resolved / WEIGHTS_NAME).is_file():
-        raise ValueError(f"checkpoint {resolved} lacks {CONFIG_NAME} or {WEIGHTS_NAME}")
-    return resolved
-
-
-def load_config_and_state(path: str | os.PathLike) -> tuple[Z2allConfig, dict]:
-    """(config, state dict) of a saved dir, checkpoint step dir or run dir, on the CPU."""
-    from safetensors.torch import load_file
-
-    model_dir = resolve_model_dir(path)
-    raw = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-    if isinstance(raw.get("model"), dict):
-        raw = raw["model"]
-    config = Z2allConfig.from_dict(raw)
-    state = _strip_prefixes(load_file(str(model_dir / WEIGHTS_NAME)))
-    return config, state

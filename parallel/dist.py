@@ -64,12 +64,15 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device: str = "auto", timeout_s: int = 600, env: Mapping[str, str] | None = None) -> DistContext:
+def init_distributed(device: str = "auto", timeout_s: int = 600, env: Mapping[str, str] | None = None,
+                     backend: str | None = None) -> DistContext:
     """Create the data-parallel process group from the torchrun environment.
 
     1. Read RANK, WORLD_SIZE, LOCAL_RANK once (from `env`, default os.environ). Without them: one process,
        group None, no collectives ever issued.
     2. Choose the device (auto: CUDA if available) and set it to LOCAL_RANK; NCCL on CUDA, gloo on the CPU.
+       `backend="gloo"` on CUDA is for tests: several ranks on one GPU, with gloo's asynchronous collectives
+       on CUDA tensors (NCCL refuses two ranks on one device).
     3. init_process_group with a timeout, so a hung collective raises instead of hanging forever
        (NCCL: async error handling tears the job down after the timeout).
     """
@@ -84,7 +87,9 @@ def init_distributed(device: str = "auto", timeout_s: int = 600, env: Mapping[st
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})")
     dev = _pick_device(device, local_rank)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend not in (None, "nccl", "gloo") or (backend == "nccl" and dev.type != "cuda"):
+        raise ValueError(f"backend={backend!r} does not fit device {dev}; use nccl on CUDA or gloo")
+    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,

@@ -368,6 +368,12 @@ class CheckpointManager:
         """Newest complete, verified step dir (torn or corrupt ones are skipped with a warning), or None."""
         return latest_checkpoint(self.ckpt_root)
 
+    def remove_stale_tmp(self) -> None:
+        """Delete the .tmp-* dirs a killed save left behind (rank 0, before the run writes anything else), so a
+        torn save never keeps filling the disk."""
+        if self.rank == 0 and self.ckpt_root.is_dir():
+            _remove_stale_tmp(self.ckpt_root)
+
     def save(self, step: int, model_state: Mapping[str, torch.Tensor], optim_state: dict | None = None,
              trainer_state: dict | None = None, extra_json: Mapping[str, dict] | None = None,
              is_best: bool = False, drop_keys: Iterable[str] = ()) -> Path:

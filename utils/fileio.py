@@ -77,3 +77,17 @@ def sha256_file(path: str | os.PathLike) -> str:
                 break
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ValueError (one line, with the fix) unless `path`, or the nearest existing dir above it, is a
+    writable directory. Checked with os.access, so nothing is written: a read-only mount answers EROFS."""
+    p = Path(path).absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{probe} is not a directory, so {path} cannot be created; choose another --out_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = f"{path} is not writable" if probe == p else f"{path} cannot be created: {probe} is not writable"
+        raise ValueError(f"{what} (read-only or no permission); choose another --out_dir or fix its permissions")

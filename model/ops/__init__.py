@@ -8,7 +8,6 @@ from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
 from model.ops.attention import attention, attention_ref, flash_attn_available
 from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_ref
 from model.ops.linear import linear
-from model.ops.patch_hf import patch_hf
 from model.ops.rmsnorm import rms_norm, rms_norm_ref
 from model.ops.rope import apply_rope, apply_rope_ref, rope_cache, rope_qkv, rope_qkv_ref
 from model.ops.swiglu import silu_mul, swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
@@ -24,7 +23,6 @@ __all__ = [
     "fused_linear_cross_entropy",
     "linear",
     "linear_cross_entropy_ref",
-    "patch_hf",
     "resolve_impl",
     "rms_norm",
     "rms_norm_ref",

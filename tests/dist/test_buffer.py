@@ -4,7 +4,7 @@ import torch
 
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 from tests.dist.test_ddp import TinyNet, make_data
 from tests.support.buffer_layout import check_layout
 

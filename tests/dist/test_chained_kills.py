@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.unit.test_train import make_run, read_losses, start
+from tests.support.runs import make_run, read_losses, start
 
 ITERS = 14
 COMMON = ["--attention_dropout=0", "--residual_dropout=0", f"--max_iters={ITERS}", "--save_interval=2",

@@ -10,7 +10,7 @@ from torch import nn
 
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 
 
 class TinyNet(nn.Module):

@@ -4,7 +4,7 @@ import torch
 from model import Z2allConfig, Z2allForCausalLM
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 
 SHAPE = dict(vocab_size=96, hidden_dim=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=40,
              max_seq_len=16)

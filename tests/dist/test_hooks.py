@@ -6,7 +6,7 @@ from parallel.comm_hooks.default import (DefaultHookState, allreduce_hook, bf16_
                                          reduce_scatter_hook, stream_wrapper)
 from parallel.config import DDPConfig
 from parallel.ddp import DistributedDataParallel
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 from tests.dist.test_ddp import TinyNet, make_data
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 from tests.support.toy import (Case, load_params, merge_main, params_of, setup, single_ctx, to_numpy, to_torch,
                                train_steps, with_optim)
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from tests.conftest import ROOT
-from tests.unit.test_train import kill_when, make_run, read_losses, run_cli, start
+from tests.support.runs import kill_when, make_run, read_losses, run_cli, start
 
 
 def torchrun(nproc, args):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dist._launch import run_dist
+from tests.support.launch import run_dist
 from tests.support.toy import Case, merge_main, run_case, single_ctx, with_optim
 from tests.triton_interp import interp, run_file_in_interpreter
 

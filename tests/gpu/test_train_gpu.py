@@ -9,7 +9,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 import train  # noqa: E402
-from tests.unit.test_train import make_run  # noqa: E402
+from tests.support.runs import make_run  # noqa: E402
 
 COMMON = ["--max_iters=20", "--eval_interval=0", "--save_interval=20", "--attention_dropout=0",
           "--residual_dropout=0", "--hidden_dim=64", "--n_heads=4", "--n_kv_heads=2", "--max_seq_len=32"]

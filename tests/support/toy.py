@@ -101,7 +101,7 @@ def train_steps(ctx, case: Case, model, ddp, opt, ocfg, start: int, stop: int, p
     for it in range(start, stop):
         opt.set_lr(get_lr(it, ocfg, 20))
         ddp.zero_grad_buffer()
-        x, y = batch(it, case.dtype)
+        x, y = (t.to(ctx.device) for t in batch(it, case.dtype))
         for m in range(ga):
             part = ctx.rank * ga + m
             sl = slice(part * rows, (part + 1) * rows)

@@ -1,4 +1,4 @@
-"""configurator.py: parsing, typing, unknown keys, cross-field rules, exp_config.py round trip."""
+"""configurator.py: parsing, typing, unknown keys, cross-field rules, exp_config.json round trip."""
 import os
 
 import pytest
@@ -96,7 +96,7 @@ def test_exp_config_round_trip_and_resume_overrides(tmp_path):
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     resumed = c.build_config(["--resume", f"--out_dir={out}", "--max_iters=7"])
     assert resumed.train.resume is True
-    assert resumed.train.max_iters == 7  # the command line wins over exp_config.py
+    assert resumed.train.max_iters == 7  # the command line wins over exp_config.json
     assert resumed.train.batch_size == 3 and resumed.model.hidden_dim == 128
     assert resumed.train.sample_prompt == "it's \"x\""
     resumed.train.resume, resumed.train.max_iters = False, cfg.train.max_iters
@@ -116,3 +116,21 @@ def test_every_key_has_a_comment():
         for key in c.dataclasses.asdict(section):
             line = next(l for l in source.splitlines() if l.strip().startswith(f"{key}:"))
             assert "#" in line, f"{key} has no comment with its meaning/unit"
+
+
+def test_run_config_is_data_never_code(tmp_path):
+    """exp_config.json is parsed; a legacy exp_config.py is read as literal assignments and never executed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    legacy = out / "exp_config.py"
+    legacy.write_text("# [train] TrainConfig\nbatch_size = 3\nsample_prompt = 'x = 1'\n")
+    cfg = c.build_config(["--resume", f"--out_dir={out}"])
+    assert cfg.train.batch_size == 3 and cfg.train.sample_prompt == "x = 1"
+    marker = tmp_path / "ran"
+    legacy.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nbatch_size = 3\n")
+    with pytest.raises(ValueError, match="not a `key = literal` assignment"):
+        c.build_config(["--resume", f"--out_dir={out}"])
+    assert not marker.exists()
+    (out / "exp_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*exp_config.json"):
+        c.build_config(["--resume", f"--out_dir={out}"])

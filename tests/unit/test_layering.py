@@ -15,7 +15,8 @@ ALLOWED = {
     "dataset": {"tokenizer", "utils"},
     "data_preprocess": {"dataset", "tokenizer", "utils"},
     "optimizer": {"parallel", "utils"},
-    "configurator": {"model", "parallel", "optimizer", "dataset", "tokenizer", "utils"},
+    "tasks": {"model", "tokenizer", "parallel", "dataset", "data_preprocess", "optimizer", "utils"},
+    "configurator": {"model", "parallel", "optimizer", "dataset", "tokenizer", "tasks", "utils"},
     "monitor_process": {"utils"},
     "configs": set(),
 }

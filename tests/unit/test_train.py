@@ -1,65 +1,13 @@
 """train.py end to end on a tiny model and synthetic data: run dir, logs, checkpoints, user errors, exact resume."""
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
 import train
-from dataset.format import write_bin
 from tests.conftest import ROOT
-
-VOCAB = 128
-TINY = """
-vocab_size = 128
-hidden_dim = 32
-n_layers = 2
-n_heads = 2
-n_kv_heads = 1
-max_seq_len = 16
-multiple_of = 16
-batch_size = 4
-gradient_accumulation_steps = 2
-max_iters = 8
-eval_interval = 4
-eval_iters = 2
-log_interval = 1
-save_interval = 2
-warmup_iters = 2
-learning_rate = 1e-2
-min_lr = 1e-3
-tensorboard = False
-sample_tokens = 0
-attention_dropout = 0.1
-residual_dropout = 0.1
-"""
-
-
-def make_run(tmp_path, name="run"):
-    """A synthetic data dir (a learnable repeating pattern), a tiny config file, and an out_dir path."""
-    data = tmp_path / "data"
-    if not data.exists():
-        data.mkdir()
-        rng = np.random.default_rng(0)
-        tokens = np.concatenate([(np.arange(40) * k) % VOCAB for k in rng.integers(1, 7, size=200)])
-        write_bin(data / "shard_000.bin", tokens.astype(np.uint16), VOCAB, num_docs=200)
-        (tmp_path / "tiny.py").write_text(TINY)
-    return str(tmp_path / "tiny.py"), [f"--data_dir={data}", f"--out_dir={tmp_path / name}"], tmp_path / name
-
-
-def read_losses(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        recs = [json.loads(line) for line in f]
-    return [(r["iter"], r["loss"]) for r in recs if "loss" in r]
-
-
-def run_cli(args, timeout=240, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+from tests.support.runs import kill_when, make_run, read_losses, run_cli, start
 
 
 def test_train_writes_the_run_directory(tmp_path):
@@ -74,7 +22,7 @@ def test_train_writes_the_run_directory(tmp_path):
     assert [r["iter"] for r in recs if "valid_loss" in r] == [4, 8]
     steps = sorted(os.listdir(out / "ckpt"))
     assert steps == ["best", "step_000000006", "step_000000008"]  # keep_last_n = 2, plus best/
-    for name in ("exp_config.py", "loss.png", "heartbeat.json"):
+    for name in ("exp_config.json", "loss.png", "heartbeat.json"):
         assert (out / name).is_file(), name
     assert (out / "ckpt" / "step_000000008" / "COMPLETE").is_file()
 
@@ -116,26 +64,6 @@ def test_resume_with_a_changed_shape_is_refused(tmp_path, capsys):
     assert train.main([*args, "--resume", "--hidden_dim=64"]) == 2
     err = capsys.readouterr().err
     assert "hidden_dim: checkpoint 32 vs now 64" in err
-
-
-def kill_when(proc, out_dir, min_iter, timeout=180):
-    """SIGKILL the run's whole process group once metrics.jsonl shows min_iter."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before it was killed: {proc.communicate()}")
-        try:
-            if max((i for i, _ in read_losses(out_dir)), default=0) >= min_iter:
-                break
-        except (FileNotFoundError, json.JSONDecodeError, ValueError):
-            pass
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def start(cmd):
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
 @pytest.mark.parametrize("kill_at", [3, 6])

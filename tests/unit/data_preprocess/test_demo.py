@@ -6,6 +6,7 @@ import types
 import pytest
 
 from data_preprocess import demo
+from dataset.config import DataConfig
 from dataset.pretrain import PretrainDataset
 
 
@@ -38,7 +39,7 @@ def test_build_reuse_and_rebuild(tmp_path, fake_corpus, monkeypatch):
     msgs = []
     data = demo.ensure_demo_data(str(tmp_path / "demo"), vocab_size=300, num_workers=1, log=msgs.append)
     assert any("ready" in m for m in msgs) and fake_corpus["corpus"] == 1
-    ds = PretrainDataset(data.data_dir, 16, 320, log=lambda m: None)
+    ds = PretrainDataset(DataConfig(data_dir=data.data_dir), 16, 320, log=lambda m: None)
     assert len(ds) > 10
     msgs.clear()
     again = demo.ensure_demo_data(str(tmp_path / "demo"), vocab_size=300, log=msgs.append)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from dataset.config import DataConfig
 from dataset.format import write_bin
 from dataset.pretrain import PretrainDataset
 from dataset.sampler import ResumableBatchSampler
@@ -23,7 +24,7 @@ def data_dir(tmp_path):
 
 
 def test_windows_are_contiguous_and_shifted(data_dir):
-    ds = PretrainDataset(str(data_dir), 8, 1000, valid_ratio=0.0, log=lambda m: None)
+    ds = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_ratio=0.0), 8, 1000, log=lambda m: None)
     assert len(ds) == 57 // 8
     for i in range(len(ds)):
         x, y = ds[i]
@@ -32,28 +33,28 @@ def test_windows_are_contiguous_and_shifted(data_dir):
 
 
 def test_train_valid_split_and_valid_data_dir(data_dir, tmp_path):
-    tr = PretrainDataset(str(data_dir), 4, 1000, "train", valid_ratio=0.2, log=lambda m: None)
-    va = PretrainDataset(str(data_dir), 4, 1000, "valid", valid_ratio=0.2, log=lambda m: None)
+    tr = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_ratio=0.2), 4, 1000, "train", log=lambda m: None)
+    va = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_ratio=0.2), 4, 1000, "valid", log=lambda m: None)
     assert len(tr) + len(va) == 57 // 4 and len(va) == 3
     starts = {int(ds[i][0][0]) for ds in (tr, va) for i in range(len(ds))}
     assert len(starts) == 57 // 4
     vdir = tmp_path / "valid"
     vdir.mkdir()
     write_bin(vdir / "v.bin", np.arange(500, 521), 1000)
-    va = PretrainDataset(str(data_dir), 4, 1000, "valid", valid_data_dir=str(vdir), log=lambda m: None)
-    tr = PretrainDataset(str(data_dir), 4, 1000, "train", valid_data_dir=str(vdir), log=lambda m: None)
+    va = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_data_dir=str(vdir)), 4, 1000, "valid", log=lambda m: None)
+    tr = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_data_dir=str(vdir)), 4, 1000, "train", log=lambda m: None)
     assert len(va) == 5 and va[0][0].tolist() == [500, 501, 502, 503] and len(tr) == 57 // 4
 
 
 def test_bad_vocab_and_too_long(data_dir):
     with pytest.raises(ValueError, match="contains token id 57 >= vocab_size 50"):
-        PretrainDataset(str(data_dir), 8, 50, log=lambda m: None)
+        PretrainDataset(DataConfig(data_dir=str(data_dir)), 8, 50, log=lambda m: None)
     with pytest.raises(ValueError, match="max_seq_len=64"):
-        PretrainDataset(str(data_dir), 64, 1000, log=lambda m: None)
+        PretrainDataset(DataConfig(data_dir=str(data_dir)), 64, 1000, log=lambda m: None)
 
 
 def test_pickles_without_memmaps_and_loads_in_workers(data_dir):
-    ds = PretrainDataset(str(data_dir), 8, 1000, valid_ratio=0.0, log=lambda m: None)
+    ds = PretrainDataset(DataConfig(data_dir=str(data_dir), valid_ratio=0.0), 8, 1000, log=lambda m: None)
     ds[0]
     assert ds._maps is not None and pickle.loads(pickle.dumps(ds))._maps is None
     sampler = ResumableBatchSampler(len(ds), 2, seed=3)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model import Z2allConfig, Z2allForCausalLM
-from model.export_hf import main as export_main
-from model.import_hf import import_hf
+from model.hf.export_hf import main as export_main
+from model.hf.import_hf import import_hf
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,7 +9,7 @@ from tests.unit.ops._check import IN_CHILD, interp, run_file_in_interpreter
 
 transformers = pytest.importorskip("transformers")
 
-from model.ops import patch_hf  # noqa: E402
+from model.hf import patch_hf  # noqa: E402
 
 
 def _tiny(family: str):

@@ -1,6 +1,6 @@
 """Export a Z2all checkpoint as a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM when attention_bias).
 
-    python -m model.export_hf --ckpt=RUN_OR_CKPT_DIR --out_dir=DIR [--tokenizer_dir=DIR] [--dtype=keep]
+    python -m model.hf.export_hf --ckpt=RUN_OR_CKPT_DIR --out_dir=DIR [--tokenizer_dir=DIR] [--dtype=keep]
 
 The output loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`, no custom code.
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from model.config import Z2allConfig
-from model.modeling import load_config_and_state, resolve_model_dir
+from model.hf.names import LAYER_NAMES, TOP_LEVEL_NAMES
+from model.weights import read_pretrained, resolve_model_dir
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,17 +73,6 @@ def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
     return out
 
 
-# Names that map one to one, ours -> Hugging Face (import_hf.py reads this table inverted). The fused qkv_proj
-# and gate_up_proj are split/joined by the two converters themselves; lm_head.weight keeps its name.
-TOP_LEVEL_NAMES = {"embed_tokens.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
-LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "mlp_norm.weight": "post_attention_layernorm.weight",
-    "attn.o_proj.weight": "self_attn.o_proj.weight",
-    "mlp.down_proj.weight": "mlp.down_proj.weight",
-}
-
-
 def to_hf_state(cfg: Z2allConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Z2all state dict → HF Llama/Qwen2 state dict (contiguous copies; no lm_head when tied)."""
     D, Hq, Hk, I = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size
@@ -128,7 +118,7 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype} is not one of {', '.join(DTYPES)}")
-    cfg, state = load_config_and_state(ckpt)
+    cfg, state, _ = read_pretrained(ckpt)
     if DTYPES[dtype] is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out_dir)

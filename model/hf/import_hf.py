@@ -1,6 +1,6 @@
 """Import a Hugging Face Llama / Qwen2 / Mistral (no sliding window) checkpoint as a z2all run.
 
-    python -m model.import_hf --hf_dir=DIR --out_dir=RUN
+    python -m model.hf.import_hf --hf_dir=DIR --out_dir=RUN
 
 Writes `RUN/ckpt/step_000000000/` (config.json + model.safetensors + COMPLETE, through
 utils.checkpoint.CheckpointManager) so that `train.py --init_from=RUN`, `Z2allForCausalLM.from_pretrained(RUN)`
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from model.config import Z2allConfig
-from model.export_hf import LAYER_NAMES, TOP_LEVEL_NAMES
+from model.hf.names import LAYER_NAMES, TOP_LEVEL_NAMES
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")

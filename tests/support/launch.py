@@ -35,16 +35,18 @@ def _mp_context():
     return _CTX
 
 
-def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, q, timeout_s: int) -> None:
+def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, q, timeout_s: int, device: str) -> None:
+    # device "cuda": every rank on GPU 0 with gloo (tests/gpu's several-ranks-on-one-GPU tier)
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True",
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(0 if device == "cuda" else rank),
+        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     torch.set_num_threads(1)
     try:
         from parallel.dist import destroy, init_distributed
 
-        ctx = init_distributed(device="cpu", timeout_s=timeout_s)
+        ctx = init_distributed(device=device, timeout_s=timeout_s, backend="gloo")
         try:
             result = fn(ctx, *args)
         finally:
@@ -54,15 +56,18 @@ def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, q, 
         q.put((rank, "error", traceback.format_exc()))
 
 
-def run_dist(fn: Callable, world_size: int, *args: Any, timeout_s: float = 60.0, dist_timeout_s: int = 30) -> list:
-    """Run fn(ctx, *args) on world_size gloo ranks; return the per-rank results (rank order) or raise."""
+def run_dist(fn: Callable, world_size: int, *args: Any, timeout_s: float = 60.0, dist_timeout_s: int = 30,
+             device: str = "cpu") -> list:
+    """Run fn(ctx, *args) on world_size gloo ranks (on the CPU, or all on GPU 0 with device="cuda"); return the
+    per-rank results (rank order) or raise."""
     store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=dist_timeout_s), wait_for_workers=False)
     ctx = _mp_context()
     q = ctx.Queue()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if root not in sys.path:
         sys.path.insert(0, root)
-    procs = [ctx.Process(target=_child, args=(r, world_size, store.port, fn, args, q, dist_timeout_s), daemon=True)
+    procs = [ctx.Process(target=_child, args=(r, world_size, store.port, fn, args, q, dist_timeout_s, device),
+                         daemon=True)
              for r in range(world_size)]
     for p in procs:
         p.start()

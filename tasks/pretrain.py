@@ -1,0 +1,95 @@
+"""Pretraining: next-token prediction on fixed windows of the pretokenized shards (the demo corpus by default).
+
+Batches are (x, y) windows of max_seq_len tokens from the sample-index map, every micro-batch holds
+batch_size * max_seq_len loss tokens, so the per-micro-batch mean is normalised by the trainer
+("mean" in tasks/base.py). Evaluation is the mean loss over a fixed set of validation windows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from dataset.config import DataConfig
+from dataset.loader import BatchStream, stack_windows
+from dataset.pretrain import PretrainDataset
+from dataset.sampler import ResumableBatchSampler
+from tasks.base import MicroBatchLoss
+from tasks.config import TrainConfig
+
+
+def locate_data(data: DataConfig, ctx) -> DataConfig:
+    """`data` with data_dir and tokenizer_dir filled in: the demo corpus (built on first use) when no --data_dir."""
+    if not data.data_dir:
+        from data_preprocess.demo import ensure_demo_data
+
+        if ctx.is_main:
+            ensure_demo_data()  # rank 0 builds; the others wait, then reuse the finished build
+        ctx.barrier()
+        demo = ensure_demo_data()
+        return dataclasses.replace(data, data_dir=demo.data_dir, tokenizer_dir=data.tokenizer_dir or demo.tokenizer_dir)
+    if not os.path.isdir(data.data_dir):
+        raise ValueError(
+            f"--data_dir={data.data_dir} does not exist; make it with `python -m data_preprocess.pretokenize "
+            f"--input=TEXT --tokenizer_dir=TOK --out_dir={data.data_dir}`, or omit --data_dir to train on the demo corpus"
+        )
+    tok_dir = data.tokenizer_dir or os.path.join(data.data_dir, "tokenizer")
+    if data.tokenizer_dir and not os.path.isdir(tok_dir):
+        raise ValueError(f"--tokenizer_dir={tok_dir} does not exist; pass the directory written by tokenizer training")
+    return dataclasses.replace(data, tokenizer_dir=tok_dir if os.path.isdir(tok_dir) else "")
+
+
+class PretrainTask:
+    """See the module docstring. `data` comes from locate_data."""
+
+    name = "pretrain"
+    normalization = "mean"
+
+    def __init__(self, train: TrainConfig, data: DataConfig, max_seq_len: int, vocab_size: int, ctx, tokenizer):
+        self.cfg, self.ctx, self.tokenizer = train, ctx, tokenizer
+        self.seq_len = max_seq_len
+
+        def make(split: str) -> PretrainDataset:
+            return PretrainDataset(data, max_seq_len, vocab_size, split=split)
+
+        if ctx.is_main:
+            make("train")  # rank 0 builds or refreshes the sample index; the others then read it
+        ctx.barrier()
+        self.train_ds = make("train")
+        self.valid_ds = make("valid") if train.eval_interval > 0 and train.eval_iters > 0 else None
+        sampler = ResumableBatchSampler(len(self.train_ds), train.batch_size, ctx.rank, ctx.world_size, data.data_seed)
+        self.stream = BatchStream.from_config(self.train_ds, sampler, stack_windows, ctx.device, data)
+
+    def loss(self, model, batch) -> MicroBatchLoss:
+        x, y = batch
+        return MicroBatchLoss(model(x, targets=y).loss)
+
+    def tokens_in(self, batch) -> int:
+        return batch[0].numel()
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean loss over a fixed set of validation windows (rank-strided micro-batches)."""
+        if self.valid_ds is None:
+            return {}
+        n, b, w = len(self.valid_ds), self.cfg.batch_size, self.ctx.world_size
+        total = torch.zeros((), device=self.ctx.device)
+        for k in range(self.cfg.eval_iters):
+            start = ((k * w + self.ctx.rank) * b) % n
+            x, y = stack_windows([self.valid_ds[(start + j) % n] for j in range(b)])
+            total += model(x.to(self.ctx.device), targets=y.to(self.ctx.device)).loss.float()
+        total /= self.cfg.eval_iters
+        if w > 1:
+            torch.distributed.all_reduce(total, group=self.ctx.group)
+            total /= w
+        return {"valid_loss": total.item()}
+
+    def sample(self, model) -> str | None:
+        t = self.cfg
+        if self.tokenizer is None or t.sample_tokens <= 0:
+            return None
+        prompt = torch.tensor([self.tokenizer.encode(t.sample_prompt)], device=self.ctx.device)
+        torch.manual_seed(t.seed)
+        out = model.generate(prompt, max_new_tokens=t.sample_tokens, temperature=0.8, top_k=50,
+                             eos_id=self.tokenizer.eos_id)
+        return self.tokenizer.decode(out[0].tolist(), skip_special_tokens=True)

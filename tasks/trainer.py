@@ -1,0 +1,236 @@
+"""The Trainer: the optimizer steps of a run, for any task (tasks/base.py has the contract).
+
+One iteration (`train_step`):
+1. Set the LR of this step and zero the DDP's grad buffer.
+2. For each of this rank's micro-batches (gradient_accumulation_steps / world): the task's forward and
+   loss, normalised (tasks/base.py), then backward. All but the last run under ddp.no_sync(), so only the
+   last one launches the bucket reductions, which overlap its backward.
+3. finish_grad_sync(), the optimizer step (clipping, AdamW, ZeRO-1 gather), and the data position moves on
+   by the step's micro-batches.
+Around it `train` logs, evaluates, saves and beats the heartbeat; `sample` prints the task's sample.
+
+The data position is the absolute number of micro-batches of the global stream consumed since the run's first
+step. It is saved in every checkpoint and restored from it, never counted from where a process started, so a
+run resumed any number of times reads exactly the data of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from tasks.base import Task
+from tasks.config import TrainConfig
+from utils.checkpoint import CheckpointManager, get_rng_state, set_rng_state
+from utils.heartbeat import Heartbeat
+from utils.logging import MetricsLogger, print0
+from utils.mfu import compute_mfu, device_peak_flops
+from utils.plot import plot_metrics
+
+HEARTBEAT_INTERVAL_S = 5.0  # seconds between heartbeat writes (monitor_process.py's --hang_timeout_s is far longer)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+class Trainer:
+    """Runs the optimizer steps of one run (see the module docstring).
+
+    `ddp` wraps `model`; `lr_at(iter)` is the LR schedule; `ckpt` and `logger` are the run's checkpoint manager
+    and metrics logger (the logger writes on rank 0 only).
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx, model, ddp, optimizer, task: Task, lr_at: Callable[[int], float],
+                 ckpt: CheckpointManager, logger: MetricsLogger):
+        self.cfg, self.ctx, self.model, self.ddp, self.optimizer = cfg, ctx, model, ddp, optimizer
+        self.task, self.lr_at, self.ckpt, self.logger = task, lr_at, ckpt, logger
+        assert cfg.gradient_accumulation_steps % ctx.world_size == 0, "configurator.check_world_size owns this rule"
+        self.ga_local = cfg.gradient_accumulation_steps // ctx.world_size
+        self.iter = 0
+        self.consumed_micro_batches = 0  # absolute, all ranks, from the run's first step (module docstring)
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.inf
+        self.peak_flops = device_peak_flops(ctx.device, cfg.peak_tflops)
+        self.flops_per_token = model.flops_per_token(task.seq_len)
+        # At most one heartbeat file write every few seconds: the monitor's hang timeout is minutes, and a
+        # write-and-rename per step would put file I/O on the hot path of fast steps.
+        self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, "heartbeat.json"), min_interval_s=HEARTBEAT_INTERVAL_S)
+                          if ctx.is_main else None)
+        self._tokens_since_log = 0
+        self._iters_since_log = 0
+        self._t0 = time.perf_counter()  # start of the current log interval
+
+    # -- state ------------------------------------------------------------------------------
+
+    def trainer_state(self) -> dict:
+        rng = get_rng_state()
+        if self.ctx.world_size > 1:
+            all_rng = [None] * self.ctx.world_size
+            dist.all_gather_object(all_rng, rng, group=self.ctx.group)
+        else:
+            all_rng = [rng]
+        return {
+            "iter": self.iter,
+            "consumed_micro_batches": self.consumed_micro_batches,
+            "sampler": self.task.stream.state_at(self.consumed_micro_batches),
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "world_size": self.ctx.world_size,
+            "rng": all_rng,
+        }
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.iter = state["iter"]
+        self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
+        self.consumed_micro_batches = int(state["consumed_micro_batches"])
+        self.task.stream.seek(self.consumed_micro_batches)
+        if state["world_size"] == self.ctx.world_size:
+            set_rng_state(state["rng"][self.ctx.rank])
+        else:
+            # A different world size cannot replay per-rank dropout streams; reseed deterministically.
+            print0(f"note: resuming on {self.ctx.world_size} ranks from {state['world_size']}; RNG streams are reseeded",
+                   rank=self.ctx.rank)
+            torch.manual_seed(self.cfg.seed + self.iter * 1000 + self.ctx.rank)
+
+    def save(self) -> None:
+        # With overlap_param_gather the last step's all-gather may still be in flight.
+        self.ddp.finish_param_sync()
+        is_best = self.last_val_loss < self.best_val_loss
+        if is_best:
+            self.best_val_loss = self.last_val_loss
+        self.ckpt.save(
+            step=self.iter,
+            model_state=self.model.state_dict(),
+            optim_state=self.optimizer.state_dict(),
+            trainer_state=self.trainer_state(),
+            extra_json={"config.json": self.model.config.to_dict()},
+            is_best=is_best,
+        )
+        if self.ctx.is_main:
+            metrics = os.path.join(self.cfg.out_dir, "metrics.jsonl")
+            if os.path.isfile(metrics):
+                plot_metrics(metrics, os.path.join(self.cfg.out_dir, "loss.png"))
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward/backward over this rank's micro-batches, then one optimizer step.
+
+        Returns (this rank's share of the step loss, the grad norm, the task's metrics summed over micro-batches).
+        """
+        self.optimizer.set_lr(self.lr_at(self.iter))
+        self.ddp.zero_grad_buffer()
+        loss_sum = torch.zeros((), device=self.ctx.device, dtype=torch.float32)
+        tokens = torch.zeros((), device=self.ctx.device, dtype=torch.float32)
+        metrics: dict[str, torch.Tensor] = {}
+        for micro in range(self.ga_local):
+            batch = next(self.task.stream)
+            self._tokens_since_log += self.task.tokens_in(batch)
+            last = micro == self.ga_local - 1
+            # Only the last micro-batch launches the gradient reduction; the others accumulate locally.
+            with contextlib.nullcontext() if last else self.ddp.no_sync():
+                out = self.task.loss(self.ddp, batch)
+                loss = self._normalize(out, tokens, last)
+                self.optimizer.scale_loss(loss).backward()
+            loss_sum += (loss if self.task.normalization == "mean" else out.loss).detach().float()
+            for k, v in out.metrics.items():
+                metrics[k] = metrics[k] + v.detach().float() if k in metrics else v.detach().float()
+        self.ddp.finish_grad_sync()
+        _, grad_norm = self.optimizer.step()
+        self.iter += 1
+        self.consumed_micro_batches += self.cfg.gradient_accumulation_steps
+        if self.task.normalization == "sum":
+            loss_sum = loss_sum / tokens  # tokens is the whole step's count (all ranks) by now
+        return loss_sum, grad_norm, metrics
+
+    def _normalize(self, out, tokens: torch.Tensor, last: bool) -> torch.Tensor:
+        """The micro-batch's loss to back-propagate (tasks/base.py, "Normalisation")."""
+        if self.task.normalization == "mean":
+            return out.loss / self.ga_local
+        tokens += out.num_tokens
+        if last:
+            # Before the last backward, the only one that reduces: the DDP divides the summed grads by the step's
+            # token count of every rank. A step without loss tokens gives zero grads, not NaN.
+            if self.ctx.world_size > 1:
+                dist.all_reduce(tokens, group=self.ctx.group)
+            tokens.clamp_(min=1.0)
+            self.ddp.set_grad_scale(1.0 / tokens)
+        return out.loss
+
+    def reduce_over_ranks(self, value: torch.Tensor, op: str = "mean") -> float:
+        if self.ctx.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value, group=self.ctx.group)
+            if op == "mean":
+                value /= self.ctx.world_size
+        return value.item()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def log(self, loss_sum, grad_norm, metrics: dict, dt: float, iters: int) -> None:
+        tokens_per_s = self._tokens_since_log * self.ctx.world_size / max(dt, 1e-9)
+        # "sum" tasks: each rank holds its part of the step loss (already divided by the step's tokens)
+        loss = self.reduce_over_ranks(loss_sum, "mean" if self.task.normalization == "mean" else "sum")
+        mfu = compute_mfu(self.flops_per_token, tokens_per_s / self.ctx.world_size, self.peak_flops)
+        rec = {"iter": self.iter, "loss": loss, "lr": self.lr_at(self.iter - 1), "grad_norm": float(grad_norm),
+               "tokens_per_s": tokens_per_s, "mfu": mfu, "peak_mem_gb": peak_memory_gb(self.ctx.device),
+               "ms_per_iter": 1000.0 * dt / iters, "loss_scale": float(self.optimizer.loss_scale)}
+        for k, v in metrics.items():
+            rec[k] = self.reduce_over_ranks(v / self.ga_local)
+        if self.ctx.is_main:
+            self.logger.log(rec)
+        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+        print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f} | lr {rec['lr']:.2e} | grad_norm "
+               f"{rec['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | mfu {mfu_text} | mem {rec['peak_mem_gb']:.2f} GB",
+               rank=self.ctx.rank)
+        self._tokens_since_log = 0
+
+    def evaluate(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.ddp)
+        self.model.train()
+        if "valid_loss" not in metrics:
+            return
+        self.last_val_loss = metrics["valid_loss"]
+        if self.ctx.is_main:
+            self.logger.log({"iter": self.iter, **metrics})
+        print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}", rank=self.ctx.rank)
+
+    def train(self) -> None:
+        self._t0 = time.perf_counter()
+        while self.iter < self.cfg.max_iters:
+            self.iteration()
+
+    def iteration(self) -> None:
+        """One iteration of the loop: the step, the heartbeat, and the log, eval and save when they are due."""
+        t = self.cfg
+        loss_sum, grad_norm, metrics = self.train_step()
+        self._iters_since_log += 1
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.iter)
+        if self.iter % t.log_interval == 0 or self.iter == t.max_iters:
+            self.log(loss_sum, grad_norm, metrics, time.perf_counter() - self._t0, self._iters_since_log)
+            self._t0, self._iters_since_log = time.perf_counter(), 0
+        if t.eval_interval > 0 and (self.iter % t.eval_interval == 0 or self.iter == t.max_iters):
+            self.evaluate()
+        if self.iter % t.save_interval == 0 or self.iter == t.max_iters:
+            self.save()
+            self._t0 = time.perf_counter()  # keep checkpoint time out of tokens/s
+
+    def sample(self) -> None:
+        if not self.ctx.is_main:
+            return
+        self.model.eval()
+        text = self.task.sample(self.model)
+        if text is not None:
+            print(f"--- sample ({self.cfg.sample_tokens} tokens) ---\n{text}\n---", flush=True)

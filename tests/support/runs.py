@@ -1,0 +1,80 @@
+"""Real train.py runs for tests: a tiny config on synthetic data, losses from metrics.jsonl, process control."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from dataset.format import write_bin
+from tests.conftest import ROOT
+
+VOCAB = 128
+TINY = """
+vocab_size = 128
+hidden_dim = 32
+n_layers = 2
+n_heads = 2
+n_kv_heads = 1
+max_seq_len = 16
+multiple_of = 16
+batch_size = 4
+gradient_accumulation_steps = 2
+max_iters = 8
+eval_interval = 4
+eval_iters = 2
+log_interval = 1
+save_interval = 2
+warmup_iters = 2
+learning_rate = 1e-2
+min_lr = 1e-3
+tensorboard = False
+sample_tokens = 0
+attention_dropout = 0.1
+residual_dropout = 0.1
+"""
+
+
+def make_run(tmp_path, name="run"):
+    """A synthetic data dir (a learnable repeating pattern), a tiny config file, and an out_dir path."""
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        tokens = np.concatenate([(np.arange(40) * k) % VOCAB for k in rng.integers(1, 7, size=200)])
+        write_bin(data / "shard_000.bin", tokens.astype(np.uint16), VOCAB, num_docs=200)
+        (tmp_path / "tiny.py").write_text(TINY)
+    return str(tmp_path / "tiny.py"), [f"--data_dir={data}", f"--out_dir={tmp_path / name}"], tmp_path / name
+
+
+def read_losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return [(r["iter"], r["loss"]) for r in recs if "loss" in r]
+
+
+def run_cli(args, timeout=240, **kw):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def kill_when(proc, out_dir, min_iter, timeout=180):
+    """SIGKILL the run's whole process group once metrics.jsonl shows min_iter."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it was killed: {proc.communicate()}")
+        try:
+            if max((i for i, _ in read_losses(out_dir)), default=0) >= min_iter:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def start(cmd):
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
