@@ -1,6 +1,8 @@
 """Autoregressive generation for Z2allForCausalLM with a preallocated KV cache (shape legend: modeling.py)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -74,11 +76,13 @@ def _check_args(max_new_tokens, temperature, top_k, top_p) -> None:
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None,
+             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Prompt (B, T0) (or a list of ids) + up to max_new_tokens → (B, T0 + n) ids.
 
     1. Prefill: one forward over the prompt (filling the KV cache when use_cache), logits of the last token.
-    2. Each step samples one id per row; a row that has produced eos_id keeps emitting eos_id.
+    2. Each step samples one id per row; a row that has produced eos_id keeps emitting eos_id. on_token, when
+       given, receives the step's ids (B,) as they are sampled (streaming output).
     3. Stop after max_new_tokens, or once every row has produced eos_id (one host sync per step).
     4. The next step feeds only the new token (cache) or the whole sequence again (no cache).
     """
@@ -109,6 +113,8 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, t
                 nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
                 finished |= nxt == eos_id
             ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if on_token is not None:
+                on_token(nxt)
             if eos_id is not None and bool(finished.all()):
                 break
             step_input = nxt[:, None] if use_cache else ids
