@@ -366,7 +366,7 @@ def ensure_pretokenized(inputs: str | list[str], tokenizer_dir: str, out_dir: st
     1. List the inputs (files or directories, data_preprocess.readers.list_input_files) and compute the key:
        format version, options, input names/sizes/sha256, tokenizer hash (always hashed: a file whose mtime
        alone changed is still fresh, one whose content changed is never reused).
-    2. out_dir/manifest.json holds the same key: reuse it.
+    2. out_dir/manifest.json holds the same key: reuse it. A non-empty out_dir without a manifest is refused.
     3. Else build into a hidden temporary directory beside out_dir, write manifest.json last, and rename the
        directory into place (a stale out_dir is moved aside first, then deleted).
     Several processes may call it at once: each builds its own temporary directory and a late one keeps the
@@ -380,6 +380,9 @@ def ensure_pretokenized(inputs: str | list[str], tokenizer_dir: str, out_dir: st
     old = read_manifest(out)
     if old is not None and old.get("key") == key:
         return str(out)
+    if old is None and out.is_dir() and any(out.iterdir()):  # never replace a directory that is not ours
+        raise ValueError(f"--out_dir={out} exists and holds no {MANIFEST_FILE} of a pretokenize_sft build: choose "
+                         f"another --out_dir, or empty it")
     log(f"pretokenize_sft: {'rebuilding the stale' if out.exists() else 'building'} {opts.task} data {out} "
         f"from {len(files)} file(s)")
     out.parent.mkdir(parents=True, exist_ok=True)

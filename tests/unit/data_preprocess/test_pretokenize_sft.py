@@ -111,6 +111,11 @@ def test_crash_leaves_no_half_dataset(tmp_path, tok_dir, monkeypatch):
                                log=lambda *_: None)
     assert open(os.path.join(good, "manifest.json")).read() == before  # the old complete set, untouched
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no manifest.json"):
+        ps.ensure_pretokenized(str(tmp_path / "out.jsonl"), tdir, str(tmp_path / "mine"), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_bad_records_fail_or_are_counted(tmp_path, tok_dir):
