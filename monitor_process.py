@@ -1,24 +1,50 @@
-"""Supervise a training command: restart it with --resume when it crashes or hangs.
+"""Supervise a training command: restart it when a restart can help, stop at once when it cannot.
 
-    python monitor_process.py [--max_restarts=N] [--hang_timeout_s=S] [--heartbeat=PATH] [--backoff_s=S]
-                              [--max_backoff_s=S] [--kill_grace_s=S] [--log_file=PATH] -- <training command...>
+    python monitor_process.py [options] -- <training command...>
 
 Example:
     python monitor_process.py --max_restarts=5 -- torchrun --nproc_per_node=8 train.py configs/z2all_1b.py \\
         --out_dir=runs/1b
 
-1. Start the command in its own process group (so torchrun and all its workers can be killed together).
-2. Poll it. It has hung when its heartbeat (written by train.py to <out_dir>/heartbeat.json, see
-   utils/heartbeat.py) is older than hang_timeout_s, counting from the attempt's start at the earliest;
-   then the whole group gets SIGTERM, and SIGKILL after kill_grace_s.
-3. Exit 0 → done. Non-zero exit or hang → wait backoff_s * 2^(k-1) (capped at max_backoff_s) and start
-   restart k with the resume command, until max_restarts restarts have been used.
-4. The resume command is the original with `--resume` appended once. For train.py, which takes its config
-   from <out_dir>/exp_config.py on resume, a positional CONFIG.py after train.py is dropped. If the command
-   names --out_dir and that dir holds no complete checkpoint yet, the original command is rerun instead
-   (there is nothing to resume from).
-5. SIGTERM/SIGINT to the monitor stop the child group and exit 128+signal.
-Every event is logged with a timestamp to stderr (and --log_file if given).
+1. Start the command in its own process group (so torchrun and all its workers can be stopped together), with
+   TORCH_ELASTIC_SHUTDOWN_TIMEOUT set to 90% of --kill_grace_s unless already set: torchrun's agent then gives
+   its workers (which run in sessions of their own, out of our reach) that long to save after a SIGTERM, and
+   still kills a worker that did not finish before we kill the agent.
+2. Poll it. The run has hung when its heartbeat (<out_dir>/heartbeat.json, utils/heartbeat.py) is older than
+   the timeout of the section it is in: --hang_timeout_s for step and eval, --startup_timeout_s for startup
+   (and until this attempt's first heartbeat), --save_timeout_s for checkpoint. A hung run is stopped: SIGTERM
+   (and SIGCONT, so a stopped process can act on it) to its process group, SIGKILL after --kill_grace_s.
+3. When it exits, its code is the process exit code, unless <out_dir>/exit_status.json (utils/run_status.py),
+   written since the attempt started, holds a non-zero code: under torchrun the agent exits 1 whatever its
+   workers' codes were. After a non-zero exit without that file, wait up to --status_wait_s for it (rank 0 may
+   run on another node, whose writes a shared file system shows late).
+4. Then, by code (utils/exit_codes.py):
+   - OK: done, exit 0.
+   - USER_ERROR, NAN, CANNOT_EXECUTE, NOT_FOUND: they will only repeat, so stop at once with that code and one
+     line that says why. A command that cannot start is never retried (with --resume or without).
+   - PREEMPTED (SIGTERM, state saved): resume at once, with no backoff and not counted as a failure, when the
+     attempt wrote a checkpoint; an attempt that saved nothing is treated as a crash, so a run that exits
+     PREEMPTED in a loop is still bounded by --max_restarts.
+   - SPIKE: roll back (steps 6-7), at most --max_rollbacks times, at once; then stop with SPIKE.
+   - anything else (CRASH, a signal, a hang): wait backoff_s * 2^(k-1) (at most max_backoff_s) and resume,
+     for k = 1..max_restarts failures in a row. An attempt that wrote a new checkpoint made progress: the
+     count (and the backoff) starts again from zero, so a job of weeks is not ended by rare crashes.
+5. The resume command is the original with `--resume` appended once. For train.py, which reads its config from
+   <out_dir>/exp_config.py on resume, a positional CONFIG.py after train.py is dropped, and so are
+   --resume_step and --skip_data_to (a restart resumes from the newest checkpoint). If <out_dir> holds no
+   complete checkpoint yet, the original command is rerun instead (there is nothing to resume from).
+6. A rollback moves the checkpoints written at or after the spike's start_iter out of <out_dir>/ckpt into
+   <out_dir>/rolled_back/rollback_<k>/ (kept, but no resume can pick them), takes the newest complete
+   checkpoint left (step S < start_iter) and resumes with `--resume --resume_step=S --skip_data_to=C`, where
+   C = the spike's consumed_end: the data from S's position up to C (the spike window included) is skipped.
+   The data position stays exact, so a rollback run is reproducible; hence a rollback to a step and data
+   position already tried would only replay the same spike, and the monitor stops instead.
+7. Restarts after a rollback keep --resume_step=S --skip_data_to=C until the run writes a checkpoint of its
+   own; from then on that checkpoint holds the new data position and a plain --resume is right.
+8. SIGTERM or SIGINT to the monitor: forward SIGTERM to the group and wait --kill_grace_s for the run to save
+   (a second SIGINT kills at once). Exit PREEMPTED if the run says it saved, else 128+signal.
+Every event (start, exit code, reason, restart, rollback) is logged with a timestamp to stderr and to
+--log_file, by default <out_dir>/monitor.log (lines wait in memory until train.py has created <out_dir>).
 """
 from __future__ import annotations
 
@@ -26,27 +52,55 @@ import argparse
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.heartbeat import read_heartbeat
+from utils import exit_codes as ec
+from utils.cli import ArgumentParser
+from utils.heartbeat import CHECKPOINT, HEARTBEAT_NAME, STARTUP, read_heartbeat
+from utils.run_status import ExitStatus, SpikeWindow, read_exit_status
 
 USAGE = "python monitor_process.py [options] -- <training command...>"
+ROLLBACK_FLAGS = ("--resume_step", "--skip_data_to")
+SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 
 
 @dataclass
 class Options:
     max_restarts: int
+    max_rollbacks: int
     hang_timeout_s: float
+    startup_timeout_s: float
+    save_timeout_s: float
     heartbeat: str | None
     backoff_s: float
     max_backoff_s: float
     kill_grace_s: float
+    status_wait_s: float
     poll_s: float
     log_file: str | None
+
+
+@dataclass
+class Attempt:
+    """How one run of the command ended."""
+    number: int
+    started: float
+    code: int
+    reason: str = ""
+    status: ExitStatus | None = None
+
+
+@dataclass
+class Rollback:
+    """The flags of the last rollback, kept for restarts until the run writes a checkpoint after `since`."""
+    step: int
+    skip_data_to: int
+    since: float
 
 
 class Monitor:
@@ -55,46 +109,100 @@ class Monitor:
         self.opts = opts
         self.out_dir = _flag_value(cmd, "--out_dir")
         if opts.heartbeat is None and self.out_dir is not None:
-            opts.heartbeat = os.path.join(self.out_dir, "heartbeat.json")
+            opts.heartbeat = os.path.join(self.out_dir, HEARTBEAT_NAME)
+        if opts.log_file is None and self.out_dir is not None:
+            opts.log_file = os.path.join(self.out_dir, "monitor.log")
+        self.host = socket.gethostname()
         self.stop_signal: int | None = None
+        self.kill_now = False
+        self.failures = 0
+        self.rollbacks = 0
+        self.rollback: Rollback | None = None
+        self.rolled_back_to: set[tuple[int, int]] = set()  # (step, skip_data_to) of every rollback so far
+        self._pending: list[str] = []
+
+    # -- logging and signals -------------------------------------------------------------------
 
     def log(self, msg: str) -> None:
-        line = f"[monitor {time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+        """One timestamped line to stderr and the log file. The host is named because the monitors of all
+        nodes of a multi-node run append to one monitor.log. Lines wait in memory until the log's directory
+        exists: the run directory is train.py's to create, after its checks pass."""
+        line = f"[monitor {self.host} {time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
         print(line, file=sys.stderr, flush=True)
-        if self.opts.log_file:
+        if not self.opts.log_file:
+            return
+        self._pending.append(line)
+        if Path(self.opts.log_file).parent.is_dir():
             with open(self.opts.log_file, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+                fh.write("".join(p + "\n" for p in self._pending))
+            self._pending.clear()
 
     def _on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signum
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            self.kill_now = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """The supervision loop (steps 1-5 of the module docstring). Returns the monitor's exit code."""
+        """The supervision loop (module docstring). Returns the monitor's exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        hang = f"hang timeout {self.opts.hang_timeout_s:g}s on {self.opts.heartbeat}" \
-            if self.opts.hang_timeout_s > 0 and self.opts.heartbeat else "no hang detection"
-        self.log(f"supervising (max_restarts={self.opts.max_restarts}, {hang})")
-        restarts = 0
+        o = self.opts
+        hang = (f"hang timeouts step/eval {o.hang_timeout_s:g}s, startup {o.startup_timeout_s:g}s, checkpoint "
+                f"{o.save_timeout_s:g}s on {o.heartbeat}") if o.heartbeat else "no hang detection (no heartbeat)"
+        self.log(f"supervising (max_restarts={o.max_restarts}, max_rollbacks={o.max_rollbacks}, {hang})")
+        cmd, number = self.cmd, 1
         while True:
-            cmd = self.cmd if restarts == 0 else self.resume_command()
-            self.log(f"attempt {restarts + 1}: {shlex.join(cmd)}")
-            code = self.run_once(cmd)
+            attempt = self.run_once(cmd, number)
             if self.stop_signal is not None:
-                self.log(f"stopped by signal {self.stop_signal}")
-                return 128 + self.stop_signal
-            if code == 0:
-                self.log("training command finished with exit code 0")
-                return 0
-            if restarts >= self.opts.max_restarts:
-                self.log(f"giving up: {restarts} restart(s) used, max_restarts={self.opts.max_restarts}")
-                return code
-            restarts += 1
-            delay = min(self.opts.backoff_s * 2 ** (restarts - 1), self.opts.max_backoff_s)
-            self.log(f"restart {restarts}/{self.opts.max_restarts} in {delay:g}s")
-            if not self._sleep(delay):
-                self.log(f"stopped by signal {self.stop_signal}")
-                return 128 + self.stop_signal
+                return self._stopped(attempt)
+            nxt = self.next_step(attempt)
+            if isinstance(nxt, int):
+                return nxt
+            cmd, delay = nxt
+            if delay > 0 and not self._sleep(delay):
+                return self._stopped(None)
+            number += 1
+
+    def next_step(self, attempt: Attempt) -> int | tuple[list[str], float]:
+        """The monitor's exit code, or (the next command, the delay before it): step 4 of the module docstring."""
+        code, why = attempt.code, f"{ec.describe(attempt.code)}" + (f": {attempt.reason}" if attempt.reason else "")
+        if code == ec.OK:
+            self.log("training command finished with exit code 0")
+            return ec.OK
+        if code in ec.STOP_AT_ONCE:
+            self.log(f"stopping: {why}; a restart would fail the same way")
+            return code
+        if code == ec.SPIKE:
+            return self.roll_back(attempt)
+        progressed = self._checkpoint_written_since(attempt.started)
+        if code == ec.PREEMPTED and progressed:
+            self.failures = 0
+            self.log("the run was preempted and saved: resuming at once (not counted as a failure)")
+            return self.resume_command(), 0.0
+        if progressed:
+            self.failures = 0
+        elif code == ec.PREEMPTED:
+            self.log("the run exited PREEMPTED but wrote no checkpoint: counted as a failure")
+        if self.failures >= self.opts.max_restarts:
+            self.log(f"giving up after {why}: {self.failures} restart(s) in a row without a new checkpoint, "
+                     f"max_restarts={self.opts.max_restarts}")
+            return code
+        self.failures += 1
+        delay = min(self.opts.backoff_s * 2 ** (self.failures - 1), self.opts.max_backoff_s)
+        self.log(f"restart {self.failures}/{self.opts.max_restarts} in {delay:g}s")
+        return self.resume_command(), delay
+
+    def _stopped(self, attempt: Attempt | None) -> int:
+        """Exit code after a signal to the monitor (step 8)."""
+        name = signal.Signals(self.stop_signal).name
+        if attempt is not None and attempt.code == ec.PREEMPTED:
+            self.log(f"stopped by {name}; the run saved its state: continue it with --resume")
+            return ec.PREEMPTED
+        self.log(f"stopped by {name}")
+        return 128 + self.stop_signal
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep, waking early (returning False) if the monitor is told to stop."""
@@ -105,68 +213,119 @@ class Monitor:
             time.sleep(min(self.opts.poll_s, max(0.0, end - time.monotonic())))
         return self.stop_signal is None
 
-    def run_once(self, cmd: list[str]) -> int:
-        """Run one attempt to its end. Returns its exit code (128+signal if killed; 1 after a hang)."""
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def run_once(self, cmd: list[str], number: int) -> Attempt:
+        """Run one attempt to its end (steps 1-3)."""
         start = time.time()
+        self.log(f"attempt {number} start: {shlex.join(cmd)}")
         try:
-            proc = subprocess.Popen(cmd, start_new_session=True)
+            proc = subprocess.Popen(cmd, start_new_session=True, env=self._child_env())
         except OSError as e:
-            self.log(f"cannot start the command: {e}")
-            return 127
+            code = ec.NOT_FOUND if isinstance(e, FileNotFoundError) else ec.CANNOT_EXECUTE
+            self.log(f"attempt {number} cannot start: {e}")
+            return Attempt(number, start, code, str(e))
+        hang = self._watch(proc, start)
+        _signal_group(proc.pid, signal.SIGKILL)  # orphans of the attempt (stuck workers holding GPUs) must go
+        rc = proc.returncode
+        attempt = Attempt(number, start, rc if rc >= 0 else 128 - rc, hang or "")
+        if hang is None:
+            self._read_status(attempt)
+        self.log(f"attempt {number} exited: {ec.describe(attempt.code)} after {time.time() - start:.1f}s"
+                 + (f" (process exit code {rc})" if attempt.code != rc else "")
+                 + (f": {attempt.reason}" if attempt.reason else ""))
+        return attempt
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault(SHUTDOWN_ENV, str(max(1, int(self.opts.kill_grace_s * 0.9))))
+        return env
+
+    def _watch(self, proc: subprocess.Popen, start: float) -> str | None:
+        """Poll until the attempt exits; stop it on a hang or a signal. Returns the hang, if it hung."""
         while True:
             try:
-                rc = proc.wait(timeout=self.opts.poll_s)
-                break
+                proc.wait(timeout=self.opts.poll_s)
+                return None
             except subprocess.TimeoutExpired:
                 pass
             if self.stop_signal is not None:
-                self.kill_group(proc, "the monitor is stopping")
-                return 128 + self.stop_signal
-            stale = self.heartbeat_age(start)
-            if stale is not None:
-                self.kill_group(proc, stale)
-                return 1
-        self._kill_leftovers(proc)
-        code = rc if rc >= 0 else 128 - rc
-        self.log(f"attempt exited with code {rc}" + (f" (signal {-rc})" if rc < 0 else "")
-                 + f" after {time.time() - start:.1f}s")
-        return code
+                self.stop_group(proc, f"the monitor got {signal.Signals(self.stop_signal).name}")
+                return None
+            hang = self.hang(start)
+            if hang is not None:
+                self.stop_group(proc, hang)
+                return hang
 
-    def heartbeat_age(self, start: float) -> str | None:
-        """A description of the hang, or None while the heartbeat is fresh (or hang detection is off)."""
-        if self.opts.hang_timeout_s <= 0 or not self.opts.heartbeat:
+    def hang(self, start: float) -> str | None:
+        """A description of the hang, or None while the heartbeat is fresh for its section (step 2)."""
+        if not self.opts.heartbeat:
             return None
         beat = read_heartbeat(self.opts.heartbeat)
-        last = max(start, float(beat["time"])) if beat else start
-        age = time.time() - last
-        if age <= self.opts.hang_timeout_s:
+        if beat is not None and beat["time"] < start:
+            beat = None  # an earlier attempt's: this one has not beaten yet
+        section = beat["section"] if beat else STARTUP
+        flag, timeout = self._timeout(section)
+        age = time.time() - (beat["time"] if beat else start)
+        if timeout <= 0 or age <= timeout:
             return None
-        at = f"last heartbeat at iter {beat.get('iter')}" if beat and beat["time"] >= start else "no heartbeat yet"
-        return f"hang: nothing for {age:.1f}s > hang_timeout_s={self.opts.hang_timeout_s:g} ({at})"
+        where = (f"in {section} for {time.time() - beat['section_start']:.1f}s, last heartbeat at iter "
+                 f"{beat.get('iter')}") if beat else "no heartbeat yet"
+        return f"hang: no heartbeat for {age:.1f}s > {flag}={timeout:g} ({where})"
 
-    def kill_group(self, proc: subprocess.Popen, why: str) -> None:
-        """SIGTERM the attempt's process group, then SIGKILL whatever is left after kill_grace_s."""
-        self.log(f"stopping the attempt (pid {proc.pid}): {why}")
+    def _timeout(self, section: str) -> tuple[str, float]:
+        if section == STARTUP:
+            return "--startup_timeout_s", self.opts.startup_timeout_s
+        if section == CHECKPOINT:
+            return "--save_timeout_s", self.opts.save_timeout_s
+        return "--hang_timeout_s", self.opts.hang_timeout_s  # step, eval, and a section newer than this monitor
+
+    def stop_group(self, proc: subprocess.Popen, why: str) -> None:
+        """SIGTERM the attempt's process group (SIGCONT too: a stopped process acts on nothing), then SIGKILL
+        whatever is left after kill_grace_s, or at once on a second SIGINT."""
+        self.log(f"stopping attempt (pid {proc.pid}): {why}; SIGTERM, then SIGKILL after {self.opts.kill_grace_s:g}s")
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.opts.kill_grace_s)
-        except subprocess.TimeoutExpired:
-            self.log(f"no exit {self.opts.kill_grace_s:g}s after SIGTERM; sending SIGKILL")
+        _signal_group(proc.pid, signal.SIGCONT)
+        end = time.monotonic() + self.opts.kill_grace_s
+        while proc.poll() is None and time.monotonic() < end and not self.kill_now:
+            try:
+                proc.wait(timeout=min(self.opts.poll_s, max(0.0, end - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            self.log("second SIGINT: sending SIGKILL" if self.kill_now
+                     else f"no exit {self.opts.kill_grace_s:g}s after SIGTERM; sending SIGKILL")
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def _kill_leftovers(self, proc: subprocess.Popen) -> None:
-        """The leader has exited; orphans of the attempt (stuck workers holding GPUs) must not outlive it."""
-        _signal_group(proc.pid, signal.SIGKILL)
+    def _read_status(self, attempt: Attempt) -> None:
+        """Take the code and reason from a fresh exit_status.json (step 3)."""
+        if self.out_dir is None or attempt.code in (ec.CANNOT_EXECUTE, ec.NOT_FOUND):
+            return
+        deadline = time.monotonic() + (self.opts.status_wait_s if attempt.code != ec.OK else 0.0)
+        while True:
+            try:
+                status = read_exit_status(self.out_dir, since=attempt.started)
+            except ValueError as e:
+                self.log(f"ignoring the exit status: {e}")
+                return
+            if status is not None or time.monotonic() >= deadline or self.stop_signal is not None:
+                break
+            time.sleep(min(self.opts.poll_s, 0.5))
+        if status is None:
+            return
+        attempt.status, attempt.reason = status, status.reason
+        if attempt.code != ec.OK and status.code != ec.OK:  # rank 0 saying OK does not vouch for the others
+            attempt.code = status.code
+
+    # -- restarts and rollbacks ----------------------------------------------------------------
 
     def resume_command(self) -> list[str]:
-        """The command for a restart (step 4 of the module docstring)."""
+        """The command for a restart (steps 5 and 7)."""
         if self.out_dir is not None and not _has_complete_checkpoint(self.out_dir):
             self.log(f"no complete checkpoint in {self.out_dir}/ckpt yet: rerunning the original command")
             return list(self.cmd)
-        if "--resume" in self.cmd or any(a.startswith("--resume=") for a in self.cmd):
-            return list(self.cmd)
-        cmd = list(self.cmd)
+        cmd = [a for a in self.cmd if _flag_name(a) not in ROLLBACK_FLAGS]
         script = next((i for i, a in enumerate(cmd) if os.path.basename(a) == "train.py"), None)
         if script is not None:
             dropped = [a for a in cmd[script + 1:] if a.endswith(".py") and not a.startswith("-")]
@@ -175,7 +334,85 @@ class Monitor:
             cmd = cmd[:script + 1] + [a for a in cmd[script + 1:] if a not in dropped]
             if self.out_dir is None:
                 self.log("warning: the command has no --out_dir=RUN; train.py --resume needs it")
-        return cmd + ["--resume"]
+        if "--resume" not in cmd and not any(a.startswith("--resume=") for a in cmd):
+            cmd.append("--resume")
+        if self.rollback is not None and self._checkpoint_written_since(self.rollback.since):
+            self.rollback = None  # the run saved past the rollback: that checkpoint has the new data position
+        if self.rollback is not None:
+            cmd += [f"--resume_step={self.rollback.step}", f"--skip_data_to={self.rollback.skip_data_to}"]
+        return cmd
+
+    def roll_back(self, attempt: Attempt) -> int | tuple[list[str], float]:
+        """Resume from before a loss spike, skipping its data (steps 6-7). Returns SPIKE when it cannot."""
+        spike = attempt.status.spike if attempt.status is not None else None
+        if spike is None or self.out_dir is None:
+            self.log("stopping: exit code 4 (SPIKE) without a spike window in <out_dir>/exit_status.json")
+            return ec.SPIKE
+        what = f"loss spike at iters {spike.start_iter}..{spike.end_iter}"
+        if self.rollbacks >= self.opts.max_rollbacks:
+            self.log(f"stopping: {what}, and max_rollbacks={self.opts.max_rollbacks} rollback(s) are used up")
+            return ec.SPIKE
+        target = self._checkpoint_before(spike.start_iter)
+        if target is None:
+            self.log(f"stopping: {what}, and no complete checkpoint before iter {spike.start_iter} is left to "
+                     f"roll back to (keep more with --keep_last_n, or save more often)")
+            return ec.SPIKE
+        step, position = target
+        if (step, spike.consumed_end) in self.rolled_back_to:
+            self.log(f"stopping: {what}, and a rollback to step {step} skipping to {spike.consumed_end} was "
+                     f"already tried: the same start and data give the same run")
+            return ec.SPIKE
+        self.rollbacks += 1
+        if not self._set_aside(spike):
+            return ec.SPIKE
+        self.rolled_back_to.add((step, spike.consumed_end))
+        frm = f"data position {position}" if position is not None else f"step {step}'s data position"
+        self.log(f"rollback {self.rollbacks}/{self.opts.max_rollbacks}: {what} ({attempt.reason}); resuming from "
+                 f"step {step}, skipping the data from {frm} to {spike.consumed_end} (spike window "
+                 f"{spike.consumed_start}..{spike.consumed_end})")
+        self.rollback = Rollback(step, spike.consumed_end, time.time())
+        return self.resume_command(), 0.0
+
+    def _checkpoint_before(self, start_iter: int) -> tuple[int, int | None] | None:
+        """(step, its data position if recorded) of the newest checkpoint before start_iter that verifies
+        (sizes and sha256 against its COMPLETE, as train.py checks them); None if there is none."""
+        from utils.checkpoint import load_trainer_state, verify_checkpoint  # torch: only a rollback pays for it
+        for step, path in _step_dirs(self.out_dir):
+            if step >= start_iter:
+                continue
+            if not verify_checkpoint(path):
+                self.log(f"rollback: skipping {path}: it does not verify against its COMPLETE (torn or corrupted)")
+                continue
+            try:
+                position = load_trainer_state(path).get("consumed_micro_batches")
+            except ValueError:
+                position = None
+            return step, position
+        return None
+
+    def _set_aside(self, spike: SpikeWindow) -> bool:
+        """Move the step dirs written at or after the spike's start out of ckpt/ (step 6), logging each.
+        False (logged) if one cannot be moved: a later --resume could pick it."""
+        dest = Path(self.out_dir) / "rolled_back" / f"rollback_{self.rollbacks}"
+        for step, path in _step_dirs(self.out_dir):
+            if step < spike.start_iter:
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            try:
+                path.rename(dest / path.name)
+            except FileNotFoundError:
+                continue  # another node's monitor moved it first
+            except OSError as e:
+                self.log(f"stopping: cannot move {path} (written during the spike) aside: {e}")
+                return False
+            self.log(f"rollback: moved {path} (written during the spike) to {dest / path.name}")
+        return True
+
+    def _checkpoint_written_since(self, since: float) -> bool:
+        """Whether a complete step checkpoint was written at or after `since` (its COMPLETE's mtime)."""
+        if self.out_dir is None:
+            return False
+        return any(p.stat().st_mtime >= since for p in Path(self.out_dir).glob("ckpt/step_*/COMPLETE"))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -183,6 +420,10 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
 
 
 def _flag_value(cmd: list[str], flag: str) -> str | None:
@@ -197,33 +438,71 @@ def _flag_value(cmd: list[str], flag: str) -> str | None:
 
 
 def _has_complete_checkpoint(out_dir: str) -> bool:
-    root = Path(out_dir) / "ckpt"
-    return root.is_dir() and any((p / "COMPLETE").is_file() for p in root.glob("step_*"))
+    return any(Path(out_dir).glob("ckpt/step_*/COMPLETE"))
+
+
+def _step_of(path: Path) -> int | None:
+    """The step of a published step dir, named by utils/checkpoint.step_dir_name (`step_` + the zero-padded
+    step; a save in flight or a pruned dir is named .tmp-*, so it never matches)."""
+    digits = path.name[len("step_"):]
+    return int(digits) if path.name.startswith("step_") and digits.isdigit() else None
+
+
+def _step_dirs(out_dir: str) -> list[tuple[int, Path]]:
+    """(step, path) of every step dir under <out_dir>/ckpt, newest first."""
+    found = [(_step_of(p), p) for p in Path(out_dir).glob("ckpt/step_*") if p.is_dir()]
+    return sorted(((s, p) for s, p in found if s is not None), reverse=True)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as the description, and each option's default after its help (the options
+    without one say what they default to)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, argparse.SUPPRESS):
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="monitor_process.py", usage=USAGE, description=__doc__, formatter_class=_HelpFormatter)
+    add = p.add_argument
+    add("--max_restarts", type=int, metavar="N", default=10,
+        help="crash or hang restarts in a row without a new checkpoint before giving up")
+    add("--max_rollbacks", type=int, metavar="N", default=3, help="loss-spike rollbacks (exit code 4) before stopping (0: none)")
+    add("--hang_timeout_s", type=float, metavar="S", default=1800.0,
+        help="seconds without a heartbeat in the step or eval section before the run counts as hung (0: off)")
+    add("--startup_timeout_s", type=float, metavar="S", default=3600.0,
+        help="the same for start-up: until the attempt's first heartbeat, and in the startup section (0: off)")
+    add("--save_timeout_s", type=float, metavar="S", default=3600.0,
+        help="the same while the run writes a checkpoint (the checkpoint section) (0: off)")
+    add("--heartbeat", default=None, metavar="PATH", help="heartbeat file (default: <out_dir>/heartbeat.json of the command)")
+    add("--backoff_s", type=float, metavar="S", default=10.0, help="wait before the first restart, doubled after each failure")
+    add("--max_backoff_s", type=float, metavar="S", default=300.0, help="longest wait between restarts")
+    add("--kill_grace_s", type=float, metavar="S", default=600.0,
+        help="SIGTERM to SIGKILL delay: the time the run has to save a checkpoint when stopped")
+    add("--status_wait_s", type=float, metavar="S", default=10.0,
+        help="after a failed exit, how long to wait for <out_dir>/exit_status.json (rank 0 on another node)")
+    add("--poll_s", type=float, metavar="S", default=1.0, help="how often to check the command (seconds)")
+    add("--log_file", default=None, metavar="PATH", help="also append the log here (default: <out_dir>/monitor.log)")
+    return p
 
 
 def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
-    if "--" not in argv:
-        raise ValueError(f"no training command: put it after '--', as in: {USAGE}")
-    split = argv.index("--")
+    """(options, training command). Raises ValueError (one line) on a bad command line; --help exits 0."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    ns = build_parser().parse_args(argv[:split])
     cmd = argv[split + 1:]
+    if split == len(argv):
+        raise ValueError(f"monitor_process.py: no training command: put it after '--', as in: {USAGE}")
     if not cmd:
-        raise ValueError(f"the training command after '--' is empty; usage: {USAGE}")
-    p = argparse.ArgumentParser(prog="monitor_process.py", usage=USAGE)
-    p.add_argument("--max_restarts", type=int, default=10, help="restarts allowed before giving up")
-    p.add_argument("--hang_timeout_s", type=float, default=1800.0,
-                   help="seconds without a heartbeat before the run counts as hung (0: off)")
-    p.add_argument("--heartbeat", default=None, help="heartbeat file (default <out_dir>/heartbeat.json)")
-    p.add_argument("--backoff_s", type=float, default=10.0, help="wait before the first restart, doubled after")
-    p.add_argument("--max_backoff_s", type=float, default=300.0, help="longest wait between restarts")
-    p.add_argument("--kill_grace_s", type=float, default=30.0, help="SIGTERM to SIGKILL delay when stopping")
-    p.add_argument("--poll_s", type=float, default=1.0, help="how often to check the command (seconds)")
-    p.add_argument("--log_file", default=None, help="also append the monitor's log lines here")
-    ns = p.parse_args(argv[:split])
-    for name in ("max_restarts", "hang_timeout_s", "backoff_s", "max_backoff_s", "kill_grace_s"):
+        raise ValueError(f"monitor_process.py: the training command after '--' is empty; usage: {USAGE}")
+    for name in ("max_restarts", "max_rollbacks", "hang_timeout_s", "startup_timeout_s", "save_timeout_s",
+                 "backoff_s", "max_backoff_s", "kill_grace_s", "status_wait_s"):
         if getattr(ns, name) < 0:
-            raise ValueError(f"--{name} must be >= 0 (got {getattr(ns, name)})")
+            raise ValueError(f"monitor_process.py: --{name} must be >= 0 (got {getattr(ns, name)})")
     if ns.poll_s <= 0:
-        raise ValueError(f"--poll_s must be > 0 (got {ns.poll_s})")
+        raise ValueError(f"monitor_process.py: --poll_s must be > 0 (got {ns.poll_s})")
     return Options(**vars(ns)), cmd
 
 
@@ -231,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts, cmd = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as e:
-        print(f"monitor_process.py: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {e}", file=sys.stderr)
+        return ec.USER_ERROR
     return Monitor(cmd, opts).run()
 
 
