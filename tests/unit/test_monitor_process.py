@@ -256,6 +256,25 @@ def test_sigterm_is_forwarded_and_the_run_gets_its_grace_to_save(tmp_path):
     assert (tmp_path / "env.txt").read_text() == "9"  # torchrun's agent gets 90% of the grace
 
 
+@pytest.mark.slow
+def test_sigterm_through_torchrun_reaches_the_worker_and_its_exit_status(tmp_path):
+    """torchrun's agent exits 1 and puts its workers in sessions of their own: the SIGTERM must still reach the
+    worker through the agent, and the real code must come from exit_status.json."""
+    run = tmp_path / "run"
+    cmd = _monitor_cmd(tmp_path, "preempt", ["--kill_grace_s=20"], [f"--out_dir={run}"])
+    split = cmd.index("--") + 1
+    cmd[split:split + 1] = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--max_restarts=0"]
+    mon = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    mon.send_signal(signal.SIGTERM)
+    _, err = mon.communicate(timeout=60)
+    assert mon.returncode == ec.PREEMPTED, err
+    assert "exit code 5 (PREEMPTED: preempted (SIGTERM) and saved) after" in err and "(process exit code 1)" in err
+    assert (tmp_path / "saved").exists()
+
+
 def test_second_sigint_kills_at_once(tmp_path):
     cmd = _monitor_cmd(tmp_path, "hang_group", ["--kill_grace_s=60"], [])
     mon = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
