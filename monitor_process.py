@@ -41,8 +41,8 @@ Example:
    position already tried would only replay the same spike, and the monitor stops instead.
 7. Restarts after a rollback keep --resume_step=S --skip_data_to=C until the run writes a checkpoint of its
    own; from then on that checkpoint holds the new data position and a plain --resume is right.
-8. SIGTERM or SIGINT to the monitor: forward SIGTERM to the group and wait --kill_grace_s for the run to save
-   (a second SIGINT kills at once). Exit PREEMPTED if the run says it saved, else 128+signal.
+8. SIGTERM, SIGINT or SIGHUP to the monitor: forward SIGTERM to the group and wait --kill_grace_s for the run
+   to save (a second SIGINT kills at once). Exit PREEMPTED if the run says it saved, else 128+signal.
 Every event (start, exit code, reason, restart, rollback) is logged with a timestamp to stderr and to
 --log_file, by default <out_dir>/monitor.log (lines wait in memory until train.py has created <out_dir>).
 """
@@ -128,14 +128,25 @@ class Monitor:
         nodes of a multi-node run append to one monitor.log. Lines wait in memory until the log's directory
         exists: the run directory is train.py's to create, after its checks pass."""
         line = f"[monitor {self.host} {time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        print(line, file=sys.stderr, flush=True)
-        if not self.opts.log_file:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # a closed terminal must not end the supervision
+        if self.opts.log_file:
+            self._pending.append(line)
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        path = Path(self.opts.log_file)
+        if not path.parent.is_dir():
             return
-        self._pending.append(line)
-        if Path(self.opts.log_file).parent.is_dir():
-            with open(self.opts.log_file, "a", encoding="utf-8") as fh:
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
                 fh.write("".join(p + "\n" for p in self._pending))
-            self._pending.clear()
+        except OSError as e:  # a full disk must not end the supervision either
+            self.opts.log_file = None
+            self.log(f"cannot append to {path} ({e}); logging to stderr only")
+        self._pending.clear()
 
     def _on_signal(self, signum, _frame) -> None:
         if self.stop_signal is not None and signum == signal.SIGINT:
@@ -147,8 +158,8 @@ class Monitor:
 
     def run(self) -> int:
         """The supervision loop (module docstring). Returns the monitor's exit code."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         o = self.opts
         hang = (f"hang timeouts step/eval {o.hang_timeout_s:g}s, startup {o.startup_timeout_s:g}s, checkpoint "
                 f"{o.save_timeout_s:g}s on {o.heartbeat}") if o.heartbeat else "no hang detection (no heartbeat)"
@@ -469,15 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--max_restarts", type=int, metavar="N", default=10,
         help="crash or hang restarts in a row without a new checkpoint before giving up")
-    add("--max_rollbacks", type=int, metavar="N", default=3, help="loss-spike rollbacks (exit code 4) before stopping (0: none)")
+    add("--max_rollbacks", type=int, metavar="N", default=3,
+        help="loss-spike rollbacks (exit code 4) before stopping (0: none)")
     add("--hang_timeout_s", type=float, metavar="S", default=1800.0,
         help="seconds without a heartbeat in the step or eval section before the run counts as hung (0: off)")
     add("--startup_timeout_s", type=float, metavar="S", default=3600.0,
         help="the same for start-up: until the attempt's first heartbeat, and in the startup section (0: off)")
     add("--save_timeout_s", type=float, metavar="S", default=3600.0,
         help="the same while the run writes a checkpoint (the checkpoint section) (0: off)")
-    add("--heartbeat", default=None, metavar="PATH", help="heartbeat file (default: <out_dir>/heartbeat.json of the command)")
-    add("--backoff_s", type=float, metavar="S", default=10.0, help="wait before the first restart, doubled after each failure")
+    add("--heartbeat", default=None, metavar="PATH",
+        help="heartbeat file (default: <out_dir>/heartbeat.json of the command)")
+    add("--backoff_s", type=float, metavar="S", default=10.0,
+        help="wait before the first restart, doubled after each failure")
     add("--max_backoff_s", type=float, metavar="S", default=300.0, help="longest wait between restarts")
     add("--kill_grace_s", type=float, metavar="S", default=600.0,
         help="SIGTERM to SIGKILL delay: the time the run has to save a checkpoint when stopped")

@@ -1,15 +1,15 @@
 """The exit codes of train.py, in one place: what each one means and what monitor_process.py does with it.
 
-| code | name           | train.py exits with it when ...                                  | the monitor then ...             |
-|------|----------------|------------------------------------------------------------------|----------------------------------|
-| 0    | OK             | the run finished                                                 | stops, exit 0                    |
-| 1    | CRASH          | anything unexpected (an uncaught exception, a failed collective) | restarts with --resume, backoff  |
-| 2    | USER_ERROR     | the config or the data is wrong (bad key, missing file)         | stops at once, exit 2            |
-| 3    | NAN            | the loss stayed non-finite (the last finite checkpoint is kept)  | stops at once, exit 3            |
-| 4    | SPIKE          | --spike_rollback saw a loss spike (window in exit_status.json)   | rolls back, skips the window     |
-| 5    | PREEMPTED      | SIGTERM: it finished the iteration, saved, and exited            | restarts with --resume at once   |
-| 126  | CANNOT_EXECUTE | (the shell) the command exists but cannot be executed            | stops at once, never --resume    |
-| 127  | NOT_FOUND      | (the shell) the command does not exist                           | stops at once, never --resume    |
+| code | name           | train.py exits with it when ...                             | the monitor then ...           |
+|------|----------------|-------------------------------------------------------------|--------------------------------|
+| 0    | OK             | the run finished                                            | stops, exit 0                  |
+| 1    | CRASH          | anything unexpected (uncaught exception, failed collective) | resumes after a backoff        |
+| 2    | USER_ERROR     | the config or the data is wrong (bad key, missing file)     | stops at once, exit 2          |
+| 3    | NAN            | the loss stayed non-finite (last finite checkpoint kept)    | stops at once, exit 3          |
+| 4    | SPIKE          | --spike_rollback saw a loss spike (see exit_status.json)    | rolls back, skips the window   |
+| 5    | PREEMPTED      | SIGTERM: it finished the iteration, saved and exited        | resumes at once                |
+| 126  | CANNOT_EXECUTE | (the shell) the command exists but cannot be executed       | stops at once, never --resume  |
+| 127  | NOT_FOUND      | (the shell) the command does not exist                      | stops at once, never --resume  |
 
 Why these values:
 

@@ -433,6 +433,14 @@ def test_resume_command_for_train_py(tmp_path):
     assert Monitor(cmd + ["--skip_data_to=9"], _opts()).resume_command()[-1] == "--resume"
 
 
+def test_a_log_file_that_cannot_be_written_does_not_stop_the_monitor(tmp_path, capsys):
+    mon = Monitor(["x"], _opts(log_file=tmp_path))  # a directory: open() fails
+    mon.log("hello")
+    mon.log("again")
+    err = capsys.readouterr().err
+    assert "hello" in err and "again" in err and err.count("cannot append to") == 1
+
+
 def test_help_lists_every_option_with_its_default():
     res = subprocess.run([sys.executable, str(ROOT / "monitor_process.py"), "--help"], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=30)
