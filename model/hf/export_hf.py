@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from model.config import Z2allConfig
-from model.hf.names import LAYER_NAMES, TOP_LEVEL_NAMES
+from model.hf.names import one_to_one_pairs
 from model.weights import read_pretrained, resolve_model_dir
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -76,12 +76,9 @@ def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
 def to_hf_state(cfg: Z2allConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Z2all state dict → HF Llama/Qwen2 state dict (contiguous copies; no lm_head when tied)."""
     D, Hq, Hk, I = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size
-    out = {hf: state[ours] for ours, hf in TOP_LEVEL_NAMES.items()}
-    if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = state["lm_head.weight"]
+    out = {hf: state[ours] for ours, hf in one_to_one_pairs(cfg.n_layers, cfg.tie_word_embeddings)}
     for i in range(cfg.n_layers):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
-        out.update({dst + hf: state[src + ours] for ours, hf in LAYER_NAMES.items()})
         for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
             q, k, v = state[f"{src}attn.qkv_proj.{kind}"].split([Hq * D, Hk * D, Hk * D], dim=0)
             out[f"{dst}self_attn.q_proj.{kind}"] = q

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from model.config import Z2allConfig
-from model.hf.names import LAYER_NAMES, TOP_LEVEL_NAMES
+from model.hf.names import one_to_one_pairs
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")
@@ -95,12 +95,9 @@ def load_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 def from_hf_state(cfg: Z2allConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF state dict → Z2all state dict (fuses q/k/v and gate/up by concatenating rows)."""
-    out = {ours: hf[name] for ours, name in TOP_LEVEL_NAMES.items()}
-    if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = hf["lm_head.weight"]
+    out = {ours: hf[name] for ours, name in one_to_one_pairs(cfg.n_layers, cfg.tie_word_embeddings)}
     for i in range(cfg.n_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
-        out.update({dst + ours: hf[src + name] for ours, name in LAYER_NAMES.items()})
         for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
             parts = [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
             out[f"{dst}attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)

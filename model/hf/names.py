@@ -11,3 +11,13 @@ LAYER_NAMES = {
     "attn.o_proj.weight": "self_attn.o_proj.weight",
     "mlp.down_proj.weight": "mlp.down_proj.weight",
 }
+
+
+def one_to_one_pairs(n_layers: int, tie_word_embeddings: bool) -> list[tuple[str, str]]:
+    """(our key, HF key) for every tensor that maps one to one, the untied lm_head included."""
+    pairs = list(TOP_LEVEL_NAMES.items())
+    if not tie_word_embeddings:
+        pairs.append(("lm_head.weight", "lm_head.weight"))
+    for i in range(n_layers):
+        pairs += [(f"layers.{i}.{ours}", f"model.layers.{i}.{hf}") for ours, hf in LAYER_NAMES.items()]
+    return pairs
