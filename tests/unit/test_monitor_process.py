@@ -239,16 +239,21 @@ def test_preempted_without_a_checkpoint_counts_as_a_failure(tmp_path):
 # -- signals to the monitor ----------------------------------------------------------------------------------
 
 
+def _sigterm_once_started(cmd, tmp_path, start_s: float, stop_s: float):
+    """Start the monitor, SIGTERM it once the fake run has started; (the finished process, its stderr)."""
+    mon = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + start_s
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    mon.send_signal(signal.SIGTERM)
+    return mon, mon.communicate(timeout=stop_s)[1]
+
+
 @pytest.mark.slow
 def test_sigterm_is_forwarded_and_the_run_gets_its_grace_to_save(tmp_path):
     run = tmp_path / "run"
     cmd = _monitor_cmd(tmp_path, "preempt", ["--kill_grace_s=10"], [f"--out_dir={run}"])
-    mon = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while not (tmp_path / "started").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    mon.send_signal(signal.SIGTERM)
-    _, err = mon.communicate(timeout=30)
+    mon, err = _sigterm_once_started(cmd, tmp_path, start_s=20, stop_s=30)
     assert mon.returncode == ec.PREEMPTED, err
     assert (tmp_path / "saved").exists() and len(_attempts(tmp_path)) == 1
     assert "the monitor got SIGTERM" in err and "SIGKILL after 10s" in err and "no exit" not in err
@@ -264,12 +269,7 @@ def test_sigterm_through_torchrun_reaches_the_worker_and_its_exit_status(tmp_pat
     cmd = _monitor_cmd(tmp_path, "preempt", ["--kill_grace_s=20"], [f"--out_dir={run}"])
     split = cmd.index("--") + 1
     cmd[split:split + 1] = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--max_restarts=0"]
-    mon = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (tmp_path / "started").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    mon.send_signal(signal.SIGTERM)
-    _, err = mon.communicate(timeout=60)
+    mon, err = _sigterm_once_started(cmd, tmp_path, start_s=60, stop_s=60)
     assert mon.returncode == ec.PREEMPTED, err
     assert "exit code 5 (PREEMPTED: preempted (SIGTERM) and saved) after" in err and "(process exit code 1)" in err
     assert (tmp_path / "saved").exists()
