@@ -106,7 +106,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, t
     step_input = ids
     try:
         for _ in range(max_new_tokens):
-            hidden = model._hidden(step_input, kv_cache=cache)
+            hidden = model.hidden_states(step_input, kv_cache=cache)
             logits = model.lm_head(hidden[:, -1])
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:

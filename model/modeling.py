@@ -253,7 +253,7 @@ class Z2allForCausalLM(nn.Module):
     def _host_checks(self, t: torch.Tensor) -> bool:
         return t.device.type == "cpu" or self.config.debug_checks
 
-    def _hidden(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, kv_cache=None):
+    def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, kv_cache=None):
         """Final normed hidden states (B, T, d)."""
         B, T = _check_shapes(input_ids, position_ids, cu_seqlens)
         if self._host_checks(input_ids):
@@ -309,7 +309,7 @@ class Z2allForCausalLM(nn.Module):
             targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
         if targets is not None and self._host_checks(targets):
             _check_range("labels/targets (other than -100)", targets[targets != -100], self.config.vocab_size)
-        hidden = self._hidden(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
+        hidden = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
         loss = logits = None
         if targets is not None:
             loss = ops.fused_linear_cross_entropy(
