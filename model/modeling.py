@@ -294,14 +294,15 @@ class Z2allForCausalLM(nn.Module):
         position_ids (B,T) or (1,T): RoPE positions (default: 0..T-1, or per document when cu_seqlens is
         given). cu_seqlens (n_docs+1,) int32: document offsets over the flattened B*T tokens; attention
         never crosses a document. max_seqlen: the longest document (default T; pass it when documents may
-        span rows). loss_reduction: "mean" over non-ignored tokens or "sum".
+        span rows). loss_reduction: "mean" over non-ignored tokens, "sum", or "none": the (B,T) fp32 loss of
+        each position (0 where ignored), for losses that weigh tokens afterwards (DPO's sequence log-probs).
         Logits (B,T,V) are returned when return_logits=True, or when neither labels nor targets is given;
         the loss never materialises them (fused linear cross-entropy in chunks).
         """
         if labels is not None and targets is not None:
             raise ValueError("pass either labels (HF convention, shifted inside) or targets (pre-aligned), not both")
-        if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if loss_reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
         for name, t in (("labels", labels), ("targets", targets)):
             if t is not None and t.shape != input_ids.shape:
                 raise ValueError(f"{name} shape {tuple(t.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
@@ -311,7 +312,11 @@ class Z2allForCausalLM(nn.Module):
             _check_range("labels/targets (other than -100)", targets[targets != -100], self.config.vocab_size)
         hidden = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
         loss = logits = None
-        if targets is not None:
+        if targets is not None and loss_reduction == "none":
+            loss = ops.linear_cross_entropy_per_token(
+                hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1), ignore_index=-100,
+                chunk_size=self.config.cross_entropy_chunk_size).view(targets.shape)
+        elif targets is not None:
             loss = ops.fused_linear_cross_entropy(
                 hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1),
                 ignore_index=-100, reduction=loss_reduction, chunk_size=self.config.cross_entropy_chunk_size,

@@ -6,7 +6,8 @@ Triton is optional: without it every op still works through its torch path.
 from model.ops._triton_utils import resolve_impl, triton_available
 from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
 from model.ops.attention import attention, attention_ref, flash_attn_available
-from model.ops.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_ref
+from model.ops.cross_entropy import (fused_linear_cross_entropy, linear_cross_entropy_per_token,
+                                     linear_cross_entropy_ref)
 from model.ops.linear import linear
 from model.ops.rmsnorm import rms_norm, rms_norm_ref
 from model.ops.rope import apply_rope, apply_rope_ref, rope_cache, rope_qkv, rope_qkv_ref
@@ -22,6 +23,7 @@ __all__ = [
     "flash_attn_available",
     "fused_linear_cross_entropy",
     "linear",
+    "linear_cross_entropy_per_token",
     "linear_cross_entropy_ref",
     "resolve_impl",
     "rms_norm",

@@ -241,3 +241,32 @@ def fused_linear_cross_entropy(
         hidden.contiguous(), weight, targets.contiguous(), bias, int(ignore_index), reduction, int(chunk_size),
         use_triton, torch.is_grad_enabled(),
     )
+
+
+def _chunk_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                        ignore_index: int) -> torch.Tensor:
+    logits = (hidden @ weight.t()).float()
+    picked = logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    return torch.where(targets == ignore_index, 0.0, torch.logsumexp(logits, dim=-1) - picked)
+
+
+def linear_cross_entropy_per_token(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                   ignore_index: int = -100, chunk_size: int = 4096) -> torch.Tensor:
+    """(N,) fp32 per-token cross-entropy of (hidden @ weight^T) against targets, 0 where ignored.
+
+    For losses that weigh tokens after the forward (DPO's per-sequence log-probs): the upstream gradient of
+    each token is only known in backward, so the fused kernel above, which computes its gradients in the
+    forward, cannot serve. Each chunk of C tokens runs under activation checkpointing instead: only one
+    (C, V) block of logits lives at a time, in forward and again when backward recomputes it.
+    """
+    _check_ce_args(hidden, weight, targets, None, "sum", chunk_size)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = []
+    for s in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[s:s + chunk_size], targets[s:s + chunk_size]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_token_losses, h, weight, t, ignore_index, use_reentrant=False))
+        else:
+            parts.append(_chunk_token_losses(h, weight, t, ignore_index))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
