@@ -242,8 +242,8 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.comm_hook == "reduce_scatter" and not d.use_distributed_optimizer:
         raise ValueError("--comm_hook=reduce_scatter leaves each rank a shard of the grads: it needs "
                          "--use_distributed_optimizer; add it or use --comm_hook=allreduce")
-    if d.use_distributed_optimizer and d.comm_hook != "reduce_scatter":
-        raise ValueError(f"--use_distributed_optimizer needs --comm_hook=reduce_scatter, got "
+    if d.use_distributed_optimizer and d.comm_hook not in ("reduce_scatter", "powersgd"):
+        raise ValueError(f"--use_distributed_optimizer needs --comm_hook=reduce_scatter (or powersgd), got "
                          f"--comm_hook={d.comm_hook}; drop --comm_hook (it then defaults to reduce_scatter)")
     if o.overlap_param_gather and not d.use_distributed_optimizer:
         raise ValueError("--overlap_param_gather needs --use_distributed_optimizer (there is no gather without "

@@ -3,9 +3,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce")
+COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce", "powersgd")
 LOSS_REDUCTIONS = ("mean", "sum")
 FUSION_MODES = ("auto", "on", "off")
+
+
+def check_powersgd(rank: int, start_iter: int, min_compression_rate: float, seed: int) -> None:
+    """The PowerSGD settings' rules (DDPConfig.validate and PowerSGDState share them)."""
+    if rank < 1:
+        raise ValueError(f"--powersgd_rank must be at least 1, got {rank}; 4 is the default")
+    if start_iter < 0:
+        raise ValueError(f"--powersgd_start_iter counts steps and cannot be negative, got {start_iter}")
+    if not min_compression_rate > 0:
+        raise ValueError(f"--powersgd_min_compression_rate must be positive, got {min_compression_rate}; "
+                         f"2.0 is the default")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--powersgd_seed must be in [0, 2**63), got {seed}")
 
 
 @dataclass
@@ -14,7 +27,7 @@ class DDPConfig:
     overlap_grad_reduce: bool = True  # launch a bucket's reduction in backward as soon as it is ready
     bucket_size: int = 40_000_000  # elements per bucket (about; padded to lcm(world, 128))
     disable_bucketing: bool = False  # one bucket for the whole buffer
-    comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce
+    comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce | powersgd
     use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
     loss_reduction: str = "mean"  # mean: average grads over ranks; sum: divide by total tokens
     dist_timeout_s: int = 600  # seconds before a hung collective becomes an error
@@ -22,6 +35,14 @@ class DDPConfig:
     # the model's linear layers add their weight grads into main_grad inside the weight-grad GEMM (no bf16 grad,
     # no separate accumulate kernel); auto = on for CUDA, off on the CPU
     gradient_accumulation_fusion: str = "auto"  # auto | on | off
+    # PowerSGD (--comm_hook=powersgd, parallel/comm_hooks/powersgd.py): each n×m gradient matrix is sent as
+    # (n+m)·rank numbers instead of n·m
+    powersgd_rank: int = 4  # rank of each gradient matrix's approximation (higher: closer to all-reduce, more bytes)
+    powersgd_start_iter: int = 10  # optimizer steps of plain all-reduce before compression starts
+    powersgd_min_compression_rate: float = 2.0  # send a matrix uncompressed unless n·m / ((n+m)·rank) exceeds this
+    powersgd_error_feedback: bool = True  # carry what the approximation missed into the next step (per rank)
+    powersgd_warm_start: bool = True  # start each step's power iteration from the last step's Q
+    powersgd_seed: int = 0  # seed of the random Q, the same on every rank (independent of --seed)
 
     def validate(self) -> None:
         if self.comm_hook not in COMM_HOOKS:
@@ -35,3 +56,5 @@ class DDPConfig:
             raise ValueError(f"--bucket_size must be positive, got {self.bucket_size}")
         if self.dist_timeout_s <= 0:
             raise ValueError(f"--dist_timeout_s must be positive, got {self.dist_timeout_s}")
+        check_powersgd(self.powersgd_rank, self.powersgd_start_iter, self.powersgd_min_compression_rate,
+                       self.powersgd_seed)

@@ -19,7 +19,7 @@ from torch import nn
 
 from parallel.collectives import all_gather
 from parallel.comm_hooks.bucket import BucketParam, CommHook, GradBucket, Hook
-from parallel.comm_hooks.default import build_hook
+from parallel.comm_hooks.registry import build_hook
 from parallel.config import DDPConfig
 from parallel.dist import DistContext
 from parallel.param_and_grad_buffer import ParamAndGradBuffer
@@ -143,7 +143,7 @@ class DistributedDataParallel(nn.Module):
         self._zeroed = None  # CUDA event: the comm stream zeroed the grad buffers (zero_grad_buffer)
         self._gather_pending = False
         self._prehooks_installed = False
-        self._comm_hook = CommHook(*build_hook(ddp_config.comm_hook))
+        self._comm_hook = CommHook(*build_hook(ddp_config))
         grad_hook = self._make_grad_hook()
         self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
         self._install_weight_grad_sink()

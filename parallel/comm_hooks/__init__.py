@@ -4,10 +4,11 @@ from parallel.comm_hooks.default import (
     DefaultHookState,
     allreduce_hook,
     bf16_compress_wrapper,
-    build_hook,
     reduce_scatter_hook,
     stream_wrapper,
 )
+from parallel.comm_hooks.powersgd import PowerSGDState, powersgd_hook
+from parallel.comm_hooks.registry import build_hook
 
-__all__ = ["BucketParam", "CommHook", "DefaultHookState", "GradBucket", "Hook", "allreduce_hook",
-           "bf16_compress_wrapper", "build_hook", "reduce_scatter_hook", "stream_wrapper"]
+__all__ = ["BucketParam", "CommHook", "DefaultHookState", "GradBucket", "Hook", "PowerSGDState", "allreduce_hook",
+           "bf16_compress_wrapper", "build_hook", "powersgd_hook", "reduce_scatter_hook", "stream_wrapper"]

@@ -28,6 +28,10 @@ class DefaultHookState:
     def load_state_dict(self, state: dict) -> None:
         self.prescale = bool(state["prescale"])
 
+    def metrics(self) -> dict[str, float]:
+        """Nothing to report (the same call on every hook state: PowerSGDState reports its compression)."""
+        return {}
+
 
 def apply_scale(t: torch.Tensor, scale) -> torch.Tensor:
     """t *= scale in place, skipping the kernel for a Python 1.0 (a tensor scale never forces a host sync)."""
@@ -141,14 +145,3 @@ def stream_wrapper(hook: Hook) -> Hook:
 
     stream_hook.__name__ = f"stream({getattr(hook, '__name__', 'hook')})"
     return stream_hook
-
-
-def build_hook(name: str) -> tuple[DefaultHookState, Hook]:
-    """The (state, hook) pair for DDPConfig.comm_hook."""
-    if name == "allreduce":
-        return DefaultHookState(), allreduce_hook
-    if name == "reduce_scatter":
-        return DefaultHookState(), reduce_scatter_hook
-    if name == "bf16_allreduce":
-        return DefaultHookState(), bf16_compress_wrapper(allreduce_hook)
-    raise ValueError(f"--comm_hook={name!r} is not one of allreduce, reduce_scatter, bf16_allreduce")

@@ -21,7 +21,11 @@ from parallel.comm_hooks.bucket import GradBucket, Hook
 
 
 class PostReduceState:
-    """Inner (state, hook) plus the per-bucket callback. Checkpoints carry the inner state only."""
+    """Inner (state, hook) plus the per-bucket callback.
+
+    It forwards state_dict(), load_state_dict() and metrics() to the inner state, so a checkpoint of the hook
+    state and ``ddp.comm_hook.state.metrics()`` are the same whether or not the optimizer wrapped the hook.
+    """
 
     def __init__(self, inner_hook: Hook, inner_state, callback: Callable[[GradBucket], None]):
         self.inner_hook = inner_hook
@@ -29,12 +33,14 @@ class PostReduceState:
         self.callback = callback
 
     def state_dict(self) -> dict:
-        inner = self.inner_state.state_dict() if hasattr(self.inner_state, "state_dict") else None
-        return {"inner": inner}
+        return self.inner_state.state_dict() if hasattr(self.inner_state, "state_dict") else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("inner") is not None and hasattr(self.inner_state, "load_state_dict"):
-            self.inner_state.load_state_dict(state["inner"])
+        if hasattr(self.inner_state, "load_state_dict"):
+            self.inner_state.load_state_dict(state)
+
+    def metrics(self) -> dict[str, float]:
+        return self.inner_state.metrics() if hasattr(self.inner_state, "metrics") else {}
 
 
 def post_reduce_hook(state: PostReduceState, bucket: GradBucket) -> torch.futures.Future:
