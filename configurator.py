@@ -28,10 +28,13 @@ from dataset.config import DataConfig
 from model.config import Z2allConfig
 from optimizer.config import OptimizerConfig
 from parallel.config import DDPConfig
-from tasks.config import TrainConfig
+from tasks.config import FinetuneConfig, TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG_FILE = os.path.join(ROOT, "configs", "default.py")
+# the recipe a run gets without a config file, by --task_type
+DEFAULT_CONFIG_FILES = {"pretrain": DEFAULT_CONFIG_FILE, "sft": os.path.join(ROOT, "configs", "sft.py"),
+                        "dpo": os.path.join(ROOT, "configs", "dpo.py")}
 EXP_CONFIG_NAME = "exp_config.json"  # the resolved config of a run: data, parsed on --resume, never executed
 LEGACY_EXP_CONFIG_NAME = "exp_config.py"  # what runs written before exp_config.json hold; read as literals only
 
@@ -45,9 +48,12 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # where the model shape came from, for the start-up line (not a key: build_config fills it in)
+    shape_source: str = field(default="the defaults (the seed 1.25B shape)", compare=False)
 
     def sections(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in _section_fields()}
 
     def flat(self) -> dict[str, object]:
         """Every key with its value, as on the command line."""
@@ -61,11 +67,16 @@ class ExperimentConfig:
 # key table and value parsing
 
 
+def _section_fields() -> list[dataclasses.Field]:
+    """The fields of ExperimentConfig that are config sections (each a dataclass made by its default_factory)."""
+    return [f for f in dataclasses.fields(ExperimentConfig) if f.default_factory is not dataclasses.MISSING]
+
+
 def _key_table() -> dict[str, tuple[str, type]]:
     """Map each flat key to (section name, field type). Keys must be unique across sections."""
     table: dict[str, tuple[str, type]] = {}
     hints_cache = {}
-    for sec in dataclasses.fields(ExperimentConfig):
+    for sec in _section_fields():
         cls = sec.default_factory  # type: ignore[attr-defined]
         hints = hints_cache.setdefault(cls, typing.get_type_hints(cls))
         for f in dataclasses.fields(cls):
@@ -209,16 +220,46 @@ def build_config(argv: list[str]) -> ExperimentConfig:
             )
         if "out_dir" not in args.overrides:
             raise ValueError("--resume needs the run to continue: add --out_dir=RUN")
+        if args.overrides.get("init_from"):
+            raise ValueError("--resume and --init_from exclude each other: resume continues a run (its weights come "
+                             "from its checkpoint), init_from starts a new one")
         file_values = read_run_config(str(args.overrides["out_dir"]))
+        source = f"the run's {EXP_CONFIG_NAME}"
     else:
-        file_values = read_config_file(args.config_file or DEFAULT_CONFIG_FILE)
+        task = str(args.overrides.get("task_type", "pretrain"))
+        path = args.config_file or DEFAULT_CONFIG_FILES.get(task, DEFAULT_CONFIG_FILE)
+        file_values = read_config_file(path)
+        source = os.path.relpath(path) if not path.startswith("..") else path
     given |= set(file_values)
     apply_values(cfg, file_values)
     apply_values(cfg, args.overrides)
     cfg.train.resume = resume
+    cfg.shape_source = _shape_source(args.overrides, file_values, source)
+    if not resume and cfg.train.init_from:
+        given |= _inherit_architecture(cfg, given)
     derive(cfg, given)
     validate(cfg)
     return cfg
+
+
+def _shape_source(overrides: dict, file_values: dict, file_source: str) -> str:
+    if "hidden_dim" in overrides:
+        return "the command line"
+    return file_source if "hidden_dim" in file_values else "the defaults (the seed 1.25B shape)"
+
+
+def _inherit_architecture(cfg: ExperimentConfig, given: set[str]) -> set[str]:
+    """--init_from: the model keys of ARCH_KEYS that no file or flag set come from that run's config."""
+    from model.config import ARCH_KEYS
+    from model.weights import read_config
+
+    saved, where = read_config(cfg.train.init_from)
+    taken = {k for k in ARCH_KEYS if k not in given}
+    for k in taken:
+        setattr(cfg.model, k, getattr(saved, k))
+    if "hidden_dim" in taken:
+        cfg.shape_source = f"--init_from={cfg.train.init_from} ({where})"
+    return taken
 
 
 def derive(cfg: ExperimentConfig, given: set[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -99,7 +100,7 @@ def describe_run(cfg: ExperimentConfig, ctx: DistContext, model, dtype) -> str:
     t = cfg.train
     return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
             f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
-            f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}")
+            f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Run:
     optimizer: object
     task: object
     ckpt: CheckpointManager
-    tokenizer_dir: str
+    tokenizer: object  # Z2allTokenizer or None
     resume_dir: object
     resume_state: dict | None
 
@@ -121,7 +122,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     t = cfg.train
     check_writable(t.out_dir)
     spec = TASKS[t.task_type]
-    data = spec.locate_data(cfg.data, ctx)
+    data = spec.locate_data(cfg, ctx)
     tokenizer = load_tokenizer(cfg, data.tokenizer_dir)
     dtype = resolve_dtype(t.dtype, ctx.device)
     ckpt = CheckpointManager(t.out_dir, keep_last_n=t.keep_last_n, rank=ctx.rank, world_size=ctx.world_size,
@@ -136,10 +137,9 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
         optimizer.load_state_dict(load_optim_states(resume_dir))
     if t.compile:
         model.compile()
-    task = spec.build(cfg, ctx, tokenizer, data)
+    task = spec.build(cfg, ctx, tokenizer, data, dtype)
     print0(describe_run(cfg, ctx, model, dtype), rank=ctx.rank)
-    return Run(model, ddp, optimizer, task, ckpt, data.tokenizer_dir if tokenizer is not None else "", resume_dir,
-               resume_state)
+    return Run(model, ddp, optimizer, task, ckpt, tokenizer, resume_dir, resume_state)
 
 
 def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
@@ -148,8 +148,11 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
     if ctx.is_main:
         r.ckpt.remove_stale_tmp()
         configurator.save_config(cfg, t.out_dir)
-        if r.tokenizer_dir:
-            copy_tokenizer(r.tokenizer_dir, t.out_dir)
+        if r.tokenizer is not None:
+            # saved afresh, not copied: the run's tokenizer/ carries today's chat template (BOS first, as trained)
+            with tempfile.TemporaryDirectory() as tmp:
+                r.tokenizer.save_pretrained(tmp)
+                copy_tokenizer(tmp, t.out_dir)
     # A fresh run starts metrics.jsonl over (resume_iter=0); a resumed one drops what the killed run
     # logged after its last checkpoint.
     logger = MetricsLogger(t.out_dir if ctx.is_main else None, enabled=ctx.is_main, tensorboard=t.tensorboard,

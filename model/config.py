@@ -17,6 +17,10 @@ ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 # The fields that define the parameter shapes: weights load only into a model with the same values.
 SHAPE_KEYS = ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
               "tie_word_embeddings", "attention_bias")
+# What a model built from another run's weights takes from that run unless set: the shapes and what the weights
+# were trained with (positions, RoPE, norm epsilon, residual precision).
+ARCH_KEYS = SHAPE_KEYS + ("multiple_of", "max_seq_len", "rope_theta", "rope_scaling_type", "rope_scaling_factor",
+                          "rms_norm_eps", "residual_in_fp32")
 
 
 @dataclass

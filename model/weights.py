@@ -59,10 +59,8 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
-def read_pretrained(path: str | os.PathLike) -> tuple[Z2allConfig, dict[str, torch.Tensor], Path]:
-    """(config, state dict on the CPU, the resolved dir) of a saved dir, a checkpoint step dir or a run dir."""
-    from safetensors.torch import load_file
-
+def read_config(path: str | os.PathLike) -> tuple[Z2allConfig, Path]:
+    """(config, the resolved dir) of a saved dir, a checkpoint step dir or a run dir; the weights are not read."""
     model_dir = resolve_model_dir(path)
     config_path = model_dir / CONFIG_NAME
     try:
@@ -71,7 +69,15 @@ def read_pretrained(path: str | os.PathLike) -> tuple[Z2allConfig, dict[str, tor
         raise ValueError(f"cannot read {config_path}: {e}; the checkpoint is damaged, pick another one") from e
     if isinstance(raw.get("model"), dict):
         raw = raw["model"]
-    return Z2allConfig.from_dict(raw), _strip_prefixes(load_file(str(model_dir / WEIGHTS_NAME))), model_dir
+    return Z2allConfig.from_dict(raw), model_dir
+
+
+def read_pretrained(path: str | os.PathLike) -> tuple[Z2allConfig, dict[str, torch.Tensor], Path]:
+    """(config, state dict on the CPU, the resolved dir) of a saved dir, a checkpoint step dir or a run dir."""
+    from safetensors.torch import load_file
+
+    config, model_dir = read_config(path)
+    return config, _strip_prefixes(load_file(str(model_dir / WEIGHTS_NAME))), model_dir
 
 
 def load_pretrained_into(model: nn.Module, path: str | os.PathLike, fix: str) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TASK_TYPES = ("pretrain",)  # each entry is one file in tasks/; sft and dpo join it with their issue
+TASK_TYPES = ("pretrain", "sft", "dpo")  # each entry is one file in tasks/
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -16,7 +16,7 @@ class TrainConfig:
     """The run itself: where it writes, how long it trains, how it logs and saves."""
 
     out_dir: str = "out/default"  # run directory: exp_config.py, ckpt/, metrics.jsonl, tb/, loss.png
-    task_type: str = "pretrain"  # pretrain (sft and dpo arrive with their own issue)
+    task_type: str = "pretrain"  # pretrain | sft (conversations) | dpo (preference pairs)
     batch_size: int = 8  # sequences per micro-batch per rank
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step across ALL ranks (divided by world size)
     max_iters: int = 1000  # optimizer steps of the whole run
@@ -49,6 +49,40 @@ class TrainConfig:
         if self.keep_last_n < 2:
             raise ValueError(f"--keep_last_n must be >= 2 so a torn newest checkpoint leaves one to resume from, "
                              f"got {self.keep_last_n}")
-        if self.resume and self.init_from:
-            raise ValueError("--resume and --init_from exclude each other: resume continues a run, init_from starts "
-                             "a new one")
+
+
+CHAT_FORMATS = ("auto", "messages", "sharegpt", "alpaca")
+TRUNCATION_MODES = ("keep_end", "keep_start")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+@dataclass
+class FinetuneConfig:
+    """SFT and DPO (--task_type=sft|dpo): how records become examples, and the DPO objective."""
+
+    pack_sequences: bool = True  # SFT: pack conversations into rows of max_seq_len (False: pad each micro-batch)
+    chat_format: str = "auto"  # SFT records: auto | messages | sharegpt | alpaca
+    max_prompt_len: int = 0  # DPO: prompt tokens kept when a pair is too long; 0 = max_seq_len // 2
+    truncation_mode: str = "keep_end"  # DPO prompt truncation: keep_end (drop from the left) | keep_start
+    skip_bad_records: bool = False  # skip and count malformed records instead of failing on the first
+    ref_from: str = ""  # DPO reference model (run, checkpoint or saved dir); "" = the --init_from weights
+    dpo_beta: float = 0.1  # DPO temperature beta of the implicit reward beta * (log pi - log ref)
+    dpo_loss_type: str = "sigmoid"  # sigmoid (DPO; cDPO with label smoothing) | ipo | hinge
+    dpo_label_smoothing: float = 0.0  # cDPO: probability that a preference label is flipped, in [0, 0.5)
+    precompute_ref_logps: bool = False  # DPO: reference log-probs computed once, stored beside the data, ref freed
+
+    def validate(self) -> None:
+        for name, value, allowed in (("chat_format", self.chat_format, CHAT_FORMATS),
+                                     ("truncation_mode", self.truncation_mode, TRUNCATION_MODES),
+                                     ("dpo_loss_type", self.dpo_loss_type, DPO_LOSS_TYPES)):
+            if value not in allowed:
+                raise ValueError(f"--{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.max_prompt_len < 0:
+            raise ValueError(f"--max_prompt_len must be >= 0 (0 = half of max_seq_len), got {self.max_prompt_len}")
+        if not self.dpo_beta > 0:
+            raise ValueError(f"--dpo_beta must be > 0, got {self.dpo_beta}")
+        if not 0.0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError(f"--dpo_label_smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}")
+        if self.dpo_label_smoothing and self.dpo_loss_type != "sigmoid":
+            raise ValueError(f"--dpo_label_smoothing is cDPO's, for --dpo_loss_type=sigmoid (got "
+                             f"{self.dpo_loss_type}); drop it")

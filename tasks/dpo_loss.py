@@ -44,14 +44,13 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     return losses, chosen_rewards, rejected_rewards
 
 
-def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
-    """(N,) sum (or mean) over each row of log p(targets[t] | logits[t]), where targets != -100.
+def sequence_logps(token_losses: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """(N,) sum (or mean) over each row of log p(targets[t]), where targets != -100.
 
-    logits (N, T, V) and targets (N, T) aligned as in dataset.sft's batches (a DPOBatch's rows: the chosen
-    sides then the rejected ones). The log-softmax is taken in fp32: bf16 sums of many small log-probs drift.
+    token_losses (N, T): the per-position cross-entropy -log p(targets[t]) that the model returns with
+    loss_reduction="none" (fp32, 0 where ignored), so no (N, T, V) logits are ever kept; targets (N, T) aligned
+    as in dataset.sft's batches (a DPOBatch's rows: the chosen sides, then the rejected ones).
     """
     mask = targets != -100
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    total = (picked * mask).sum(-1)
+    total = -(token_losses.float() * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total

@@ -43,9 +43,11 @@ def test_gradient_direction_rewards_detached_and_stability():
 
 
 def test_sequence_logps_is_a_masked_sum():
-    logits = torch.randn(2, 5, 7)
-    targets = torch.tensor([[3, 1, -100, -100, -100], [-100, 2, 2, 6, -100]])
-    logp = torch.log_softmax(logits, -1)
-    expect = torch.stack([logp[0, 0, 3] + logp[0, 1, 1], logp[1, 1, 2] + logp[1, 2, 2] + logp[1, 3, 6]])
-    assert torch.allclose(sequence_logps(logits, targets), expect)
-    assert torch.allclose(sequence_logps(logits, targets, average=True), expect / torch.tensor([2.0, 3.0]))
+    logits = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[1, -100, 3, -100], [0, 5, 2, -100]])
+    logp = torch.log_softmax(logits, dim=-1)
+    expect = torch.tensor([logp[0, 0, 1] + logp[0, 2, 3], logp[1, 0, 0] + logp[1, 1, 5] + logp[1, 2, 2]])
+    token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                                     reduction="none")
+    assert torch.allclose(sequence_logps(token_losses, targets), expect)
+    assert torch.allclose(sequence_logps(token_losses, targets, average=True), expect / torch.tensor([2.0, 3.0]))
