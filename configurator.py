@@ -229,7 +229,8 @@ def build_config(argv: list[str]) -> ExperimentConfig:
         task = str(args.overrides.get("task_type", "pretrain"))
         path = args.config_file or DEFAULT_CONFIG_FILES.get(task, DEFAULT_CONFIG_FILE)
         file_values = read_config_file(path)
-        source = os.path.relpath(path) if not path.startswith("..") else path
+        rel = os.path.relpath(path)
+        source = path if rel.startswith("..") else rel
     given |= set(file_values)
     apply_values(cfg, file_values)
     apply_values(cfg, args.overrides)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,9 @@ def pretokenized(cfg, ctx, data: DataConfig, task: str) -> str:
     out = f"{data.data_dir.rstrip(os.sep)}.z2all-{task}-{cfg.model.max_seq_len}"
     kw = dict(task=task, max_seq_len=cfg.model.max_seq_len, format=f.chat_format, max_prompt_len=f.max_prompt_len,
               truncation_mode=f.truncation_mode, skip_bad_records=f.skip_bad_records)
-    if ctx.is_main:
-        ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, num_workers=max(1, data.num_workers), **kw)
+    if ctx.is_main:  # a progress bar on a terminal; a log file gets the start and summary lines only
+        ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, num_workers=max(1, data.num_workers),
+                            progress=sys.stderr.isatty(), **kw)
     ctx.barrier()
     return ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, progress=False, log=lambda m: None, **kw)
 

@@ -78,3 +78,33 @@ def kill_when(proc, out_dir, min_iter, timeout=180):
 
 def start(cmd):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def command(nproc, args):
+    if nproc == 1:
+        return [sys.executable, os.path.join(ROOT, "train.py"), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            os.path.join(ROOT, "train.py"), *args]
+
+
+def latest_step(out):
+    root = out / "ckpt"
+    steps = [int(p[5:]) for p in os.listdir(root) if p.startswith("step_") and (root / p / "COMPLETE").exists()] \
+        if root.is_dir() else []
+    return max(steps, default=0)
+
+
+def kill_after_checkpoint(proc, out, step, timeout=180):
+    """SIGKILL the run's process group once it has published a complete checkpoint at >= step.
+
+    Waiting for a checkpoint (not a log line) makes sure every resumed process writes one of its own before
+    it dies: the next resume then starts from what a resumed process saved."""
+    deadline = time.time() + timeout
+    while latest_step(out) < step:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it was killed: {proc.communicate()[1][-3000:]}")
+        if time.time() > deadline:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
