@@ -148,14 +148,21 @@ class MixedPrecisionOptimizer:
         for r in self.regions:
             r.set_lr(lr)
 
-    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step after ``ddp.finish_grad_sync()``; returns (stepped, grad_norm) tensors.
+    @property
+    def overflow_recoverable(self) -> bool:
+        """A skipped step is the loss scaler at work (fp16 above its minimum scale), not a sign of divergence."""
+        return self.grad_scaler is not None and self.grad_scaler.scale > self.cfg.min_loss_scale
+
+    def step(self) -> tuple[bool, torch.Tensor]:
+        """One optimizer step after ``ddp.finish_grad_sync()``; returns (stepped, grad_norm tensor).
 
         1. Squared grad norm of this rank's grads, read where the DDP reduced them (any grad dtype).
            fp16: inf/NaN anywhere makes it non-finite; the flag is all-reduced (MAX) and read once on
            the host; on overflow lower the scale and return without touching params or Adam state.
            (torch impl with fp32 grads instead unscales in place with an element-wise check, as before.)
-        2. Global grad norm (sharded: summed over ranks), unscaled; clip coefficient when --grad_clip > 0.
+        2. Global grad norm (sharded: summed over ranks), unscaled. With --skip_nonfinite, an inf/NaN norm on any
+           rank (_nonfinite_norm) returns stepped=False on every rank before anything is updated.
+           Clip coefficient when --grad_clip > 0.
         3. Every region steps with grads times 1/loss_scale times the clip coefficient (device tensors:
            the triton kernel takes their product, the torch path multiplies a temporary or fp32 grads),
            and the model's params are updated; subclass hook (ZeRO-1: all-gather).
@@ -175,10 +182,12 @@ class MixedPrecisionOptimizer:
                 inv_scale = torch.full((), self.grad_scaler.inv_scale, dtype=torch.float32, device=self.device)
         if found_inf:
             self.grad_scaler.update(True)
-            return torch.zeros((), dtype=torch.bool, device=self.device), torch.full((), math.inf, device=self.device)
+            return False, torch.full((), math.inf, device=self.device)
         norm = norm_from_squared(sq, self.sharded, self.group, self.world_size)
         if inv_scale is not None:
             norm = norm * inv_scale
+        if self.cfg.skip_nonfinite and self.grad_scaler is None and self._nonfinite_norm(norm):
+            return False, norm
         coef = clip_coefficient(norm, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
         scales = StepScales(inv_scale, coef, self._one)
         for r in self.regions:
@@ -186,7 +195,13 @@ class MixedPrecisionOptimizer:
         if self.grad_scaler is not None:
             self.grad_scaler.update(False)
         self._after_update()
-        return torch.ones((), dtype=torch.bool, device=self.device), norm
+        return True, norm
+
+    def _nonfinite_norm(self, norm: torch.Tensor) -> bool:
+        """True when the global grad norm is inf/NaN on any rank: one host read. Sharded, the norm is already an
+        all-reduced sum; replicated, a flag is all-reduced, so a rank whose copy went bad still agrees."""
+        flag = (~torch.isfinite(norm)).float().reshape(1)
+        return bool(flag.item()) if self.sharded else self._any_rank(flag)
 
     def _unscale_and_check(self, grads: list[torch.Tensor]) -> bool:
         """Unscale fp32 grads in place; True when any rank saw inf/NaN (the one host sync of an fp16 step)."""
@@ -255,8 +270,8 @@ class MixedPrecisionOptimizer:
         if self.sharded and self.world_size > 1:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.group)
         self._overlap_sq_norms, self._overlap_stepped = [], set()
-        self._after_update()
-        return torch.ones((), dtype=torch.bool, device=self.device), sq.sqrt()
+        self._after_update()  # the buckets stepped as they were reduced: nothing left to skip
+        return True, sq.sqrt()
 
     # ----- checkpoint -----
     def _owns_state(self) -> bool:
