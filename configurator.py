@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -28,7 +29,7 @@ from dataset.config import DataConfig
 from model.config import Z2allConfig
 from optimizer.config import OptimizerConfig
 from parallel.config import DDPConfig
-from tasks.config import FinetuneConfig, TrainConfig
+from tasks.config import PER_INVOCATION, FinetuneConfig, TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG_FILE = os.path.join(ROOT, "configs", "default.py")
@@ -116,12 +117,16 @@ def parse_value(key: str, raw: str, typ: type) -> object:
                     raise
                 return int(as_float)
         if typ is float:
-            return float(text)
+            value = float(text)
+            if math.isfinite(value):
+                return value
+            raise ValueError
         if typ is str:
             return raw
     except ValueError:
         pass
-    raise ValueError(f"--{key}={raw!r} is not a valid {typ.__name__}; example: --{key}={_example(typ)}")
+    what = "finite float" if typ is float else typ.__name__
+    raise ValueError(f"--{key}={raw!r} is not a valid {what}; example: --{key}={_example(typ)}")
 
 
 def _example(typ: type) -> str:
@@ -132,6 +137,8 @@ def check_type(key: str, value: object, typ: type, where: str) -> object:
     """Type-check a value from a config file; ints are accepted for float fields."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"config key {key!r} {where} must be a finite float, got {value!r}")
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
@@ -318,8 +325,7 @@ def config_record(cfg: ExperimentConfig) -> dict:
     """The resolved tree as JSON-able data: {section: {key: value}}, without the per-invocation `resume`."""
     out = {}
     for name, section in cfg.sections().items():
-        values = dataclasses.asdict(section)
-        values.pop("resume", None)  # resuming is a property of the invocation, not of the run
+        values = {k: v for k, v in dataclasses.asdict(section).items() if k not in PER_INVOCATION}
         out[name] = values
     return out
 

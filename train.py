@@ -30,9 +30,13 @@ from optimizer import build_optimizer
 from optimizer.lr_schedule import get_lr
 from parallel.ddp import DistributedDataParallel
 from parallel.dist import DistContext, destroy, init_distributed
-from tasks import TASKS
+from tasks import TASKS, lifecycle
+from tasks.lifecycle import StopSignal
 from tasks.trainer import Trainer
-from utils.checkpoint import CheckpointManager, copy_tokenizer, load_optim_states, load_trainer_state
+from utils.cli import debug_enabled
+from utils.exit_codes import CRASH, USER_ERROR
+from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_trainer_state,
+                              resolve_checkpoint, step_dir_name)
 from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
 
@@ -62,7 +66,10 @@ def load_tokenizer(cfg: ExperimentConfig, tokenizer_dir: str):
 
 
 def find_resume_checkpoint(cfg: ExperimentConfig, ckpt: CheckpointManager):
-    """The checkpoint to resume from; a fresh run refuses an out_dir that already holds checkpoints."""
+    """The checkpoint to resume from (--resume_step's, or the newest); a fresh run refuses an out_dir that already
+    holds checkpoints."""
+    if cfg.train.resume and cfg.train.resume_step >= 0:
+        return resolve_checkpoint(ckpt.ckpt_root / step_dir_name(cfg.train.resume_step))
     latest = ckpt.latest()
     if not cfg.train.resume:
         if latest is not None:
@@ -165,32 +172,39 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
     return trainer
 
 
-def run(cfg: ExperimentConfig, ctx: DistContext) -> None:
+def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
     trainer = start_run(cfg, ctx, build_run(cfg, ctx))
+    trainer.stop_requested = stop.requested
     try:
         trainer.train()
         trainer.sample()
     finally:
         trainer.logger.close()
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run, then exit with the code of utils/exit_codes.py, recorded in <out_dir>/exit_status.json (rank 0)."""
     argv = sys.argv[1:] if argv is None else argv
-    ctx = None
+    rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0  # one error line, from rank 0
+    stop, cfg, trainer, error = StopSignal(), None, None, None
     try:
         cfg = configurator.build_config(argv)
         ctx = init_distributed(cfg.train.device, timeout_s=cfg.ddp.dist_timeout_s)
         configurator.check_world_size(cfg, ctx.world_size)
-        run(cfg, ctx)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        if os.environ.get("Z2ALL_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        trainer = run(cfg, ctx, stop)
+    except Exception as e:  # every ending gets its code and its record; a crash keeps its traceback
+        error = e
     finally:
-        if ctx is not None:
-            destroy()
-    return 0
+        destroy()
+        stop.restore()
+    code, reason, spike = lifecycle.outcome(error)
+    out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
+    lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike)
+    if code == CRASH or (code == USER_ERROR and debug_enabled()):
+        raise error
+    lifecycle.report(code, reason, rank)
+    return code
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class Z2allConfig:
     def derive(self) -> None:
         """Fill in the fields that follow from others: intermediate_size = 0 becomes 8/3·hidden_dim rounded up
         to multiple_of (the configurator calls it again after the overrides changed hidden_dim)."""
-        if self.intermediate_size == 0:
+        if self.intermediate_size == 0 and self.multiple_of > 0:  # multiple_of <= 0 is left to validate()
             raw = int(8 * self.hidden_dim / 3)
             self.intermediate_size = self.multiple_of * math.ceil(raw / self.multiple_of)
 
@@ -74,6 +74,10 @@ class Z2allConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the clashing values and the flag that fixes them."""
+        for name in ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "multiple_of",
+                     "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.hidden_dim % self.n_heads != 0:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} is not divisible by n_heads={self.n_heads}; "
@@ -100,9 +104,6 @@ class Z2allConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"--{name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         for name in ("attention_dropout", "residual_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 TASK_TYPES = ("pretrain", "sft", "dpo")  # each entry is one file in tasks/
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# keys of one invocation of train.py, not of the run: never written to exp_config.json
+PER_INVOCATION = ("resume", "resume_step", "skip_data_to", "fault_injection")
 
 
 @dataclass
@@ -35,6 +37,13 @@ class TrainConfig:
     peak_tflops: float = 0.0  # device bf16 dense peak for MFU; 0 = known devices only (H100/H200, A100)
     sample_tokens: int = 64  # tokens generated as a sample at the end (0 disables)
     sample_prompt: str = "def "  # prompt of that sample
+    max_skipped_steps: int = 10  # non-finite steps skipped in a row before the run stops (exit 3, checkpoints kept)
+    spike_rollback: bool = False  # exit 4 on a loss spike, for monitor_process.py to roll back past its data
+    spike_factor: float = 3.0  # a spike: the loss above spike_factor x the median of the last 100 step losses ...
+    spike_patience: int = 5  # ... for this many steps in a row
+    resume_step: int = -1  # with --resume: the checkpoint step to resume from; -1 = the newest complete one
+    skip_data_to: int = 0  # with --resume: move the data position forward to this many consumed micro-batches
+    fault_injection: str = ""  # tests only, first process of a run: sleep:rank=R,iter=I,seconds=S | spike:from=I,to=J
 
     def validate(self) -> None:
         for name, value, allowed in (("task_type", self.task_type, TASK_TYPES), ("device", self.device, DEVICES),
@@ -46,6 +55,13 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.eval_interval < 0 or self.eval_iters < 0:
             raise ValueError("--eval_interval and --eval_iters must be >= 0 (0 disables evaluation)")
+        for name in ("max_skipped_steps", "spike_patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not self.spike_factor > 1.0:
+            raise ValueError(f"--spike_factor must be > 1 (a multiple of the median loss), got {self.spike_factor}")
+        if (self.resume_step >= 0 or self.skip_data_to > 0) and not self.resume:
+            raise ValueError("--resume_step and --skip_data_to pick where a resumed run continues: add --resume")
         if self.keep_last_n < 2:
             raise ValueError(f"--keep_last_n must be >= 2 so a torn newest checkpoint leaves one to resume from, "
                              f"got {self.keep_last_n}")

@@ -29,6 +29,9 @@ def locate_data(data: DataConfig, ctx) -> DataConfig:
         ctx.barrier()
         demo = ensure_demo_data()
         return dataclasses.replace(data, data_dir=demo.data_dir, tokenizer_dir=data.tokenizer_dir or demo.tokenizer_dir)
+    if os.path.isfile(data.data_dir):
+        raise ValueError(f"--data_dir={data.data_dir} is a file; pass the directory that holds the .bin shards: "
+                         f"--data_dir={os.path.dirname(os.path.abspath(data.data_dir))}")
     if not os.path.isdir(data.data_dir):
         raise ValueError(
             f"--data_dir={data.data_dir} does not exist; make it with `python -m data_preprocess.pretokenize "

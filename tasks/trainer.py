@@ -16,6 +16,7 @@ run resumed any number of times reads exactly the data of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -26,8 +27,11 @@ import torch.distributed as dist
 
 from tasks.base import Task
 from tasks.config import TrainConfig
+from tasks.faults import Fault
+from tasks.guards import NonFiniteGuard, RunStop, SpikeDetector, weights_finite
 from utils.checkpoint import CheckpointManager, get_rng_state, set_rng_state
-from utils.heartbeat import Heartbeat
+from utils.exit_codes import NAN, PREEMPTED
+from utils.heartbeat import CHECKPOINT, EVAL, STARTUP, STEP, Heartbeat
 from utils.logging import MetricsLogger, print0
 from utils.mfu import compute_mfu, device_peak_flops
 from utils.plot import plot_metrics
@@ -47,13 +51,22 @@ class Trainer:
     """Runs the optimizer steps of one run (see the module docstring).
 
     `ddp` wraps `model`; `lr_at(iter)` is the LR schedule; `ckpt` and `logger` are the run's checkpoint manager
-    and metrics logger (the logger writes on rank 0 only).
+    and metrics logger (the logger writes on rank 0 only); `stop_requested()` says whether this process was asked
+    to stop (SIGTERM): the ranks agree after every iteration, save, and raise RunStop(PREEMPTED).
+    Fault policy (tasks/guards.py): skipped non-finite steps are counted and stop the run after
+    --max_skipped_steps in a row (NAN); a checkpoint is never written from non-finite weights; --spike_rollback
+    stops it on a loss spike (SPIKE).
     """
 
     def __init__(self, cfg: TrainConfig, ctx, model, ddp, optimizer, task: Task, lr_at: Callable[[int], float],
-                 ckpt: CheckpointManager, logger: MetricsLogger):
+                 ckpt: CheckpointManager, logger: MetricsLogger, stop_requested: Callable[[], bool] = lambda: False):
         self.cfg, self.ctx, self.model, self.ddp, self.optimizer = cfg, ctx, model, ddp, optimizer
         self.task, self.lr_at, self.ckpt, self.logger = task, lr_at, ckpt, logger
+        self.stop_requested = stop_requested
+        self.nonfinite = NonFiniteGuard(cfg.max_skipped_steps)
+        self.spikes = SpikeDetector(cfg.spike_factor, cfg.spike_patience) if cfg.spike_rollback else None
+        self.fault = Fault.parse(cfg.fault_injection) if cfg.fault_injection and not cfg.resume else None
+        self.data_skips: list[list[int]] = []  # [iter, from, to] of every data window skipped on a rollback
         assert cfg.gradient_accumulation_steps % ctx.world_size == 0, "configurator.check_world_size owns this rule"
         self.ga_local = cfg.gradient_accumulation_steps // ctx.world_size
         self.iter = 0
@@ -66,6 +79,7 @@ class Trainer:
         # write-and-rename per step would put file I/O on the hot path of fast steps.
         self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, "heartbeat.json"), min_interval_s=HEARTBEAT_INTERVAL_S)
                           if ctx.is_main else None)
+        self.beat(STARTUP)
         self._tokens_since_log = 0
         self._iters_since_log = 0
         self._t0 = time.perf_counter()  # start of the current log interval
@@ -86,12 +100,25 @@ class Trainer:
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "world_size": self.ctx.world_size,
             "rng": all_rng,
+            "skipped_steps": self.nonfinite.total,
+            "data_skips": self.data_skips,
+            "spikes": self.spikes.state_dict() if self.spikes is not None else None,
         }
 
     def load_trainer_state(self, state: dict) -> None:
         self.iter = state["iter"]
         self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
         self.consumed_micro_batches = int(state["consumed_micro_batches"])
+        self.nonfinite.total = int(state.get("skipped_steps", 0))
+        self.data_skips = [list(s) for s in state.get("data_skips", [])]
+        if self.spikes is not None and state.get("spikes"):
+            self.spikes.load_state_dict(state["spikes"])
+        if self.cfg.skip_data_to > self.consumed_micro_batches:
+            # a loss-spike rollback: the data of the spike window is skipped, and the skip is recorded
+            print0(f"skipping the data of micro-batches [{self.consumed_micro_batches}, {self.cfg.skip_data_to}) "
+                   f"(--skip_data_to)", rank=self.ctx.rank)
+            self.data_skips.append([self.iter, self.consumed_micro_batches, self.cfg.skip_data_to])
+            self.consumed_micro_batches = self.cfg.skip_data_to
         self.task.stream.seek(self.consumed_micro_batches)
         if state["world_size"] == self.ctx.world_size:
             set_rng_state(state["rng"][self.ctx.rank])
@@ -101,9 +128,18 @@ class Trainer:
                    rank=self.ctx.rank)
             torch.manual_seed(self.cfg.seed + self.iter * 1000 + self.ctx.rank)
 
+    def beat(self, section: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.iter, section=section)
+
     def save(self) -> None:
         # With overlap_param_gather the last step's all-gather may still be in flight.
         self.ddp.finish_param_sync()
+        if not weights_finite(self.ddp, self.ctx):
+            raise RunStop(NAN, f"the weights are non-finite at iter {self.iter}: no checkpoint is written from them, "
+                               f"the last finite one is kept; lower --learning_rate or turn on --grad_clip, then "
+                               f"--resume")
+        self.beat(CHECKPOINT)
         is_best = self.last_val_loss < self.best_val_loss
         if is_best:
             self.best_val_loss = self.last_val_loss
@@ -119,14 +155,18 @@ class Trainer:
             metrics = os.path.join(self.cfg.out_dir, "metrics.jsonl")
             if os.path.isfile(metrics):
                 plot_metrics(metrics, os.path.join(self.cfg.out_dir, "loss.png"))
+        self.beat(STEP)
 
     # -- one step ---------------------------------------------------------------------------
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], bool]:
         """Forward/backward over this rank's micro-batches, then one optimizer step.
 
-        Returns (this rank's share of the step loss, the grad norm, the task's metrics summed over micro-batches).
+        Returns (this rank's share of the step loss, the grad norm, the task's metrics summed over micro-batches,
+        whether the optimizer stepped: False when it skipped a non-finite step).
         """
+        if self.fault is not None:
+            self.fault.before_step(self.iter + 1, self.ctx.rank)
         self.optimizer.set_lr(self.lr_at(self.iter))
         self.ddp.zero_grad_buffer()
         loss_sum = torch.zeros((), device=self.ctx.device, dtype=torch.float32)
@@ -134,6 +174,8 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         for micro in range(self.ga_local):
             batch = next(self.task.stream)
+            if self.fault is not None and self.fault.corrupts(self.iter + 1):
+                batch = _with_corrupt_targets(batch, self.model.config.vocab_size, self.iter + 1)
             self._tokens_since_log += self.task.tokens_in(batch)
             last = micro == self.ga_local - 1
             # Only the last micro-batch launches the gradient reduction; the others accumulate locally.
@@ -145,12 +187,12 @@ class Trainer:
             for k, v in out.metrics.items():
                 metrics[k] = metrics[k] + v.detach().float() if k in metrics else v.detach().float()
         self.ddp.finish_grad_sync()
-        _, grad_norm = self.optimizer.step()
+        stepped, grad_norm = self.optimizer.step()
         self.iter += 1
         self.consumed_micro_batches += self.cfg.gradient_accumulation_steps
         if self.task.normalization == "sum":
             loss_sum = loss_sum / tokens  # tokens is the whole step's count (all ranks) by now
-        return loss_sum, grad_norm, metrics
+        return loss_sum, grad_norm, metrics, stepped
 
     def _normalize(self, out, tokens: torch.Tensor, last: bool) -> torch.Tensor:
         """The micro-batch's loss to back-propagate (tasks/base.py, "Normalisation")."""
@@ -183,7 +225,8 @@ class Trainer:
         mfu = compute_mfu(self.flops_per_token, tokens_per_s / self.ctx.world_size, self.peak_flops)
         rec = {"iter": self.iter, "loss": loss, "lr": self.lr_at(self.iter - 1), "grad_norm": float(grad_norm),
                "tokens_per_s": tokens_per_s, "mfu": mfu, "peak_mem_gb": peak_memory_gb(self.ctx.device),
-               "ms_per_iter": 1000.0 * dt / iters, "loss_scale": float(self.optimizer.loss_scale)}
+               "ms_per_iter": 1000.0 * dt / iters, "loss_scale": float(self.optimizer.loss_scale),
+               "skipped_steps": self.nonfinite.total}
         for k, v in metrics.items():
             rec[k] = self.reduce_over_ranks(v / self.ga_local)
         if self.ctx.is_main:
@@ -195,10 +238,12 @@ class Trainer:
         self._tokens_since_log = 0
 
     def evaluate(self) -> None:
+        self.beat(EVAL)
         self.model.eval()
         with torch.no_grad():
             metrics = self.task.evaluate(self.ddp)
         self.model.train()
+        self.beat(STEP)
         if "valid_loss" not in metrics:
             return
         self.last_val_loss = metrics["valid_loss"]
@@ -214,23 +259,50 @@ class Trainer:
     def iteration(self) -> None:
         """One iteration of the loop: the step, the heartbeat, and the log, eval and save when they are due."""
         t = self.cfg
-        loss_sum, grad_norm, metrics = self.train_step()
+        loss_sum, grad_norm, metrics, stepped = self.train_step()
         self._iters_since_log += 1
-        if self.heartbeat is not None:
-            self.heartbeat.beat(self.iter)
+        note = self.nonfinite.update(stepped, self.optimizer.overflow_recoverable, self.iter)
+        if note:
+            print0(note, rank=self.ctx.rank)
+        if self.spikes is not None:  # one host read of the step loss per step, only with --spike_rollback
+            loss = self.reduce_over_ranks(loss_sum, "mean" if self.task.normalization == "mean" else "sum")
+            self.spikes.update(self.iter, loss, self.consumed_micro_batches, t.gradient_accumulation_steps)
+        self.beat(STEP)
         if self.iter % t.log_interval == 0 or self.iter == t.max_iters:
             self.log(loss_sum, grad_norm, metrics, time.perf_counter() - self._t0, self._iters_since_log)
             self._t0, self._iters_since_log = time.perf_counter(), 0
         if t.eval_interval > 0 and (self.iter % t.eval_interval == 0 or self.iter == t.max_iters):
             self.evaluate()
-        if self.iter % t.save_interval == 0 or self.iter == t.max_iters:
+        saved = self.iter % t.save_interval == 0 or self.iter == t.max_iters
+        if saved:
             self.save()
             self._t0 = time.perf_counter()  # keep checkpoint time out of tokens/s
+        if self._stop_agreed():
+            if not saved:
+                self.save()
+            raise RunStop(PREEMPTED, f"stopped by SIGTERM at iter {self.iter}; saved, resume with --resume")
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: a MAX all-reduce, so every rank saves and stops at the same step."""
+        local = float(self.stop_requested())
+        if self.ctx.world_size == 1:
+            return bool(local)
+        flag = torch.full((1,), local, device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.group)
+        return bool(flag.item())
 
     def sample(self) -> None:
         if not self.ctx.is_main:
             return
+        self.beat(EVAL)
         self.model.eval()
         text = self.task.sample(self.model)
         if text is not None:
             print(f"--- sample ({self.cfg.sample_tokens} tokens) ---\n{text}\n---", flush=True)
+
+
+def _with_corrupt_targets(batch, vocab_size: int, iteration: int):
+    """--fault_injection=spike: the batch with its targets scrambled (a (x, y) tuple or a batch dataclass)."""
+    if isinstance(batch, tuple):
+        return (batch[0], Fault.corrupt_targets(batch[1], vocab_size, iteration), *batch[2:])
+    return dataclasses.replace(batch, targets=Fault.corrupt_targets(batch.targets, vocab_size, iteration))

@@ -7,7 +7,7 @@ Layout under a run directory::
                                   trainer_state.json     json-able trainer state (rank 0)
                                   config.json ...        extra_json files (rank 0)
                                   COMPLETE               JSON: every file's relative path, size and sha256
-    <out_dir>/ckpt/best/                                 same layout, replaced atomically
+    <out_dir>/ckpt/best/                                 its own copy of the best step's weights (no optimizer), replaced atomically
     <out_dir>/ckpt/.tmp-*                                in-flight or torn writes; removed by the next save
 
 A checkpoint is never written in place. It is built in a hidden temp dir, COMPLETE is written last, every
@@ -19,6 +19,7 @@ checkpoint that fails, with a warning.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import random
@@ -277,22 +278,31 @@ def _publish(tmp: Path, final: Path) -> None:
     fsync_path(parent)
 
 
-def _link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Mirror src into the new dir dst with hard links (cheap for multi-GB files), copying where links fail."""
-    dst.mkdir()
-    for path in sorted(src.rglob("*")):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir()
-            continue
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
-            fsync_path(target)
-    for d in sorted((p for p in dst.rglob("*") if p.is_dir()), reverse=True):
-        fsync_path(d)
-    fsync_path(dst)
+BEST_FILES = (MODEL_NAME, TRAINER_STATE_NAME, "config.json")  # what best/ keeps: the weights, not the optimizer
+
+
+def _publish_best(step_dir: Path, root: Path, best: Path, step: int) -> None:
+    """best/ as its own copy of the step's weights and metadata (no hard links: damage to one is not damage to
+    both, and pruning the step never touches it), with its own COMPLETE."""
+    tmp = root / f"{TMP_PREFIX}best-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    for name in BEST_FILES:
+        if (step_dir / name).is_file():
+            shutil.copyfile(step_dir / name, tmp / name)
+            fsync_path(tmp / name)
+    _write_complete(tmp, step)
+    _publish(tmp, best)
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
 
 
 def _remove_dir_atomically(path: Path) -> None:
@@ -385,8 +395,22 @@ class CheckpointManager:
         4. Rank 0 writes model.safetensors, trainer_state.json and extra_json files, then COMPLETE (sizes and
            sha256 of all files) last, fsyncs, renames the dir into place (swapping out an old dir of the same
            step), refreshes best/ when is_best, and prunes to keep_last_n; final barrier.
+        A full disk (ENOSPC, EDQUOT) removes this save's temp files, keeps every earlier checkpoint, and raises
+        an OSError whose message says how much space the checkpoint needs.
         """
         extra = self._validate(step, extra_json)
+        try:
+            return self._save(step, model_state, optim_state, trainer_state, extra, is_best, drop_keys)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _remove_stale_tmp(self.ckpt_root, prefix=f"{TMP_PREFIX}{step_dir_name(step)}-")
+            need = _state_bytes(model_state) + _state_bytes(optim_state) * self.world_size
+            raise OSError(e.errno, f"no space left on device while writing checkpoint step {step} to "
+                                   f"{self.ckpt_root} (need about {need / 1e9:.2f} GB)") from e
+
+    def _save(self, step: int, model_state, optim_state, trainer_state, extra: dict, is_best: bool,
+              drop_keys) -> Path:
         tmp_name = f"{TMP_PREFIX}{step_dir_name(step)}-"
         if self.rank == 0:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -430,9 +454,7 @@ class CheckpointManager:
         _write_complete(tmp, step)
         _publish(tmp, final)
         if is_best:
-            best_tmp = self.ckpt_root / f"{TMP_PREFIX}best-{secrets.token_hex(4)}"
-            _link_or_copy_tree(final, best_tmp)
-            _publish(best_tmp, self.best_dir)
+            _publish_best(final, self.ckpt_root, self.best_dir, step)
         self._prune(step)
 
     def _prune(self, current_step: int) -> None:

@@ -324,5 +324,48 @@ def test_two_rank_gloo_save(tmp_path):
         assert [s["rank"] for s in states] == expected
         for s in states:
             assert torch.equal(s["t"], torch.full((2,), 10.0 * s["rank"] + 3))
-        assert len(load_optim_states(out / "ckpt" / "best")) == len(expected)
+        best = out / "ckpt" / "best"
+        assert load_optim_states(best) == [] and verify_checkpoint(best)  # best/ keeps the weights only
+        assert load_trainer_state(best) == {"iter": 2}
         assert load_trainer_state(latest) == {"iter": 3}
+
+
+def test_best_is_an_independent_copy(tmp_path):
+    """best/ shares no file with its step dir: deleting or damaging the step leaves best/ loadable."""
+    m = CheckpointManager(tmp_path, keep_last_n=2)
+    m.save(1, {"w": torch.ones(4)}, {"o": torch.zeros(1)}, {"iter": 1}, extra_json={"config.json": {"a": 1}},
+           is_best=True)
+    best, step = tmp_path / "ckpt" / "best", tmp_path / "ckpt" / "step_000000001"
+    for f in best.iterdir():
+        assert f.stat().st_nlink == 1, f
+    (step / "model.safetensors").write_bytes(b"damaged")
+    assert verify_checkpoint(best) and not verify_checkpoint(step)
+    for step_no in (2, 3, 4):  # pruning removes step 1; best/ stays
+        m.save(step_no, {"w": torch.full((4,), float(step_no))}, None, {"iter": step_no})
+    assert not step.exists() and verify_checkpoint(best)
+    assert torch.equal(load_model_state(best)["w"], torch.ones(4))
+
+
+def test_a_full_disk_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    import utils.checkpoint as ck
+
+    m = CheckpointManager(tmp_path, keep_last_n=2)
+    m.save(1, {"w": torch.ones(1000)}, None, {"iter": 1})
+    real = ck._write_model
+
+    def full(tmp, state):
+        real(tmp, state)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "_write_model", full)
+    with pytest.raises(OSError, match=r"no space left on device while writing checkpoint step 2 to .*ckpt \(need "
+                                      r"about 0.00 GB\)") as info:
+        m.save(2, {"w": torch.ones(1000)}, None, {"iter": 2})
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000001"]  # no torn temp dir left
+    assert verify_checkpoint(tmp_path / "ckpt" / "step_000000001")
+    monkeypatch.setattr(ck, "_write_model", real)
+    m.save(2, {"w": torch.ones(1000)}, None, {"iter": 2})  # space is back: the next save works
+    assert m.latest().name == "step_000000002"

@@ -1,0 +1,184 @@
+"""train.py's fault policy with real processes: the exit codes, a rejected --resume, NaN, SIGTERM, a full disk, a
+read-only dir; and under monitor_process.py: a stopped process, a sleeping rank and a loss spike are each
+recovered and the run completes, a persistent NaN stops it at once (issue 18)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import train
+from tests.conftest import ROOT
+from tests.support.runs import command, make_run, read_losses, run_cli, start
+from utils import exit_codes as ec
+
+MONITOR = [sys.executable, os.path.join(ROOT, "monitor_process.py"), "--backoff_s=0.1", "--poll_s=0.1",
+           "--status_wait_s=2", "--kill_grace_s=20"]
+
+
+def _steps(out):
+    root = out / "ckpt"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("step_")) if root.is_dir() else []
+
+
+def test_a_rejected_resume_override_leaves_the_run_intact(tmp_path, capsys):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=2"]) == 0
+    before = (out / "exp_config.json").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert train.main([*args, "--resume", "--n_layers=3"]) == ec.USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n_layers: checkpoint 2 vs now 3" in err[0], err
+    assert ((out / "exp_config.json").read_bytes(), (out / "metrics.jsonl").read_bytes()) == before
+    assert train.main([*args, "--resume", "--max_iters=3"]) == 0  # the plain resume still works
+
+
+NAN_ARGS = ["--learning_rate=1e4", "--grad_clip=0", "--warmup_iters=0", "--max_iters=40", "--save_interval=2",
+            "--max_skipped_steps=3"]
+
+
+def test_a_persistent_nan_stops_with_code_3_and_keeps_finite_checkpoints(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    proc = run_cli([cfg_file, *args, *NAN_ARGS])
+    assert proc.returncode == ec.NAN, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("stopped:")
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.NAN
+    assert _steps(out), "no finite checkpoint survived"
+    for step in _steps(out) + ["best"] * (out / "ckpt" / "best").is_dir():
+        weights = load_file(str(out / "ckpt" / step / "model.safetensors"))
+        assert all(np.isfinite(v).all() for v in weights.values()), step
+    skipped = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("skipped_steps", 0) > 0 for r in skipped) or "skipped" in proc.stdout
+
+
+def test_the_monitor_stops_at_once_on_a_persistent_nan(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    mon = subprocess.run([*MONITOR, "--", *command(1, [cfg_file, *args, *NAN_ARGS])], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert mon.returncode == ec.NAN, mon.stderr[-2000:]
+    log = (out / "monitor.log").read_text()
+    assert "attempt 1 start" in log and "attempt 2" not in log and "stopping: exit code 3" in log, log
+
+
+def _wait_iter(out, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if max((i for i, _ in read_losses(out)), default=0) >= n:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no iter {n} in {timeout} s")
+
+
+def test_sigterm_saves_at_once_and_the_resume_is_exact(tmp_path):
+    cfg_file, ref_args, ref_out = make_run(tmp_path, "ref")
+    _, args, out = make_run(tmp_path, "term")
+    common = ["--max_iters=14", "--save_interval=100", "--attention_dropout=0", "--residual_dropout=0"]
+    assert run_cli([cfg_file, *ref_args, *common]).returncode == 0
+    proc = start(command(1, [cfg_file, *args, *common]))
+    _wait_iter(out, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # a second one changes nothing
+    assert proc.wait(timeout=120) == ec.PREEMPTED, proc.stderr.read()
+    stopped = _steps(out)
+    assert len(stopped) == 1 and int(stopped[0][5:]) >= 4  # saved where it stopped, not at save_interval
+    assert json.loads((out / "exit_status.json").read_text())["code"] == ec.PREEMPTED
+    assert run_cli([*args, "--resume"]).returncode == 0
+    assert read_losses(out) == read_losses(ref_out)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import utils.checkpoint as ck
+
+    cfg_file, args, out = make_run(tmp_path)
+    real = ck._write_model
+
+    def full_at_step_4(tmp, state):
+        if tmp.name.startswith(".tmp-step_000000004"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "model.safetensors"))
+        real(tmp, state)
+
+    monkeypatch.setattr(ck, "_write_model", full_at_step_4)
+    assert train.main([cfg_file, *args]) == ec.USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on device while writing checkpoint step 4 to" in err[0], err
+    assert "need about" in err[0]
+    assert _steps(out) == ["step_000000002"] and not [p for p in (out / "ckpt").iterdir() if ".tmp" in p.name]
+    monkeypatch.setattr(ck, "_write_model", real)
+    assert train.main([*args, "--resume"]) == 0
+    assert _steps(out) == ["step_000000006", "step_000000008"]
+
+
+def test_a_read_only_out_dir_fails_at_start_up(tmp_path, capsys, monkeypatch):
+    cfg_file, args, out = make_run(tmp_path)
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(out) else real(p, mode))
+    assert train.main([cfg_file, *args]) == ec.USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not writable" in err[0] and list(out.iterdir()) == [], err
+
+
+@pytest.mark.slow
+def test_a_stopped_process_is_detected_and_the_run_completes(tmp_path):
+    """SIGSTOP freezes the run: its heartbeat goes stale, the monitor kills and resumes it."""
+    cfg_file, args, out = make_run(tmp_path)
+    mon = subprocess.Popen([*MONITOR, "--hang_timeout_s=10", "--", *command(1, [cfg_file, *args, "--max_iters=40"])],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and max((i for i, _ in _losses_or_empty(out)), default=0) < 3:
+        time.sleep(0.1)
+    os.kill(json.loads((out / "heartbeat.json").read_text())["pid"], signal.SIGSTOP)
+    _, err = mon.communicate(timeout=300)
+    assert mon.returncode == 0, err[-2000:]
+    log = (out / "monitor.log").read_text()
+    assert "hang" in log.lower() and "--resume" in log, log
+    assert [i for i, _ in read_losses(out)] == list(range(1, 41))
+
+
+def _losses_or_empty(out):
+    try:
+        return read_losses(out)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+@pytest.mark.slow
+def test_a_sleeping_rank_times_out_and_the_monitor_resumes_the_run(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    run = command(2, [cfg_file, *args, "--max_iters=10", "--dist_timeout_s=5",
+                      "--fault_injection=sleep:rank=1,iter=5,seconds=120"])
+    mon = subprocess.run([*MONITOR, "--", *run], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert mon.returncode == 0, mon.stderr[-3000:]
+    log = (out / "monitor.log").read_text()
+    assert "--resume" in log, log
+    assert [i for i, _ in read_losses(out)][-1] == 10
+
+
+@pytest.mark.slow
+def test_a_loss_spike_is_rolled_back_past_its_data(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    run = command(1, [cfg_file, *args, "--max_iters=44", "--save_interval=4", "--eval_interval=0",
+                      "--spike_rollback", "--spike_factor=1.5", "--spike_patience=3",
+                      "--fault_injection=spike:from=30,to=40"])
+    mon = subprocess.run([*MONITOR, "--", *run], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert mon.returncode == 0, mon.stderr[-3000:]
+    log = (out / "monitor.log").read_text()
+    assert "roll" in log.lower(), log
+    state = json.loads((out / "ckpt" / "step_000000044" / "trainer_state.json").read_text())
+    (skip_iter, skip_from, skip_to), = state["data_skips"]
+    assert skip_iter == 28 and skip_from == 28 * 2 and skip_to == 32 * 2  # ga 2: the spike's iterations 30-32
+    assert state["consumed_micro_batches"] == 44 * 2 + (skip_to - skip_from)
+    losses = dict(read_losses(out))
+    assert max(losses[i] for i in range(29, 45)) < 1.5 * np.median([losses[i] for i in range(9, 29)])
