@@ -1,0 +1,59 @@
+"""bench/slow_link.py without root or a link: its commands (dry run), arguments, the timed intervals, the bytes
+per step and the comparisons."""
+import json
+
+import pytest
+
+import bench.slow_link as b
+
+
+def test_dry_run_prints_the_namespace_the_cases_and_the_cleanup(capsys):
+    assert b.main(["--dry_run", "--rate_mbit=50", "--ranks=4", "--", "--batch_size=2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    ns = lines[0].split()[-1]
+    assert lines[0] == f"ip netns add {ns}" and ns.startswith("z2slow")
+    assert "mtu 1500" in lines[2] and "tbf rate 50mbit burst 64kb latency 100ms" in lines[3]
+    runs = lines[4:-1]
+    assert [line.split("--out_dir=<tmp>/")[1].split()[0] for line in runs] == [
+        "no_comm", "allreduce", "bf16_allreduce", "powersgd_r4"]
+    assert all(line.startswith(f"ip netns exec {ns} env GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1") for line in runs)
+    assert "--nproc_per_node=1" in runs[0] and "--gradient_accumulation_steps=1" in runs[0]
+    assert "--nproc_per_node=2" in runs[3] and "--powersgd_rank=4" in runs[3] and runs[3].endswith("--batch_size=2")
+    assert lines[-1] == f"ip netns del {ns}"
+
+
+def test_args_are_checked():
+    args, extra = b.parse_args(["--cases=allreduce,powersgd_r2", "--", "--hidden_dim=64"])
+    assert args.case_list == ["allreduce", "powersgd_r2"] and extra == ["--hidden_dim=64"]
+    for bad in (["--cases=nope"], ["--ranks=0"], ["--ranks=a"], ["--steps=6", "--log_interval=5"]):
+        with pytest.raises(SystemExit):
+            b.parse_args(bad)
+
+
+def test_timed_intervals_skip_the_first_and_the_warm_up():
+    recs = [{"iter": i, "ms_per_iter": float(i), "tokens_per_s": 1.0, "loss": 1.0} for i in (5, 10, 15, 20)]
+    recs.insert(2, {"iter": 10, "valid_loss": 2.0})
+    assert [r["iter"] for r in b.timed_intervals(recs, 0)] == [10, 15, 20]
+    assert [r["iter"] for r in b.timed_intervals(recs, 10)] == [15, 20]
+    args, _ = b.parse_args(["--powersgd_start_iter=10", "--steps=20"])
+    assert b.summarize("powersgd_r4", recs, args)["ms_per_iter"] == 17.5
+    assert b.summarize("allreduce", recs, args)["ms_per_iter"] == 15.0
+
+
+def test_bytes_per_step_follow_the_hooks():
+    args, _ = b.parse_args([])
+    argvs = {c: b.train_argv(c, args, ["--vocab_size=256", "--hidden_dim=64", "--n_layers=1"], "/tmp/x")[1]
+             for c in ("no_comm", "allreduce", "bf16_allreduce", "powersgd_r4")}
+    sizes = {c: b.bytes_per_step(c, argv) for c, argv in argvs.items()}
+    assert sizes["no_comm"] == 0 and sizes["allreduce"] == 2 * sizes["bf16_allreduce"]
+    assert 0 < sizes["powersgd_r4"] < sizes["allreduce"] / 4
+
+
+def test_comparisons_and_targets():
+    res = [{"case": "no_comm", "ms_per_iter": 100.0, "tokens_per_s": 1000.0, "loss": 5.0, "rate_mbit": 10},
+           {"case": "allreduce", "ms_per_iter": 600.0, "tokens_per_s": 300.0, "loss": 4.0, "rate_mbit": 10},
+           {"case": "powersgd_r4", "ms_per_iter": 120.0, "tokens_per_s": 1500.0, "loss": 4.08, "rate_mbit": 10}]
+    summary = b.add_comparisons(res)
+    assert res[1]["vs_no_comm"] == 6.0 and res[2]["loss_vs_allreduce"] == pytest.approx(1.02)
+    assert summary["link_bound"] and summary["target_met"] and summary["powersgd_r4_tokens_vs_allreduce"] == 5.0
+    json.dumps(summary)
