@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
     code, reason, spike = lifecycle.outcome(error)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
-    lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike)
+    lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike,
+                     under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     if code == CRASH or (code == USER_ERROR and debug_enabled()):
         raise error
     lifecycle.report(code, reason, rank)

@@ -307,7 +307,7 @@ def _write_dataset(tmp: Path, files: list[str], tokenizer_dir: str, opts: SFTOpt
     per_example = 1 if opts.task == "sft" else 3
     writer = _SegmentWriter(tmp, tok.vocab_size, per_example)
     stats, truncated, dropped = ReadStats(), 0, 0
-    bar = tqdm(unit="rec", desc=f"pretokenize {opts.task}", disable=not progress, mininterval=1.0)
+    bar = tqdm(unit="rec", desc=f"pretokenize {opts.task}", disable=None if progress else True, mininterval=1.0)
     try:
         batches = record_batches(files, opts, skip_bad_records, stats, bar)
         for batch in encode_batches(batches, tokenizer_dir, opts, num_workers):

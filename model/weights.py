@@ -15,6 +15,7 @@ from torch import nn
 
 from model.config import Z2allConfig
 from utils.checkpoint import resolve_checkpoint
+from utils.fileio import follow_umask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -30,6 +31,7 @@ def save_pretrained(model: nn.Module, save_dir: str | os.PathLike) -> None:
     save_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    follow_umask(save_dir / WEIGHTS_NAME)
     (save_dir / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
 
 

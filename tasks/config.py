@@ -62,6 +62,10 @@ class TrainConfig:
             raise ValueError(f"--spike_factor must be > 1 (a multiple of the median loss), got {self.spike_factor}")
         if (self.resume_step >= 0 or self.skip_data_to > 0) and not self.resume:
             raise ValueError("--resume_step and --skip_data_to pick where a resumed run continues: add --resume")
+        if self.fault_injection:
+            from tasks.faults import Fault
+
+            Fault.parse(self.fault_injection)  # fails at start-up with the accepted forms
         if self.keep_last_n < 2:
             raise ValueError(f"--keep_last_n must be >= 2 so a torn newest checkpoint leaves one to resume from, "
                              f"got {self.keep_last_n}")

@@ -52,9 +52,14 @@ def argv_out_dir(argv: list[str]) -> str:
     return next((a.split("=", 1)[1] for a in argv if a.startswith("--out_dir=")), "")
 
 
-def record(out_dir: str, rank: int, code: int, reason: str, iteration: int, spike=None) -> None:
-    """exit_status.json from rank 0; a failure to write it is printed, never raised (the exit code still goes out)."""
-    if rank != 0 or not out_dir:
+def record(out_dir: str, rank: int, code: int, reason: str, iteration: int, spike=None,
+           under_torchrun: bool = False) -> None:
+    """exit_status.json from rank 0; a failure to write it is printed, never raised (the exit code still goes out).
+
+    A user error is recorded only under torchrun, whose agent turns every code into 1: without torchrun the
+    process exit code tells the monitor, and a mistyped command leaves no trace in the dir it names.
+    """
+    if rank != 0 or not out_dir or (code == USER_ERROR and not under_torchrun):
         return
     probe = out_dir if os.path.isdir(out_dir) else os.path.dirname(os.path.abspath(out_dir))
     if code == USER_ERROR and not os.access(probe, os.W_OK):

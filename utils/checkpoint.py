@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from utils.fileio import fsync_path, sha256_file, write_file_durable
+from utils.fileio import follow_umask, fsync_path, sha256_file, write_file_durable
 
 CKPT_DIRNAME = "ckpt"
 COMPLETE_NAME = "COMPLETE"
@@ -238,6 +238,7 @@ def _write_model(tmp: Path, model_state: dict[str, torch.Tensor]) -> None:
 
     path = tmp / MODEL_NAME
     save_file(model_state, str(path), metadata={"format": "pt"})
+    follow_umask(path)
     fsync_path(path)
 
 

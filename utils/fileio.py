@@ -91,3 +91,15 @@ def check_writable(path: str | os.PathLike) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = f"{path} is not writable" if probe == p else f"{path} cannot be created: {probe} is not writable"
         raise ValueError(f"{what} (read-only or no permission); choose another --out_dir or fix its permissions")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain open() would (0666 minus the umask). safetensors writes 0600, which keeps
+    the weights from a team sharing a run dir on a cluster while every other file of the run is readable."""
+    os.chmod(path, 0o666 & ~_umask())

@@ -15,9 +15,11 @@ Layout notes (why the conversion is plain slicing):
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ import torch
 from model.config import Z2allConfig
 from model.hf.names import one_to_one_pairs
 from model.weights import read_pretrained, resolve_model_dir
+from utils.cli import ArgumentParser, run_main
+from utils.fileio import follow_umask
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,34 +111,62 @@ def find_tokenizer_dir(ckpt: str | Path, tokenizer_dir: str | None) -> Path | No
 def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None, dtype: str = "keep") -> Path:
     """Write config.json, model.safetensors and the tokenizer files into out_dir. Returns out_dir.
 
-    1. Resolve ckpt (saved dir, step dir or run dir) and read its config and weights.
+    1. Resolve ckpt (saved dir, step dir or run dir) and read its config and weights; check out_dir is new,
+       empty or an earlier export (never replace anything else).
     2. Cast floating tensors if --dtype is not keep; unfuse qkv_proj and gate_up_proj.
-    3. Write the HF config (llama or qwen2) and the weights; copy every tokenizer file.
+    3. Write the HF config (llama or qwen2), the weights and every tokenizer file into a temp dir beside
+       out_dir, then rename it into place: a failed export leaves out_dir as it was.
     """
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype} is not one of {', '.join(DTYPES)}")
     cfg, state, _ = read_pretrained(ckpt)
+    out = Path(out_dir)
+    _check_out_dir(out)
+    tok = find_tokenizer_dir(ckpt, tokenizer_dir)
     if DTYPES[dtype] is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(to_hf_state(cfg, state), str(out / "model.safetensors"), metadata={"format": "pt"})
-    param_dtype = state["embed_tokens.weight"].dtype
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, param_dtype), indent=2) + "\n", encoding="utf-8")
-    tok = find_tokenizer_dir(ckpt, tokenizer_dir)
-    if tok is not None:
-        for f in tok.iterdir():
-            if f.is_dir():
-                shutil.copytree(f, out / f.name, dirs_exist_ok=True)
-            else:
-                shutil.copy2(f, out / f.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        save_file(to_hf_state(cfg, state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        follow_umask(tmp / "model.safetensors")
+        param_dtype = state["embed_tokens.weight"].dtype
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, param_dtype), indent=2) + "\n", encoding="utf-8")
+        if tok is not None:
+            for f in tok.iterdir():
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+        if out.exists():
+            aside = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.rename(out, aside)
+            os.rename(tmp, out)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out_dir={out} is a file; choose a directory for the export")
+    if out.is_dir() and any(out.iterdir()) and not _is_export(out):
+        raise ValueError(f"--out_dir={out} holds files that are not a Hugging Face export; choose a new or empty "
+                         f"directory (an earlier export there is replaced whole)")
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        return "architectures" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="run dir, checkpoint step dir or save_pretrained dir")
     ap.add_argument("--out_dir", required=True, help="output dir for the HF model")
     ap.add_argument("--tokenizer_dir", default="", help="tokenizer files to copy (default: <run>/tokenizer/)")
@@ -145,4 +177,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -9,15 +9,16 @@ The weight layout is the inverse of model/export_hf.py (rotate-half RoPE on both
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 from model.config import Z2allConfig
 from model.hf.names import one_to_one_pairs
+from utils.cli import ArgumentParser, run_main
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")
@@ -116,6 +117,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     from utils.checkpoint import CheckpointManager
 
     hf_dir, out = Path(hf_dir), Path(out_dir)
+    if (out / "ckpt").exists():
+        raise ValueError(f"--out_dir={out} already holds a run (ckpt/); choose a new --out_dir for the import")
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{config_path} does not exist; --hf_dir must be a Hugging Face model directory")
@@ -133,7 +136,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hf_dir", required=True, help="Hugging Face model dir (config.json + safetensors)")
     ap.add_argument("--out_dir", required=True, help="z2all run dir to create")
     args = ap.parse_args(argv)
@@ -142,4 +145,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -182,3 +182,14 @@ def test_a_loss_spike_is_rolled_back_past_its_data(tmp_path):
     assert state["consumed_micro_batches"] == 44 * 2 + (skip_to - skip_from)
     losses = dict(read_losses(out))
     assert max(losses[i] for i in range(29, 45)) < 1.5 * np.median([losses[i] for i in range(9, 29)])
+
+
+def test_under_torchrun_a_config_error_is_printed_once_and_recorded(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(command(2, ["--batchsize=3", f"--out_dir={out}", "--device=cpu"]), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did you mean --batch_size" in errors[0], proc.stderr[-2000:]
+    # torchrun's agent exits 1 whatever the worker's code: the real one is in exit_status.json
+    assert json.loads((out / "exit_status.json").read_text())["code"] == ec.USER_ERROR

@@ -22,6 +22,10 @@ TOK = "data_preprocess.train_tokenizer"
 IDX = "data_preprocess.build_sample_index"
 CORPUS = "data_preprocess.demo_corpus"
 DEMO = "data_preprocess.demo"
+TRAIN = "train"
+EXPORT = "model.hf.export_hf"
+IMPORT = "model.hf.import_hf"
+SFT = "data_preprocess.pretokenize_sft"
 DOCS = [f"def f{i}(x):\n    return x * {i}  # the answer is {i * 7}\n" * (1 + i % 3) for i in range(40)]
 
 
@@ -144,6 +148,45 @@ CASES = [
     Case("corpus_out_dir_is_a_file", CORPUS, ["--out_dir={d}/out", "--root={d}/src"], ("--out_dir", "is a file"),
          {"out": "x", "src/m.py": "x = 1\n"}),
     Case("demo_vocab_too_small", DEMO, ["--cache_dir={d}/out", "--vocab_size=10"], ("--vocab_size must be",)),
+    # ---- train.py (config and data mistakes; nothing may appear in --out_dir)
+    Case("train_unknown_key", TRAIN, ["--batchsize=3", "--out_dir={d}/out"], ("'batchsize'", "--batch_size")),
+    Case("train_bad_int", TRAIN, ["--batch_size=eight", "--out_dir={d}/out"], ("--batch_size='eight'", "valid int")),
+    Case("train_nan_float", TRAIN, ["--learning_rate=nan", "--out_dir={d}/out"], ("finite float",)),
+    Case("train_zero_heads", TRAIN, ["--n_heads=0", "--out_dir={d}/out"], ("--n_heads must be positive",)),
+    Case("train_zero_kv_heads", TRAIN, ["--n_kv_heads=0", "--out_dir={d}/out"], ("--n_kv_heads must be positive",)),
+    Case("train_zero_multiple_of", TRAIN, ["--multiple_of=0", "--out_dir={d}/out"], ("--multiple_of must be",)),
+    Case("train_heads_do_not_divide", TRAIN, ["--n_heads=3", "--out_dir={d}/out"], ("not divisible by n_heads",)),
+    Case("train_bad_choice", TRAIN, ["--dtype=fp8", "--out_dir={d}/out"], ("--dtype='fp8'", "not one of")),
+    Case("train_data_dir_missing", TRAIN, ["--data_dir={d}/nope", "--out_dir={d}/out"],
+         ("--data_dir=", "does not exist", "data_preprocess.pretokenize")),
+    Case("train_data_dir_is_a_file", TRAIN, ["--data_dir={d}/x.bin", "--out_dir={d}/out"], ("is a file",),
+         {"x.bin": b"\0" * 16}),
+    Case("train_resume_without_run", TRAIN, ["--resume", "--out_dir={d}/out"], ("cannot resume", "without --resume")),
+    Case("train_resume_and_init_from", TRAIN, ["--resume", "--init_from={d}", "--out_dir={d}/out"],
+         ("exclude each other",)),
+    Case("train_init_from_not_a_run", TRAIN, ["--init_from={d}/nope", "--out_dir={d}/out"], ("nope", "not a directory")),
+    Case("train_two_config_files", TRAIN, ["a.py", "b.py", "--out_dir={d}/out"], ("two config files",)),
+    Case("train_config_file_missing", TRAIN, ["{d}/nope.py", "--out_dir={d}/out"], ("nope.py", "does not exist")),
+    Case("train_config_file_broken", TRAIN, ["{d}/c.py", "--out_dir={d}/out"], ("c.py", "failed to execute"),
+         {"c.py": "batch_size = = 2\n"}),
+    Case("train_resume_step_without_resume", TRAIN, ["--resume_step=3", "--out_dir={d}/out"], ("add --resume",)),
+    Case("train_bad_fault", TRAIN, ["--fault_injection=boom", "--max_iters=1", "--data_dir={bin}",
+                                    "--out_dir={d}/out", "--vocab_size=320", "--tokenizer_dir={tok}"],
+         ("--fault_injection='boom'",)),
+    # ---- HF export and import, SFT pretokenize
+    Case("export_not_a_run", EXPORT, ["--ckpt={d}/src", "--out_dir={d}/out"], ("no checkpoint found", "src"),
+         {"src/readme.txt": "x"}),
+    Case("export_out_dir_not_an_export", EXPORT, ["--ckpt={d}/src", "--out_dir={d}/out"], ("no checkpoint found",),
+         {"src/readme.txt": "x", "out/notes.txt": "mine"}),
+    Case("export_missing_flag", EXPORT, ["--ckpt={d}/src"], ("--out_dir",)),
+    Case("import_no_config", IMPORT, ["--hf_dir={d}/hf", "--out_dir={d}/out"], ("config.json", "does not exist"),
+         {"hf/readme.txt": "x"}),
+    Case("import_unsupported", IMPORT, ["--hf_dir={d}/hf", "--out_dir={d}/out"], ("gpt2",),
+         {"hf/config.json": '{"model_type": "gpt2"}'}),
+    Case("sft_malformed_record", SFT, ["--input={d}/a.jsonl", "--tokenizer_dir={tok}", "--out_dir={d}/out"],
+         ("a.jsonl", "line 1"), {"a.jsonl": '{"messages": [{"role": "user", "content": 3}]}\n'}),
+    Case("sft_roles_do_not_alternate", SFT, ["--input={d}/a.jsonl", "--tokenizer_dir={tok}", "--out_dir={d}/out"],
+         ("a.jsonl", "line 1"), {"a.jsonl": '{"messages": [{"role": "assistant", "content": "x"}]}\n'}),
 ]
 
 
