@@ -32,57 +32,13 @@ from parallel.ddp import DistributedDataParallel
 from parallel.dist import DistContext, destroy, init_distributed
 from tasks import TASKS, lifecycle
 from tasks.lifecycle import StopSignal
+from tasks.setup import check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
 from tasks.trainer import Trainer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
-from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_trainer_state,
-                              resolve_checkpoint, step_dir_name)
+from utils.checkpoint import CheckpointManager, copy_tokenizer, load_optim_states, load_trainer_state
 from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        name = "bfloat16" if device.type == "cuda" else "float32"
-    return DTYPES[name]
-
-
-def load_tokenizer(cfg: ExperimentConfig, tokenizer_dir: str):
-    """Load the tokenizer (if any) and take the special ids from it; check it fits the model's vocab."""
-    if not tokenizer_dir:
-        return None
-    from tokenizer import Z2allTokenizer
-
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
-    if tok.model_vocab_size > cfg.model.vocab_size:
-        raise ValueError(
-            f"the tokenizer in {tokenizer_dir} has {tok.vocab_size} tokens (model vocab "
-            f"{tok.model_vocab_size}) but --vocab_size={cfg.model.vocab_size}; use --vocab_size={tok.model_vocab_size}"
-        )
-    cfg.model.bos_token_id, cfg.model.eos_token_id, cfg.model.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
-    return tok
-
-
-def find_resume_checkpoint(cfg: ExperimentConfig, ckpt: CheckpointManager):
-    """The checkpoint to resume from (--resume_step's, or the newest); a fresh run refuses an out_dir that already
-    holds checkpoints."""
-    if cfg.train.resume and cfg.train.resume_step >= 0:
-        return resolve_checkpoint(ckpt.ckpt_root / step_dir_name(cfg.train.resume_step))
-    latest = ckpt.latest()
-    if not cfg.train.resume:
-        if latest is not None:
-            raise ValueError(
-                f"--out_dir={cfg.train.out_dir} already holds checkpoints ({latest.name}); add --resume to continue "
-                f"that run, or choose a new --out_dir"
-            )
-        return None
-    if latest is None:
-        raise ValueError(
-            f"--resume: no complete checkpoint under {cfg.train.out_dir}/ckpt; start the run without --resume"
-        )
-    return latest
 
 
 def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir) -> Z2allForCausalLM:
@@ -97,17 +53,12 @@ def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, res
     if resume_dir is not None:
         load_pretrained_into(model, resume_dir, fix="drop the changed --keys: a resumed run keeps its shape")
     elif cfg.train.init_from:
-        load_pretrained_into(model, cfg.train.init_from,
-                             fix="set {keys} to match it (with data tokenized for that vocabulary), or start "
-                                 "from scratch without --init_from")
+        loaded = load_pretrained_into(model, cfg.train.init_from,
+                                      fix="set {keys} to match it (with data tokenized for that vocabulary), or "
+                                          "start from scratch without --init_from")
+        print0(f"initialized from {loaded}: {model.num_params(non_embedding=False) / 1e6:.2f}M params "
+               f"(the weights only: a new run, new optimizer state and data position)", rank=ctx.rank)
     return model
-
-
-def describe_run(cfg: ExperimentConfig, ctx: DistContext, model, dtype) -> str:
-    t = cfg.train
-    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
-            f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
-            f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")
 
 
 @dataclass
@@ -128,10 +79,12 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     """Steps 2-3 of the module docstring; writes nothing into out_dir (the data's sample index may be built)."""
     t = cfg.train
     check_writable(t.out_dir)
+    dtype = resolve_dtype(t.dtype, ctx.device)
+    if t.memory_check:
+        check_memory(cfg, ctx, dtype)
     spec = TASKS[t.task_type]
     data = spec.locate_data(cfg, ctx)
     tokenizer = load_tokenizer(cfg, data.tokenizer_dir)
-    dtype = resolve_dtype(t.dtype, ctx.device)
     ckpt = CheckpointManager(t.out_dir, keep_last_n=t.keep_last_n, rank=ctx.rank, world_size=ctx.world_size,
                              barrier=ctx.barrier)
     resume_dir = find_resume_checkpoint(cfg, ckpt)
@@ -176,8 +129,13 @@ def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
     trainer = start_run(cfg, ctx, build_run(cfg, ctx))
     trainer.stop_requested = stop.requested
     try:
+        if trainer.iter >= cfg.train.max_iters:
+            print0(f"nothing to train: {cfg.train.out_dir} is at iter {trainer.iter}, its --max_iters; resume with "
+                   f"--max_iters={2 * cfg.train.max_iters} (or more) to train further", rank=ctx.rank)
+            return trainer
         trainer.train()
         trainer.sample()
+        trainer.summary()
     finally:
         trainer.logger.close()
     return trainer
@@ -186,6 +144,9 @@ def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
 def main(argv: list[str] | None = None) -> int:
     """Run, then exit with the code of utils/exit_codes.py, recorded in <out_dir>/exit_status.json (rank 0)."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(configurator.help_text(), end="")
+        return 0
     rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0  # one error line, from rank 0
     stop, cfg, trainer, error = StopSignal(), None, None, None
     try:

@@ -32,9 +32,8 @@ class OptimizerConfig:
     hysteresis: int = 2  # overflowing steps tolerated before the scale halves
     overlap_param_gather: bool = False  # ZeRO-1: hide the param all-gather behind the next forward
     overlap_optim_step: bool = False  # step each bucket's shard as soon as its reduction finishes
-    # skip the update on every rank when the global grad norm is inf/NaN (bf16/fp32: one host read of the norm per
-    # step; fp16 always skips through its loss scaler)
-    skip_nonfinite: bool = True
+    # bf16/fp32: one host read of the grad norm per step; fp16 always skips through its loss scaler
+    skip_nonfinite: bool = True  # skip the update on every rank when the global grad norm is inf/NaN
     # split: the bf16 params are the high half of each fp32 main value, an int16 tensor the low half (same
     # update, 2 bytes/param less; triton impl only); fp32: a separate fp32 copy
     main_params: str = "auto"  # auto|fp32|split fp32 main params of bf16 models (auto: split with the triton impl)

@@ -17,13 +17,13 @@ PER_INVOCATION = ("resume", "resume_step", "skip_data_to", "fault_injection")
 class TrainConfig:
     """The run itself: where it writes, how long it trains, how it logs and saves."""
 
-    out_dir: str = "out/default"  # run directory: exp_config.py, ckpt/, metrics.jsonl, tb/, loss.png
+    out_dir: str = "out/default"  # run directory: exp_config.json, ckpt/, metrics.jsonl, tb/, loss.png
     task_type: str = "pretrain"  # pretrain | sft (conversations) | dpo (preference pairs)
     batch_size: int = 8  # sequences per micro-batch per rank
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step across ALL ranks (divided by world size)
     max_iters: int = 1000  # optimizer steps of the whole run
     eval_interval: int = 250  # optimizer steps between validation passes (0 disables)
-    eval_iters: int = 20  # micro-batches per rank in one validation pass
+    eval_iters: int = 20  # micro-batches of held-out data in one validation pass, split across the ranks
     log_interval: int = 10  # optimizer steps between log lines
     save_interval: int = 500  # optimizer steps between checkpoints (one is always written at the end)
     keep_last_n: int = 2  # complete checkpoints kept (>= 2), besides best/
@@ -31,12 +31,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # param dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
+    memory_check: bool = True  # refuse at start-up a model + micro-batch estimated not to fit the device
     resume: bool = False  # continue the run in out_dir from its newest complete checkpoint
     init_from: str = ""  # start from the weights of a run dir or checkpoint dir (no optimizer state)
     tensorboard: bool = True  # also write TensorBoard scalars to <out_dir>/tb
     peak_tflops: float = 0.0  # device bf16 dense peak for MFU; 0 = known devices only (H100/H200, A100)
     sample_tokens: int = 64  # tokens generated as a sample at the end (0 disables)
-    sample_prompt: str = "def "  # prompt of that sample
+    sample_prompt: str = "def main("  # prompt of that sample (pretraining; SFT and DPO reply to a held-out prompt)
     max_skipped_steps: int = 10  # non-finite steps skipped in a row before the run stops (exit 3, checkpoints kept)
     spike_rollback: bool = False  # exit 4 on a loss spike, for monitor_process.py to roll back past its data
     spike_factor: float = 3.0  # a spike: the loss above spike_factor x the median of the last 100 step losses ...

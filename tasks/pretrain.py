@@ -72,20 +72,21 @@ class PretrainTask:
         return batch[0].numel()
 
     def evaluate(self, model) -> dict[str, float]:
-        """Mean loss over a fixed set of validation windows (rank-strided micro-batches)."""
+        """Mean loss over the first eval_iters * batch_size validation windows, split across the ranks: the same
+        windows and the same mean for any number of ranks (up to the order of the fp32 sums)."""
         if self.valid_ds is None:
             return {}
-        n, b, w = len(self.valid_ds), self.cfg.batch_size, self.ctx.world_size
+        n, b, count = len(self.valid_ds), self.cfg.batch_size, self.cfg.eval_iters * self.cfg.batch_size
+        mine = list(range(self.ctx.rank, count, self.ctx.world_size))
         total = torch.zeros((), device=self.ctx.device)
-        for k in range(self.cfg.eval_iters):
-            start = ((k * w + self.ctx.rank) * b) % n
-            x, y = stack_windows([self.valid_ds[(start + j) % n] for j in range(b)])
-            total += model(x.to(self.ctx.device), targets=y.to(self.ctx.device)).loss.float()
-        total /= self.cfg.eval_iters
-        if w > 1:
+        for s in range(0, len(mine), b):
+            x, y = stack_windows([self.valid_ds[j % n] for j in mine[s:s + b]])
+            # summed over tokens, divided by the window length: the sum of the windows' mean losses
+            total += model(x.to(self.ctx.device), targets=y.to(self.ctx.device), loss_reduction="sum").loss.float() \
+                / self.seq_len
+        if self.ctx.world_size > 1:
             torch.distributed.all_reduce(total, group=self.ctx.group)
-            total /= w
-        return {"valid_loss": total.item()}
+        return {"valid_loss": (total / count).item()}
 
     def sample(self, model) -> str | None:
         t = self.cfg

@@ -82,7 +82,8 @@ class Trainer:
         self.beat(STARTUP)
         self._tokens_since_log = 0
         self._iters_since_log = 0
-        self._t0 = time.perf_counter()  # start of the current log interval
+        self._t0 = self._started = time.perf_counter()  # start of the current log interval, of training
+        self._start_iter = 0
 
     # -- state ------------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class Trainer:
                                f"the last finite one is kept; lower --learning_rate or turn on --grad_clip, then "
                                f"--resume")
         self.beat(CHECKPOINT)
+        t0 = time.perf_counter()
         is_best = self.last_val_loss < self.best_val_loss
         if is_best:
             self.best_val_loss = self.last_val_loss
@@ -155,6 +157,8 @@ class Trainer:
             metrics = os.path.join(self.cfg.out_dir, "metrics.jsonl")
             if os.path.isfile(metrics):
                 plot_metrics(metrics, os.path.join(self.cfg.out_dir, "loss.png"))
+        print0(f"saved checkpoint step {self.iter} to {self.ckpt.ckpt_root} in {time.perf_counter() - t0:.1f}s"
+               f"{' (the best valid loss so far: also ckpt/best)' if is_best else ''}", rank=self.ctx.rank)
         self.beat(STEP)
 
     # -- one step ---------------------------------------------------------------------------
@@ -233,9 +237,16 @@ class Trainer:
             self.logger.log(rec)
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
         print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f} | lr {rec['lr']:.2e} | grad_norm "
-               f"{rec['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | mfu {mfu_text} | mem {rec['peak_mem_gb']:.2f} GB",
-               rank=self.ctx.rank)
+               f"{rec['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | mfu {mfu_text} | mem {rec['peak_mem_gb']:.2f} GB"
+               f" | {self._clock()}", rank=self.ctx.rank)
         self._tokens_since_log = 0
+
+    def _clock(self) -> str:
+        """'elapsed 1:02 | eta 3:10': time since this process started training, and the rest at its pace so far."""
+        elapsed = time.perf_counter() - self._started
+        done = self.iter - self._start_iter
+        eta = elapsed / done * (self.cfg.max_iters - self.iter) if done else 0.0
+        return f"elapsed {_hms(elapsed)} | eta {_hms(eta)}"
 
     def evaluate(self) -> None:
         self.beat(EVAL)
@@ -252,7 +263,8 @@ class Trainer:
         print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}", rank=self.ctx.rank)
 
     def train(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = self._started = time.perf_counter()
+        self._start_iter = self.iter
         while self.iter < self.cfg.max_iters:
             self.iteration()
 
@@ -291,6 +303,18 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.group)
         return bool(flag.item())
 
+    def summary(self) -> None:
+        """Where the run's outputs are and what to do with them (the end of a run)."""
+        out, t = self.cfg.out_dir, self.cfg
+        lines = [f"done: {t.task_type} to iter {self.iter} in {_hms(time.perf_counter() - self._started)}; outputs in "
+                 f"{out}/ (metrics.jsonl, loss.png, tb/, ckpt/step_{self.iter:09d}"
+                 f"{', ckpt/best' if math.isfinite(self.best_val_loss) else ''})",
+                 f"  train further:  python train.py --resume --out_dir={out} --max_iters={2 * t.max_iters}",
+                 f"  export to HF:   python -m model.hf.export_hf --ckpt={out} --out_dir={out}/hf",
+                 f"  chat with it:   python -m tasks.chat {out}" if t.task_type != "pretrain" else
+                 f"  fine-tune it:   python train.py --task_type=sft --init_from={out}"]
+        print0("\n".join(lines), rank=self.ctx.rank)
+
     def sample(self) -> None:
         if not self.ctx.is_main:
             return
@@ -306,3 +330,9 @@ def _with_corrupt_targets(batch, vocab_size: int, iteration: int):
     if isinstance(batch, tuple):
         return (batch[0], Fault.corrupt_targets(batch[1], vocab_size, iteration), *batch[2:])
     return dataclasses.replace(batch, targets=Fault.corrupt_targets(batch.targets, vocab_size, iteration))
+
+
+def _hms(seconds: float) -> str:
+    m, sec = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

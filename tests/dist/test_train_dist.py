@@ -1,4 +1,5 @@
 """train.py under torchrun with 2 gloo ranks: same samples as 1 process, and bitwise resume after SIGKILL."""
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,20 @@ def test_two_gloo_ranks_match_one_process_and_resume_bitwise(tmp_path):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_losses(killed_out) == l2
+
+
+def test_valid_loss_is_the_same_for_one_process_and_two_ranks(tmp_path):
+    """The validation pass covers the same windows for any number of ranks (split across them)."""
+    cfg_file, args, out = make_run(tmp_path, "two_eval")
+    _, one_args, one_out = make_run(tmp_path, "one_eval")
+    flags = ["--attention_dropout=0", "--residual_dropout=0", "--max_iters=4", "--eval_interval=2", "--eval_iters=3"]
+    assert run_cli([cfg_file, *one_args, *flags]).returncode == 0
+    two = subprocess.run(torchrun(2, [cfg_file, *args, *flags]), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def valid(o):
+        return [json.loads(line)["valid_loss"] for line in (o / "metrics.jsonl").read_text().splitlines()
+                if "valid_loss" in line]
+
+    assert len(valid(one_out)) == 2
+    np.testing.assert_allclose(valid(out), valid(one_out), rtol=1e-6)

@@ -38,7 +38,7 @@ def test_int_accepts_integral_exponent():
     [
         (["--batchsize=3"], "did you mean --batch_size"),
         (["--batch_size=x"], "not a valid int"),
-        (["--learning_rate=fast"], "not a valid float"),
+        (["--learning_rate=fast"], "not a valid finite float"),
         (["--compile=maybe"], "not a valid bool"),
         (["--batch_size"], "needs a value"),
         (["--batch_size=0"], "must be positive"),
@@ -135,3 +135,15 @@ def test_run_config_is_data_never_code(tmp_path):
     (out / "exp_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read .*exp_config.json"):
         c.build_config(["--resume", f"--out_dir={out}"])
+
+
+def test_help_lists_every_key_with_its_type_default_and_meaning(capsys):
+    import train
+
+    assert train.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for section in c.ExperimentConfig().sections().values():
+        for key, value in c.dataclasses.asdict(section).items():
+            line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
+            assert line is not None, key
+            assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line

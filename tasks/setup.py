@@ -1,0 +1,71 @@
+"""Set-up steps of a run that train.py wires together: the param dtype, the tokenizer, the checkpoint to resume,
+the memory check and the start-up line. Each reads the config and the DistContext; none writes anything."""
+from __future__ import annotations
+
+import torch
+
+from model.memory import check_fits, training_bytes
+from utils.checkpoint import CheckpointManager, resolve_checkpoint, step_dir_name
+from utils.memory import available_bytes
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    return DTYPES[name]
+
+
+def load_tokenizer(cfg, tokenizer_dir: str):
+    """Load the tokenizer (if any) and take the special ids from it; check it fits the model's vocab."""
+    if not tokenizer_dir:
+        return None
+    from tokenizer import Z2allTokenizer
+
+    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    if tok.model_vocab_size > cfg.model.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {tokenizer_dir} has {tok.vocab_size} tokens (model vocab "
+            f"{tok.model_vocab_size}) but --vocab_size={cfg.model.vocab_size}; use --vocab_size={tok.model_vocab_size}"
+        )
+    cfg.model.bos_token_id, cfg.model.eos_token_id, cfg.model.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
+    return tok
+
+
+def find_resume_checkpoint(cfg, ckpt: CheckpointManager):
+    """The checkpoint to resume from (--resume_step's, or the newest); a fresh run refuses an out_dir that already
+    holds checkpoints."""
+    if cfg.train.resume and cfg.train.resume_step >= 0:
+        return resolve_checkpoint(ckpt.ckpt_root / step_dir_name(cfg.train.resume_step))
+    latest = ckpt.latest()
+    if not cfg.train.resume:
+        if latest is not None:
+            raise ValueError(
+                f"--out_dir={cfg.train.out_dir} already holds checkpoints ({latest.name}); add --resume to continue "
+                f"that run, or choose a new --out_dir"
+            )
+        return None
+    if latest is None:
+        raise ValueError(
+            f"--resume: no complete checkpoint under {cfg.train.out_dir}/ckpt; start the run without --resume"
+        )
+    return latest
+
+
+def check_memory(cfg, ctx, dtype: torch.dtype) -> None:
+    """Refuse, before allocating, a model and micro-batch that cannot fit (model/memory.py's estimate)."""
+    p = torch.finfo(dtype).bits // 8
+    split = dtype == torch.bfloat16 and ctx.device.type == "cuda" and cfg.optim.main_params != "fp32"
+    est = training_bytes(cfg.model, cfg.train.batch_size * cfg.model.max_seq_len, p,
+                         4 if cfg.ddp.grad_reduce_in_fp32 else p, 0 if p == 4 else 2 if split else 4,
+                         ctx.world_size if cfg.ddp.use_distributed_optimizer else 1)
+    check_fits(est, available_bytes(ctx.device), str(ctx.device), f"{cfg.train.batch_size} x {cfg.model.max_seq_len}",
+               cfg.shape_source)
+
+
+def describe_run(cfg, ctx, model, dtype) -> str:
+    t = cfg.train
+    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
+            f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
+            f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")
