@@ -77,3 +77,43 @@ def test_sigkill_then_resume_gives_bitwise_equal_losses(tmp_path, kill_at):
     resumed = run_cli([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert read_losses(out) == read_losses(tmp_path / "ref")
+
+
+def test_a_shape_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    import tasks.setup
+
+    cfg = tmp_path / "my.py"
+    cfg.write_text("batch_size = 4\nmax_iters = 3\n")  # no shape: the dataclass defaults, the 1.25B seed shape
+    monkeypatch.setattr(tasks.setup, "available_bytes", lambda device: 8 * 10 ** 9)
+    assert train.main([str(cfg), f"--out_dir={tmp_path / 'run'}", "--data_dir=/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training needs about" in err[0] and "8.0 GB is available" in err[0], err
+    assert "the seed 1.25B shape" in err[0] and "--batch_size" in err[0]  # checked before the missing data dir
+
+
+def test_confirmations_of_init_from_and_of_a_finished_resume(tmp_path, capsys):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=2"]) == 0
+    capsys.readouterr()
+    assert train.main([*args, "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing to train" in text and "--max_iters=4" in text and "--- sample" not in text
+    new = tmp_path / "new"
+    assert train.main([cfg_file, f"--data_dir={tmp_path / 'data'}", f"--out_dir={new}", "--max_iters=1",
+                       f"--init_from={out}"]) == 0
+    text = capsys.readouterr().out
+    assert "initialized from" in text and "step_000000002" in text
+    assert train.main([cfg_file, f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'clash'}",
+                       f"--init_from={out}", "--vocab_size=256"]) == 2
+    err = capsys.readouterr().err
+    assert "vocab_size: checkpoint 128 vs now 256" in err and "set --vocab_size=128 to match it" in err
+
+
+def test_weights_follow_the_umask(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=2"]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out / "ckpt").rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
