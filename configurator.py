@@ -91,9 +91,43 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _field_comments(cls) -> dict[str, str]:
+    """{field: the comment after it} from a config dataclass's source (the one place each key is explained)."""
+    import inspect
+
+    out, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))  # a comment line above a field belongs to it
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier() and "=" in rest:
+            comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+            out[name] = " ".join(pending + [comment]).strip()
+        pending = []
+    return out
+
+
+def help_text() -> str:
+    """`train.py --help`: every key, grouped by section, with its type, default and meaning (from the code)."""
+    lines = ["usage: [torchrun ...] python train.py [CONFIG.py] [--key=value ...]", "",
+             "CONFIG.py is a Python file of assignments (default: configs/default.py; configs/sft.py with",
+             "--task_type=sft, configs/dpo.py with --task_type=dpo). --key=value wins over it; --flag means True.",
+             "--resume --out_dir=RUN continues a run from its exp_config.json. Keys by section:"]
+    for sec in _section_fields():
+        cls = sec.default_factory
+        lines += ["", f"[{sec.name}] {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
+        comments, defaults = _field_comments(cls), cls()
+        for f in dataclasses.fields(cls):
+            typ = KEYS[f.name][1].__name__
+            lines.append(f"  --{f.name}={getattr(defaults, f.name)!r} ({typ})  {comments.get(f.name, '')}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def _unknown_key_error(key: str, where: str) -> ValueError:
     close = difflib.get_close_matches(key, KEYS.keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean --{close[0]}?" if close else "; see configurator.py for the valid keys"
+    hint = f"; did you mean --{close[0]}?" if close else "; python train.py --help lists the valid keys"
     return ValueError(f"unknown config key {key!r} {where}{hint}")
 
 
