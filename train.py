@@ -36,7 +36,8 @@ from tasks.setup import check_memory, describe_run, find_resume_checkpoint, load
 from tasks.trainer import Trainer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
-from utils.checkpoint import CheckpointManager, copy_tokenizer, load_optim_states, load_trainer_state
+from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_rank_state,
+                              load_trainer_state)
 from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
 
@@ -95,6 +96,9 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     optimizer = build_optimizer(cfg.optim, ddp, dtype, ctx)
     if resume_dir is not None:
         optimizer.load_state_dict(load_optim_states(resume_dir))
+        hook_state = load_rank_state(resume_dir, ctx.rank)
+        if hook_state is not None:  # absent: saved by fewer ranks; the hook starts fresh (PowerSGD says so)
+            ddp.comm_hook.state.load_state_dict(hook_state)
     if t.compile:
         model.compile()
     task = spec.build(cfg, ctx, tokenizer, data, dtype)

@@ -152,6 +152,7 @@ class Trainer:
             trainer_state=self.trainer_state(),
             extra_json={"config.json": self.model.config.to_dict()},
             is_best=is_best,
+            rank_state=self.ddp.comm_hook.state.state_dict(),  # per rank: PowerSGD's error feedback is this rank's
         )
         if self.ctx.is_main:
             metrics = os.path.join(self.cfg.out_dir, "metrics.jsonl")
@@ -233,6 +234,7 @@ class Trainer:
                "skipped_steps": self.nonfinite.total}
         for k, v in metrics.items():
             rec[k] = self.reduce_over_ranks(v / self.ga_local)
+        rec.update(self.ddp.comm_hook.state.metrics())  # e.g. PowerSGD's comm_compression_ratio
         if self.ctx.is_main:
             self.logger.log(rec)
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"

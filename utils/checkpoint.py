@@ -40,12 +40,13 @@ COMPLETE_NAME = "COMPLETE"
 MODEL_NAME = "model.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
 OPTIM_DIRNAME = "optim"
+RANK_STATE_DIRNAME = "comm"  # per-rank state that is not the optimizer's: the comm hook's (PowerSGD error feedback)
 BEST_NAME = "best"
 TMP_PREFIX = ".tmp-"
 COMPLETE_FORMAT = 1
 _STEP_RE = re.compile(r"^step_(\d{9,})$")
 _OPTIM_RE = re.compile(r"^rank_(\d{5,})\.pt$")
-_RESERVED = {COMPLETE_NAME, MODEL_NAME, TRAINER_STATE_NAME, OPTIM_DIRNAME}
+_RESERVED = {COMPLETE_NAME, MODEL_NAME, TRAINER_STATE_NAME, OPTIM_DIRNAME, RANK_STATE_DIRNAME}
 
 
 def step_dir_name(step: int) -> str:
@@ -178,6 +179,12 @@ def load_trainer_state(ckpt_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def load_rank_state(ckpt_dir: str | os.PathLike, rank: int) -> dict | None:
+    """This rank's comm/rank_*.pt (weights_only), or None when that rank saved none (e.g. another world size)."""
+    path = Path(ckpt_dir) / RANK_STATE_DIRNAME / optim_file_name(rank)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
 def load_optim_states(ckpt_dir: str | os.PathLike) -> list[dict]:
     """Every saved rank's optimizer state, in rank order ([] if none was saved).
 
@@ -224,8 +231,8 @@ def _prepare_model_state(model_state: Mapping[str, torch.Tensor], drop_keys: Ite
     return out
 
 
-def _write_optim(tmp: Path, rank: int, optim_state: dict) -> None:
-    optim_dir = tmp / OPTIM_DIRNAME
+def _write_optim(tmp: Path, rank: int, optim_state: dict, dirname: str = OPTIM_DIRNAME) -> None:
+    optim_dir = tmp / dirname
     optim_dir.mkdir(exist_ok=True)
     with open(optim_dir / optim_file_name(rank), "wb") as fh:
         torch.save(optim_state, fh)
@@ -387,12 +394,13 @@ class CheckpointManager:
 
     def save(self, step: int, model_state: Mapping[str, torch.Tensor], optim_state: dict | None = None,
              trainer_state: dict | None = None, extra_json: Mapping[str, dict] | None = None,
-             is_best: bool = False, drop_keys: Iterable[str] = ()) -> Path:
+             is_best: bool = False, drop_keys: Iterable[str] = (), rank_state: dict | None = None) -> Path:
         """Write checkpoint `step` (collective: every rank calls it). Returns the final step dir.
 
         1. Every rank validates its arguments (same checks everywhere, so all ranks fail alike).
         2. Rank 0 removes stale .tmp-* dirs and creates `.tmp-step_XXXXXXXXX-<random>`; barrier.
-        3. Every rank finds that dir and writes optim/rank_{rank:05d}.pt if it has optimizer state; barrier.
+        3. Every rank finds that dir and writes optim/rank_{rank:05d}.pt if it has optimizer state, and
+           comm/rank_{rank:05d}.pt if it has rank_state (its comm hook's state); barrier.
         4. Rank 0 writes model.safetensors, trainer_state.json and extra_json files, then COMPLETE (sizes and
            sha256 of all files) last, fsyncs, renames the dir into place (swapping out an old dir of the same
            step), refreshes best/ when is_best, and prunes to keep_last_n; final barrier.
@@ -401,7 +409,7 @@ class CheckpointManager:
         """
         extra = self._validate(step, extra_json)
         try:
-            return self._save(step, model_state, optim_state, trainer_state, extra, is_best, drop_keys)
+            return self._save(step, model_state, optim_state, trainer_state, extra, is_best, drop_keys, rank_state)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -411,7 +419,7 @@ class CheckpointManager:
                                    f"{self.ckpt_root} (need about {need / 1e9:.2f} GB)") from e
 
     def _save(self, step: int, model_state, optim_state, trainer_state, extra: dict, is_best: bool,
-              drop_keys) -> Path:
+              drop_keys, rank_state) -> Path:
         tmp_name = f"{TMP_PREFIX}{step_dir_name(step)}-"
         if self.rank == 0:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -421,6 +429,8 @@ class CheckpointManager:
         tmp = self._find_tmp(tmp_name)
         if optim_state is not None:
             _write_optim(tmp, self.rank, optim_state)
+        if rank_state is not None:
+            _write_optim(tmp, self.rank, rank_state, RANK_STATE_DIRNAME)
         self._barrier()
         final = self.ckpt_root / step_dir_name(step)
         if self.rank == 0:

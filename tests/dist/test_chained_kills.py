@@ -1,7 +1,7 @@
 """Chained SIGKILLs: each resume continues from what the previous *resumed* process wrote (defect 1 of the
 reliability issue). Every logged loss equals the uninterrupted run's and the final data position is exact, for
 pretraining on 1 process and on 2 gloo ranks with ZeRO-1, SFT with packing on 2 ranks, and DPO with the
-precomputed reference log-probs."""
+precomputed reference log-probs, and PowerSGD on 2 ranks (its per-rank error feedback and Q in the checkpoint)."""
 import json
 import os
 import random
@@ -21,6 +21,7 @@ CASES = {
     "one_process": (1, "pretrain", [], 2),
     "two_ranks_zero1": (2, "pretrain", ["--use_distributed_optimizer", "--overlap_param_gather"], 2),
     "sft_two_ranks_packed": (2, "sft", ["--gradient_accumulation_steps=2"], 2),
+    "powersgd_two_ranks": (2, "pretrain", ["--comm_hook=powersgd", "--powersgd_rank=2", "--powersgd_start_iter=3"], 2),
     "dpo_precomputed_reference": (1, "dpo", ["--precompute_ref_logps"], 1),
 }
 
