@@ -146,7 +146,7 @@ class _TorchBucket:
         return [p.view(self._b.grad_data) for p in self._b.params]
 
     def is_last(self):
-        return True  # one bucket: every call ends a step
+        return True  # one bucket (the tiny models fit one): every call ends a step
 
 
 def _torch_reference(ctx, rank: int, batched: bool, steps: int = 5) -> float:
