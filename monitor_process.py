@@ -61,6 +61,7 @@ from pathlib import Path
 
 from utils import exit_codes as ec
 from utils.cli import ArgumentParser
+from utils.proctree import become_subreaper, descendants, kill_descendants
 from utils.heartbeat import CHECKPOINT, HEARTBEAT_NAME, STARTUP, read_heartbeat
 from utils.run_status import ExitStatus, SpikeWindow, read_exit_status
 
@@ -116,6 +117,9 @@ class Monitor:
         self.stop_signal: int | None = None
         self.kill_now = False
         self.failures = 0
+        # the command-line monitor adopts the attempt's orphans (main() makes it a subreaper), so it can kill the
+        # workers a dead torchrun agent leaves behind; a Monitor built in another program never kills beyond its child
+        self.reaper = False
         self.rollbacks = 0
         self.rollback: Rollback | None = None
         self.rolled_back_to: set[tuple[int, int]] = set()  # (step, skip_data_to) of every rollback so far
@@ -238,6 +242,9 @@ class Monitor:
             return Attempt(number, start, code, str(e))
         hang = self._watch(proc, start)
         _signal_group(proc.pid, signal.SIGKILL)  # orphans of the attempt (stuck workers holding GPUs) must go
+        left = kill_descendants() if self.reaper else []  # torchrun's workers outlive their agent's group
+        if left:
+            self.log(f"killed {len(left)} process(es) the attempt left behind: {left}")
         rc = proc.returncode
         attempt = Attempt(number, start, rc if rc >= 0 else 128 - rc, hang or "")
         if hang is None:
@@ -306,7 +313,10 @@ class Monitor:
         if proc.poll() is None:
             self.log("second SIGINT: sending SIGKILL" if self.kill_now
                      else f"no exit {self.opts.kill_grace_s:g}s after SIGTERM; sending SIGKILL")
+        doomed = descendants(proc.pid)  # read before the agent dies: then its workers are no longer below it
         _signal_group(proc.pid, signal.SIGKILL)
+        for p in doomed:
+            _signal_pid(p, signal.SIGKILL)
         proc.wait()
 
     def _read_status(self, attempt: Attempt) -> None:
@@ -433,6 +443,13 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0]
 
@@ -526,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return ec.USER_ERROR
-    return Monitor(cmd, opts).run()
+    monitor = Monitor(cmd, opts)
+    monitor.reaper = become_subreaper()
+    return monitor.run()
 
 
 if __name__ == "__main__":

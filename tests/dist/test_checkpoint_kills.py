@@ -1,14 +1,12 @@
 """20 SIGKILLs, each landing inside a checkpoint write (or its pruning): every resume loads a complete
 checkpoint that passes its checksums, and the final losses are bitwise those of an uninterrupted run."""
 import json
-import os
 import random
-import signal
 import time
 
 import pytest
 
-from tests.support.runs import command, make_run, read_losses, run_cli, start
+from tests.support.runs import command, kill_run, make_run, read_losses, run_cli, start
 from utils.checkpoint import latest_checkpoint, verify_checkpoint
 
 KILLS = 20
@@ -35,8 +33,7 @@ def kill_inside_a_save(proc, out, rng, timeout=60) -> bool:
             time.sleep(rng.uniform(0, 0.03))
             break
         time.sleep(0.001)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run(proc)
     return True
 
 

@@ -193,3 +193,25 @@ def test_under_torchrun_a_config_error_is_printed_once_and_recorded(tmp_path):
     assert len(errors) == 1 and "did you mean --batch_size" in errors[0], proc.stderr[-2000:]
     # torchrun's agent exits 1 whatever the worker's code: the real one is in exit_status.json
     assert json.loads((out / "exit_status.json").read_text())["code"] == ec.USER_ERROR
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_agent_leaves_no_worker_behind_and_the_run_resumes(tmp_path):
+    """torchrun's workers live in sessions of their own: when their agent is SIGKILLed they keep running. The
+    monitor adopts them (a subreaper), kills them, and resumes the run once; it ends with every iteration."""
+    from utils.proctree import descendants
+
+    cfg_file, args, out = make_run(tmp_path)
+    mon = subprocess.Popen([*MONITOR, "--", *command(2, [cfg_file, *args, "--max_iters=60", "--save_interval=5"])],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and max((i for i, _ in _losses_or_empty(out)), default=0) < 6:
+        time.sleep(0.1)
+    agent = [p for p in descendants(mon.pid) if b"torch.distributed.run" in open(f"/proc/{p}/cmdline", "rb").read()]
+    workers = [p for p in descendants(agent[0])]
+    os.kill(agent[0], signal.SIGKILL)
+    _, err = mon.communicate(timeout=400)
+    assert mon.returncode == 0, err[-2000:]
+    assert "left behind" in (out / "monitor.log").read_text()
+    assert all(not os.path.exists(f"/proc/{p}") for p in workers)
+    assert [i for i, _ in read_losses(out)][-1] == 60

@@ -10,6 +10,7 @@ import numpy as np
 
 from dataset.format import write_bin
 from tests.conftest import ROOT
+from utils.proctree import signal_tree
 
 VOCAB = 128
 TINY = """
@@ -72,7 +73,17 @@ def kill_when(proc, out_dir, min_iter, timeout=180):
         except (FileNotFoundError, json.JSONDecodeError, ValueError):
             pass
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_run(proc)
+
+
+def kill_run(proc) -> None:
+    """SIGKILL a run started by start(): its process group and every process below it (torchrun's workers live
+    in sessions of their own and outlive a killed agent otherwise)."""
+    signal_tree(proc.pid, signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait()
 
 
@@ -106,5 +117,4 @@ def kill_after_checkpoint(proc, out, step, timeout=180):
         if time.time() > deadline:
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run(proc)
