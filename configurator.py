@@ -250,11 +250,11 @@ def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> None:
 def build_config(argv: list[str]) -> ExperimentConfig:
     """Build the validated config tree from argv (see the module docstring for the order)."""
     args = parse_argv(argv)
-    resume = bool(args.overrides.get("resume", False))
+    resume = bool(args.overrides.get("resume", False)) or _auto_resumes(args.overrides)
     cfg = ExperimentConfig()
     given: set[str] = set(args.overrides)
     if resume:
-        if args.config_file is not None:
+        if args.config_file is not None and not args.overrides.get("auto_resume"):
             raise ValueError(
                 f"--resume takes its config from <out_dir>/{EXP_CONFIG_NAME}; drop {args.config_file!r} "
                 f"and pass changes as --key=value"
@@ -282,6 +282,18 @@ def build_config(argv: list[str]) -> ExperimentConfig:
     derive(cfg, given)
     validate(cfg)
     return cfg
+
+
+def _auto_resumes(overrides: dict) -> bool:
+    """--auto_resume: resume when --out_dir holds a complete checkpoint (then a CONFIG.py given is not read: the
+    run's exp_config.json is), else start the run; a launcher can then restart one fixed command any number of
+    times (torchrun's c10d rendezvous restarts a node's workers with their first arguments)."""
+    if not overrides.get("auto_resume") or "out_dir" not in overrides:
+        return False
+    from utils.checkpoint import latest_checkpoint
+
+    root = os.path.join(str(overrides["out_dir"]), "ckpt")
+    return os.path.isdir(root) and latest_checkpoint(root) is not None
 
 
 def _shape_source(overrides: dict, file_values: dict, file_source: str) -> str:

@@ -76,7 +76,7 @@ fi
 
 cmd=("$PYTHON" "$ROOT/monitor_process.py" "${monitor_args[@]}" --
      "$TORCHRUN" "--nnodes=$NNODES" "--nproc_per_node=$NPROC_PER_NODE" --rdzv_backend=c10d
-     "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT" "--rdzv_id=$RDZV_ID" --max_restarts=0 "$@")
+     "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT" "--rdzv_id=$RDZV_ID" --max_restarts=0 "$@" --auto_resume)
 
 echo "node $NODE_RANK/$NNODES on $(hostname): rendezvous $RDZV_ID at $MASTER_ADDR:$MASTER_PORT, $NPROC_PER_NODE processes" >&2
 if [[ "${DRY_RUN:-0}" == 1 ]]; then

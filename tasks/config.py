@@ -10,7 +10,7 @@ TASK_TYPES = ("pretrain", "sft", "dpo")  # each entry is one file in tasks/
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # keys of one invocation of train.py, not of the run: never written to exp_config.json
-PER_INVOCATION = ("resume", "resume_step", "skip_data_to", "fault_injection")
+PER_INVOCATION = ("resume", "auto_resume", "resume_step", "skip_data_to", "fault_injection")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     memory_check: bool = True  # refuse at start-up a model + micro-batch estimated not to fit the device
     resume: bool = False  # continue the run in out_dir from its newest complete checkpoint
+    auto_resume: bool = False  # resume when out_dir holds a complete checkpoint, else start it (fixed launch commands)
     init_from: str = ""  # start from the weights of a run dir or checkpoint dir (no optimizer state)
     tensorboard: bool = True  # also write TensorBoard scalars to <out_dir>/tb
     peak_tflops: float = 0.0  # device bf16 dense peak for MFU; 0 = known devices only (H100/H200, A100)

@@ -215,3 +215,46 @@ def test_a_killed_torchrun_agent_leaves_no_worker_behind_and_the_run_resumes(tmp
     assert "left behind" in (out / "monitor.log").read_text()
     assert all(not os.path.exists(f"/proc/{p}") for p in workers)
     assert [i for i, _ in read_losses(out)][-1] == 60
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(node_rank: int, port: int, args: list[str]):
+    """One "node": a torchrun agent with 2 gloo workers in a c10d rendezvous of 2 nodes (scripts/multinode.sh)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d",
+           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=z2test", "--max_restarts=0",
+           f"--node_rank={node_rank}", os.path.join(ROOT, "train.py"), *args]
+    return start(cmd)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_host_lose_a_node_resume_and_match_one_node(tmp_path):
+    from tests.support.runs import kill_run
+
+    cfg_file, ref_args, ref_out = make_run(tmp_path, "ref")
+    _, args, out = make_run(tmp_path, "nodes")
+    flags = ["--attention_dropout=0", "--residual_dropout=0", "--gradient_accumulation_steps=4", "--max_iters=12",
+             "--save_interval=2", "--eval_interval=0", "--dist_timeout_s=10"]
+    ref = subprocess.run(command(4, [cfg_file, *ref_args, *flags]), cwd=ROOT, capture_output=True, text=True,
+                         timeout=400)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    port = _free_port()
+    nodes = [_node(r, port, [cfg_file, *args, *flags]) for r in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "ckpt" / "step_000000004" / "COMPLETE").exists():
+        assert all(n.poll() is None for n in nodes), [n.communicate()[1][-1500:] for n in nodes]
+        time.sleep(0.1)
+    kill_run(nodes[1])  # node 1 dies; node 0's next collective fails within --dist_timeout_s
+    assert nodes[0].wait(timeout=120) != 0
+    kill_run(nodes[0])
+    port = _free_port()
+    nodes = [_node(r, port, [*args, "--resume"]) for r in (0, 1)]
+    for n in nodes:
+        assert n.wait(timeout=400) == 0, n.stderr.read()[-2000:]
+    assert read_losses(out) == read_losses(ref_out)

@@ -147,3 +147,16 @@ def test_help_lists_every_key_with_its_type_default_and_meaning(capsys):
             line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
             assert line is not None, key
             assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line
+
+
+def test_auto_resume_resumes_only_a_run_with_a_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fresh = c.build_config(["configs/default.py", f"--out_dir={out}", "--auto_resume", "--batch_size=3"])
+    assert fresh.train.resume is False and fresh.train.batch_size == 3
+    c.save_config(fresh, str(out))
+    import utils.checkpoint
+
+    monkeypatch.setattr(utils.checkpoint, "latest_checkpoint", lambda root: os.path.join(root, "step_000000002"))
+    (out / "ckpt").mkdir()
+    again = c.build_config(["configs/default.py", f"--out_dir={out}", "--auto_resume"])
+    assert again.train.resume is True and again.train.batch_size == 3  # the run's own config, not the file's 8

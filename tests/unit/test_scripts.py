@@ -51,7 +51,7 @@ def test_multinode_command_with_given_settings():
     assert shlex.split(res.stdout) == [
         "python", str(ROOT / "monitor_process.py"), "--max_restarts=20", "--kill_grace_s=900", "--",
         "torchrun", "--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_endpoint=10.0.0.1:29600",
-        "--rdzv_id=exp7", "--max_restarts=0", *TRAIN]
+        "--rdzv_id=exp7", "--max_restarts=0", *TRAIN, "--auto_resume"]
     assert "node 1/2" in res.stderr
 
 
@@ -64,7 +64,7 @@ def test_slurm_job_resolves_the_master_on_the_node(tmp_path):
     cmd = shlex.split(res.stdout)
     assert cmd[cmd.index("--") + 1:] == [
         "torchrun", "--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
-        "--rdzv_endpoint=gpu-node-07:29500", "--rdzv_id=4242", "--max_restarts=0", *TRAIN]
+        "--rdzv_endpoint=gpu-node-07:29500", "--rdzv_id=4242", "--max_restarts=0", *TRAIN, "--auto_resume"]
 
 
 @pytest.mark.parametrize("env, message", [
