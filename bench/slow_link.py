@@ -21,8 +21,9 @@ step), timed by the ms_per_iter that train.py writes to metrics.jsonl.
    PowerSGD after its warm-up), tokens/s over those intervals, and the loss at the last step.
 5. Print one JSON line per case: case, world, rate_mbit, steps, ms_per_iter, vs_no_comm (step time over
    no_comm's), tokens_per_s, bytes_per_step (per rank, payload handed to the collectives: a ring all-reduce on 2
-   ranks puts that many bytes on the link from each rank), loss and loss_vs_allreduce; then a summary line with
-   the targets: allreduce >= 5x no_comm, PowerSGD rank 4 <= 1.3x no_comm with its loss within 3%.
+   ranks puts that many bytes on the link from each rank), loss, loss_vs_allreduce and load_1m (the machine's
+   load average before and after the case: other work on the machine shows in the step times); then a summary
+   line with the targets: allreduce >= 5x no_comm, PowerSGD rank 4 <= 1.3x no_comm with its loss within 3%.
 6. Delete the namespace, whatever happened.
 """
 from __future__ import annotations
@@ -172,12 +173,15 @@ def run_case(case: str, ns: str, args, extra: list[str], work: str) -> dict:
     out_dir = os.path.join(work, case)
     world, argv = train_argv(case, args, extra, out_dir)
     cmd = launch_command(ns, world, argv)
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"{case} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     res = {"case": case, "world": world, "rate_mbit": args.rate_mbit, "steps": args.steps}
     res.update(summarize(case, read_metrics(os.path.join(out_dir, "metrics.jsonl")), args))
     res["bytes_per_step"] = bytes_per_step(case, argv)
+    # the 1-minute load average around the case: other work on the machine shows up in the step times
+    res["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return res
 
 
