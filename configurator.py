@@ -38,6 +38,8 @@ DEFAULT_CONFIG_FILES = {"pretrain": DEFAULT_CONFIG_FILE, "sft": os.path.join(ROO
                         "dpo": os.path.join(ROOT, "configs", "dpo.py")}
 EXP_CONFIG_NAME = "exp_config.json"  # the resolved config of a run: data, parsed on --resume, never executed
 LEGACY_EXP_CONFIG_NAME = "exp_config.py"  # what runs written before exp_config.json hold; read as literals only
+# keys an older run's config may hold that no longer exist, and why they are dropped on --resume
+REMOVED_KEYS = {"loss_reduction": "the task chooses how its loss is normalised (tasks/base.py)"}
 
 
 @dataclass
@@ -412,6 +414,8 @@ def read_run_config(out_dir: str) -> dict[str, object]:
         raise ValueError(f"cannot resume: {path} does not exist; check --out_dir, or start a new run without --resume")
     values = {}
     for key, value in flat.items():
+        if key in REMOVED_KEYS:
+            continue
         if key not in KEYS:
             raise _unknown_key_error(key, f"in {path}")
         values[key] = check_type(key, value, KEYS[key][1], f"in {path}")

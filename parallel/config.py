@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce", "powersgd")
-LOSS_REDUCTIONS = ("mean", "sum")
 FUSION_MODES = ("auto", "on", "off")
 
 
@@ -29,7 +28,6 @@ class DDPConfig:
     disable_bucketing: bool = False  # one bucket for the whole buffer
     comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce | powersgd
     use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
-    loss_reduction: str = "mean"  # mean: average grads over ranks; sum: divide by total tokens
     dist_timeout_s: int = 600  # seconds before a hung collective becomes an error
     check_for_unused_params: bool = True  # fail when a trainable param never receives a gradient
     # the model's linear layers add their weight grads into main_grad inside the weight-grad GEMM (no bf16 grad,
@@ -47,8 +45,6 @@ class DDPConfig:
     def validate(self) -> None:
         if self.comm_hook not in COMM_HOOKS:
             raise ValueError(f"--comm_hook={self.comm_hook!r} is not one of {', '.join(COMM_HOOKS)}")
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"--loss_reduction={self.loss_reduction!r} is not one of {', '.join(LOSS_REDUCTIONS)}")
         if self.gradient_accumulation_fusion not in FUSION_MODES:
             raise ValueError(f"--gradient_accumulation_fusion={self.gradient_accumulation_fusion!r} is not one of "
                              f"{', '.join(FUSION_MODES)}")
