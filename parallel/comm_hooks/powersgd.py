@@ -297,8 +297,12 @@ def _to_cpu(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # a copy even where no move is needed: the caller's dict must not alias a live buffer
-    return t.to(device=device, dtype=_FP32, copy=True)
+    """A checkpointed tensor as a live buffer: always a copy (the caller's dict must not alias it); to a GPU from
+    pinned memory, so the copy (once per resume, on the comm stream) does not block the host."""
+    t = t.to(dtype=_FP32)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device=device, copy=True)
 
 
 class PowerSGDState:
