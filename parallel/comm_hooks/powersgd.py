@@ -34,15 +34,17 @@ bucket's grads. A future's callbacks run on a stream from torch's pool that has 
 each step hands over to the comm stream and back (`_on_stream`), so the math of bucket k runs on the comm
 stream, beside the backward of bucket k+1 on the compute stream, and the returned future's events cover it.
 
-Against torch's powerSGD_hook (the reference): the same algorithm, with these differences. The uncompressed
-grads share P's all-reduce. Matrices are always batched by shape. Gram–Schmidt with a second pass is used at
-every rank (torch: one pass up to rank 2, which loses orthogonality on a gradient of lower rank than r, QR above
-it; all give the same P up to column signs, which P·Qᵀ does not see). A zero column gets a
-unit vector instead of NaN (torch) or staying zero for ever (a warm-started Q of a zero gradient). The grad
-scale is applied before compression, so the error is in the scaled units (torch's error is world× ours). The
-random Q depends on (seed, bucket, step) only, so the state holds no RNG and a resume replays it. Fp16 params
-(loss scaling, steps skipped on overflow) reset the error and Q after a non-finite step, which in torch would
-poison every later step. The step is counted per bucket, so any number of buckets works.
+Against torch's powerSGD_hook (the reference): the same algorithm (trained through our DDP, both end 300 steps
+of the default model at the same loss), with these differences. The uncompressed grads share P's all-reduce.
+Matrices are always batched by shape. Gram–Schmidt runs twice at every rank and drops the columns it cannot
+resolve (torch: one pass up to rank 2, which on a gradient of rank below r leaves P's extra columns as rounding
+noise, and P·Pᵀ then is no projection; QR above rank 2). Any of these gives the same P up to column signs,
+which P·Qᵀ does not see. A zero column gets a unit vector instead of NaN (torch) or staying zero for ever (a
+warm-started Q of a zero gradient). The grad scale is applied before compression, so the error is in the
+scaled units (torch's error is world× ours). The random Q depends on (seed, bucket, step) only, so the state
+holds no RNG and a resume replays it. Fp16 params (loss scaling, steps skipped on overflow) reset the error
+and Q after a non-finite step, which in torch would poison every later step. The step is counted per bucket,
+so any number of buckets works; torch counts steps on its last bucket and must start at step 2 or later.
 """
 from __future__ import annotations
 
