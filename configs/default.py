@@ -1,6 +1,6 @@
 # The tiny default recipe: `python train.py` with no config file runs this.
 # A 5M-parameter Z2all (3M without embeddings) on the demo corpus (the Python standard library: code and its docstrings),
-# sized to finish in a few minutes on 2 CPU cores. data_dir = "" builds the demo data on first use.
+# sized to finish within 4 minutes on 2 idle CPU cores, data build included (bench/RESULTS.md). data_dir = "" builds the demo data on first use.
 out_dir = "out/default"
 data_dir = ""
 tokenizer_dir = ""
@@ -15,7 +15,7 @@ multiple_of = 64
 
 batch_size = 8
 gradient_accumulation_steps = 1
-max_iters = 200
+max_iters = 400
 eval_interval = 50
 eval_iters = 4
 log_interval = 10
