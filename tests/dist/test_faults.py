@@ -134,7 +134,9 @@ def test_a_read_only_out_dir_fails_at_start_up(tmp_path, capsys, monkeypatch):
 def test_a_stopped_process_is_detected_and_the_run_completes(tmp_path):
     """SIGSTOP freezes the run: its heartbeat goes stale, the monitor kills and resumes it."""
     cfg_file, args, out = make_run(tmp_path)
-    mon = subprocess.Popen([*MONITOR, "--hang_timeout_s=10", "--", *command(1, [cfg_file, *args, "--max_iters=40"])],
+    # the stop may land in a save (every 2 steps here): each section's timeout is short
+    timeouts = ["--hang_timeout_s=10", "--save_timeout_s=10", "--startup_timeout_s=60"]
+    mon = subprocess.Popen([*MONITOR, *timeouts, "--", *command(1, [cfg_file, *args, "--max_iters=40"])],
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and max((i for i, _ in _losses_or_empty(out)), default=0) < 3:
