@@ -187,7 +187,8 @@ class DPOTask:
             ids = mine[s:s + self.cfg.batch_size]
             b = move_batch(self.collate([(int(k), self.ds.pair(int(k))) for k in ids]), self.ctx.device)
             loss, m = self._terms(model, b)
-            sums += torch.stack([loss, m["rewards/accuracy"], m["rewards/margin"], torch.ones(())]).to(sums) * len(ids)
+            one = torch.ones((), device=sums.device)
+            sums += torch.stack([loss, m["rewards/accuracy"], m["rewards/margin"], one]).to(sums) * len(ids)
         sums = finetune.sum_over_ranks(sums, self.ctx)
         if sums[3] == 0:
             return {}
