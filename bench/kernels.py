@@ -10,13 +10,18 @@ Impls per op: z2all (our op, impl="triton"), eager (the plain-PyTorch reference)
 (torch.compile of the reference), liger (when liger_kernel is importable and has the op; otherwise a JSON line
 with "skipped"). Attention adds the SDPA backends (cudnn, flash, efficient) and flash-attn when installed.
 
-Steps: 1. measure the device-to-device copy bandwidth (read + write of a 1 GiB buffer); 2. for each case build
-inputs, run forward and forward+backward with triton.testing.do_bench (median ms) and one forward+backward under a
-reset peak-memory counter; 3. for the memory-bound ops on the GPU, replay forward and forward+backward from CUDA
-graphs (triton.testing.do_bench_cudagraph), every case of the op in turn, three rounds, the fastest kept;
-4. print one JSON line: op, impl, ms_fwd, ms_fwdbwd, GB/s (the minimal bytes the op must move / time) and its
-fraction of the copy bandwidth, TFLOP/s for the matmul ops, peak memory (MiB above the inputs). Cross-entropy
-ends with a line of each impl's peak memory relative to eager.
+Steps: 1. measure the device-to-device copy bandwidth (read + write of a 1 GiB buffer) and look up the data
+sheet's bandwidth (SPEC_GBPS); 2. for each case build inputs in the layout that impl gets in a real model, run
+forward and forward+backward with triton.testing.do_bench (median ms) and one forward+backward under a reset
+peak-memory counter; 3. time every case of the op again in turn, three rounds, the fastest reading kept and the
+spread recorded: from CUDA graphs (triton.testing.do_bench_cudagraph) for the memory-bound ops on the GPU, by
+wall clock for the others; 4. print one JSON line per case: op, impl, ms_fwd, ms_fwdbwd, GB/s (the minimal bytes
+the op must move / time) and its fraction of the copy and of the spec bandwidth, TFLOP/s for the matmul ops,
+peak memory (MiB above the inputs); then one line per op saying, against each impl, whether z2all is faster,
+slower or on par (the difference inside the larger of the two spreads). Cross-entropy is timed forward+backward
+only (Liger's fused cross-entropy, and ours with grad mode on, compute the gradients in the forward, so the
+forward alone compares unequal work), with --ce_chunk_sizes for our op at other chunk sizes, and ends with a
+line of each impl's peak memory relative to eager.
 
 Two clocks: ms_fwd/ms_fwdbwd are wall time per call, Python and launch overhead included, which dominates ops
 under ~0.1 ms (an autograd Function costs tens of microseconds of host time). ms_fwd_dev/ms_fwdbwd_dev replay the
@@ -39,6 +44,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+from model.config import Z2allConfig  # noqa: E402
 from model.ops import (  # noqa: E402
     add_rms_norm,
     add_rms_norm_ref,
@@ -58,6 +64,10 @@ from model.ops import (  # noqa: E402
 
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu", "cross_entropy", "attention")
 IMPLS = ("z2all", "eager", "compile", "liger")
+# data-sheet HBM bandwidth, GB/s, by a substring of torch.cuda.get_device_name(): the ceiling beside the measured
+# copy (a 1 GiB copy is not one: SwiGLU's forward read 102.5% of it on an H100)
+SPEC_GBPS = (("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0),
+             ("A100-SXM4-80GB", 2039.0), ("A100", 1555.0))
 SEED_SHAPE = dict(batch=8, seq=2048, hidden=2048, n_heads=32, n_kv_heads=8, head_dim=64, inter=5632, vocab=64320)
 DRY_SHAPE = dict(batch=2, seq=16, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, inter=96, vocab=256)
 
@@ -65,15 +75,28 @@ DRY_SHAPE = dict(batch=2, seq=16, hidden=64, n_heads=4, n_kv_heads=2, head_dim=1
 class Case:
     """One (op, impl): fn(*inputs) -> output(s); inputs() builds fresh leaves; bytes/flops for the rates."""
 
-    def __init__(self, op, impl, fn, inputs, bytes_fwd, bytes_fwdbwd, flops_fwd=0.0, flops_fwdbwd=0.0, note=None):
+    def __init__(self, op, impl, fn, inputs, bytes_fwd, bytes_fwdbwd, flops_fwd=0.0, flops_fwdbwd=0.0, note=None,
+                 fwd_comparable=True):
         self.op, self.impl, self.fn, self.inputs = op, impl, fn, inputs
         self.bytes_fwd, self.bytes_fwdbwd = bytes_fwd, bytes_fwdbwd
         self.flops_fwd, self.flops_fwdbwd = flops_fwd, flops_fwdbwd
         self.note = note
+        # False where some impls do backward's work in the forward (fused cross-entropy: z2all with grad mode
+        # on and Liger always compute the gradients in forward), so forward alone compares unequal work
+        self.fwd_comparable = fwd_comparable
 
 
 def _leaf(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, device=device) * scale).to(dtype).requires_grad_(True)
+
+
+def _liger_version() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version("liger-kernel")
+    except md.PackageNotFoundError:
+        return None
 
 
 def _liger(name: str):
@@ -100,7 +123,8 @@ def _variants(op, ours, ref, liger_name, liger_wrap, compile_ok):
     return out
 
 
-def build_cases(op: str, s: dict, device, dtype, impl_flag: str, compile_ok: bool) -> list[Case]:
+def build_cases(op: str, s: dict, device, dtype, impl_flag: str, compile_ok: bool,
+                ce_chunks: tuple[int, ...] = ()) -> list[Case]:
     """The cases of one op at shape s; impl_flag is our ops' impl ("triton" on GPU, "torch" on a dry run)."""
     n, d, e = s["batch"] * s["seq"], s["hidden"], torch.tensor([], dtype=dtype).element_size()
     cases = []
@@ -137,14 +161,19 @@ def build_cases(op: str, s: dict, device, dtype, impl_flag: str, compile_ok: boo
             cases.append(Case(op, impl, fn, inputs, moved, 2 * moved, note=note))
     elif op == "swiglu":
         i = s["inter"]
-        inputs = lambda: (_leaf((n, 2 * i), dtype, device),)  # noqa: E731
+        packed = lambda: (_leaf((n, 2 * i), dtype, device),)  # noqa: E731
+        # each side gets the layout it has in a real model: z2all's one fused gate+up projection writes one
+        # (N, 2I) tensor; Hugging Face's separate gate_proj and up_proj (what Liger patches) write two
+        # contiguous (N, I) tensors (given two halves of one tensor, Liger would copy them first)
+        split = lambda: (_leaf((n, i), dtype, device), _leaf((n, i), dtype, device))  # noqa: E731
         for impl, fn, note in _variants(
             op, lambda gu: swiglu(gu, impl=impl_flag), swiglu_ref,
-            "liger_swiglu", lambda f: (lambda gu: f(gu[:, :i], gu[:, i:])), compile_ok,
+            "liger_swiglu", lambda f: (lambda g, u: f(g, u)), compile_ok,
         ):
+            inputs = split if impl == "liger" else packed
             cases.append(Case(op, impl, fn, inputs, 3 * n * i * e, 8 * n * i * e, note=note))
     elif op == "cross_entropy":
-        cases += _ce_cases(s, n, d, device, dtype, impl_flag, compile_ok)
+        cases += _ce_cases(s, n, d, device, dtype, impl_flag, compile_ok, ce_chunks)
     elif op == "attention":
         cases += _attention_cases(s, device, dtype, compile_ok)
     else:
@@ -152,7 +181,8 @@ def build_cases(op: str, s: dict, device, dtype, impl_flag: str, compile_ok: boo
     return cases
 
 
-def _ce_cases(s, n, d, device, dtype, impl_flag, compile_ok) -> list[Case]:
+def _ce_cases(s, n, d, device, dtype, impl_flag, compile_ok, chunk_sizes=()) -> list[Case]:
+    """Fused linear cross-entropy cases, forward+backward only; z2all_c{C} repeats ours at C tokens per chunk."""
     v = s["vocab"]
     targets = torch.randint(0, v, (n,), device=device)
 
@@ -162,15 +192,16 @@ def _ce_cases(s, n, d, device, dtype, impl_flag, compile_ok) -> list[Case]:
     def liger_wrap(f):
         return lambda h, w: f(h, w, targets)
 
+    def ours(chunk):
+        return lambda h, w: fused_linear_cross_entropy(h, w, targets, impl=impl_flag, chunk_size=chunk)
+
     flops = 2.0 * n * v * d
-    return [
-        Case("cross_entropy", impl, fn, inputs, 0, 0, flops, 3 * flops, note)
-        for impl, fn, note in _variants(
-            "cross_entropy", lambda h, w: fused_linear_cross_entropy(h, w, targets, impl=impl_flag),
-            lambda h, w: linear_cross_entropy_ref(h, w, targets), "liger_fused_linear_cross_entropy", liger_wrap,
-            compile_ok,
-        )
-    ]
+    variants = _variants("cross_entropy", ours(Z2allConfig.cross_entropy_chunk_size),
+                         lambda h, w: linear_cross_entropy_ref(h, w, targets), "liger_fused_linear_cross_entropy",
+                         liger_wrap, compile_ok)
+    variants[1:1] = [(f"z2all_c{c}", ours(c), None) for c in chunk_sizes]
+    return [Case("cross_entropy", impl, fn, inputs, 0, 0, flops, 3 * flops, note, fwd_comparable=False)
+            for impl, fn, note in variants]
 
 
 def _attention_cases(s, device, dtype, compile_ok) -> list[Case]:
@@ -218,16 +249,30 @@ def device_ms(fn) -> float:
     return float(do_bench_cudagraph(fn, rep=100))
 
 
-def _rates(case: Case, ms_fwd: float, ms_fb: float, copy_gbps: float, suffix: str = "") -> dict:
+def spec_gbps(device_name: str) -> float | None:
+    """The data sheet's memory bandwidth of the GPU (GB/s), or None for a GPU not in SPEC_GBPS."""
+    for key, gbps in SPEC_GBPS:
+        if key in device_name:
+            return gbps
+    return None
+
+
+def _rates(case: Case, ms_fwd: float | None, ms_fb: float, copy_gbps: float, suffix: str = "",
+           spec: float | None = None) -> dict:
+    """Bandwidth (and its fraction of the measured copy and of the spec) or TFLOP/s; fwd only when timed."""
     rec = {}
-    if case.bytes_fwd:
-        rec["gbps_fwd" + suffix] = round(case.bytes_fwd / (ms_fwd * 1e-3) / 1e9, 1)
-        rec["gbps_fwdbwd" + suffix] = round(case.bytes_fwdbwd / (ms_fb * 1e-3) / 1e9, 1)
-        rec["frac_copy_fwd" + suffix] = round(rec["gbps_fwd" + suffix] / copy_gbps, 3)
-        rec["frac_copy_fwdbwd" + suffix] = round(rec["gbps_fwdbwd" + suffix] / copy_gbps, 3)
-    if case.flops_fwd:
-        rec["tflops_fwd" + suffix] = round(case.flops_fwd / (ms_fwd * 1e-3) / 1e12, 1)
-        rec["tflops_fwdbwd" + suffix] = round(case.flops_fwdbwd / (ms_fb * 1e-3) / 1e12, 1)
+    for part, nbytes, flops, ms in (("fwd", case.bytes_fwd, case.flops_fwd, ms_fwd),
+                                    ("fwdbwd", case.bytes_fwdbwd, case.flops_fwdbwd, ms_fb)):
+        if ms is None:
+            continue
+        if nbytes:
+            gbps = round(nbytes / (ms * 1e-3) / 1e9, 1)
+            rec[f"gbps_{part}{suffix}"] = gbps
+            rec[f"frac_copy_{part}{suffix}"] = round(gbps / copy_gbps, 3)
+            if spec:
+                rec[f"frac_spec_{part}{suffix}"] = round(gbps / spec, 3)
+        if flops:
+            rec[f"tflops_{part}{suffix}"] = round(flops / (ms * 1e-3) / 1e12, 1)
     return rec
 
 
@@ -246,8 +291,8 @@ def _as_tuple(x):
 def run_case(case: Case, device, warmup: int, rep: int, copy_gbps: float):
     """Time forward and forward+backward of one case and measure its peak memory.
 
-    Returns (record, device_fns): device_fns is (fwd, fwdbwd) for the memory-bound ops on CUDA, whose device
-    time main() takes afterwards in rounds over every case of the op (see device_rounds); None otherwise.
+    Returns (record, (fwd or None, fwdbwd)): main() times them again afterwards in rounds over every case of
+    the op (timed_rounds), from CUDA graphs for the memory-bound ops on CUDA, by wall clock otherwise.
     """
     inputs = case.inputs()
     outs = _as_tuple(case.fn(*inputs))
@@ -263,39 +308,77 @@ def run_case(case: Case, device, warmup: int, rep: int, copy_gbps: float):
         torch.autograd.backward(_as_tuple(case.fn(*inputs)), grads)
 
     del outs
-    ms_fwd = time_ms(fwd, device, warmup, rep)
     ms_fb = time_ms(fwdbwd, device, warmup, rep)
-    rec = {"op": case.op, "impl": case.impl, "ms_fwd": round(ms_fwd, 4), "ms_fwdbwd": round(ms_fb, 4)}
-    rec.update(_rates(case, ms_fwd, ms_fb, copy_gbps))
+    rec = {"op": case.op, "impl": case.impl}
+    if case.fwd_comparable:
+        ms_fwd = time_ms(fwd, device, warmup, rep)
+        rec["ms_fwd"] = round(ms_fwd, 4)
+    rec["ms_fwdbwd"] = round(ms_fb, 4)
+    rec.update(_rates(case, rec.get("ms_fwd"), ms_fb, copy_gbps))
     rec["peak_mem_mib"] = round(_peak_mib(fwdbwd, device), 1)
-    # memory-bound ops only: the matmul-sized ops are not launch-bound
-    return rec, ((fwd, fwdbwd) if device.type == "cuda" and case.bytes_fwd else None)
+    return rec, (fwd if case.fwd_comparable else None, fwdbwd)
 
 
-def device_rounds(pending: list, copy_gbps: float, rounds: int = 3) -> None:
-    """Add the device time (CUDA-graph replay) of each (case, record, (fwd, fwdbwd)) to its record.
+def timed_rounds(pending: list, timer, suffix: str, copy_gbps: float, spec: float | None,
+                 rounds: int = 3) -> None:
+    """Time every (case, record, (fwd, fwdbwd)) of one op in turn, `rounds` times over, into its record.
 
-    The cases of one op are timed in turn, `rounds` times over, and each keeps its fastest reading: timed one
-    after the other only once, the same kernel read up to 5% apart depending on what ran before it (an H100
-    running at its 700 W power cap, 2026-11-23), which decided the ranking between equal kernels.
+    Each case keeps its fastest reading (ms_fwd{suffix}, ms_fwdbwd{suffix}) and the spread of its readings,
+    (max - min) / min in percent (spread_fwd{suffix}, ...), which says when two cases are on par. Why rounds:
+    timed one after the other only once, the same kernel read up to 5% apart depending on what ran before it
+    (an H100 running at its 700 W power cap, 2026-11-23), which decided the ranking between equal kernels.
+    fwd is None for a case whose forward alone is not comparable. timer(fn) -> ms: device_ms for CUDA-graph
+    replay (suffix "_dev"), wall-clock do_bench otherwise (suffix "").
     """
-    best: dict[int, list] = {}
+    readings: dict[int, list] = {}
     for _ in range(rounds):
-        for i, (case, rec, (fwd, fwdbwd)) in enumerate(pending):
+        for i, (case, rec, fns) in enumerate(pending):
             if "graph_error" in rec:
                 continue
             try:
-                times = [device_ms(fwd), device_ms(fwdbwd)]
+                times = [timer(f) if f is not None else None for f in fns]
             except Exception as exc:  # an op that syncs the host (Liger's cross-entropy) cannot be captured, and
                 # a failed capture leaves the CUDA RNG state unusable for later cases: keep its wall-clock figures
                 rec["graph_error"] = repr(exc)[:200]
                 torch.cuda.synchronize()
                 continue
-            best[i] = [min(a, b) for a, b in zip(best.get(i, times), times)]
-    for i, (dev_fwd, dev_fb) in best.items():
+            readings.setdefault(i, []).append(times)
+    for i, rows in readings.items():
         case, rec, _ = pending[i]
-        rec.update(ms_fwd_dev=round(dev_fwd, 4), ms_fwdbwd_dev=round(dev_fb, 4))
-        rec.update(_rates(case, dev_fwd, dev_fb, copy_gbps, "_dev"))
+        best = []
+        for part, col in zip(("fwd", "fwdbwd"), zip(*rows)):
+            if col[0] is None:
+                best.append(None)
+                continue
+            best.append(min(col))
+            rec[f"ms_{part}{suffix}"] = round(min(col), 4)
+            rec[f"spread_{part}{suffix}"] = round(100 * (max(col) - min(col)) / min(col), 2)
+        rec.update(_rates(case, best[0], best[1], copy_gbps, suffix, spec))
+
+
+def verdicts(records: list[dict]) -> dict:
+    """z2all against each other impl of one op: 'on par' where the difference is inside the larger spread.
+
+    Compares the device time where it was taken (ms_*_dev), the wall time otherwise; ratio = theirs / ours,
+    so above 1 means z2all is faster.
+    """
+    recs = {r["impl"]: r for r in records if "impl" in r and "ms_fwdbwd" in r}
+    ours = recs.get("z2all")
+    out = {}
+    if ours is None:
+        return out
+    for impl, rec in recs.items():
+        if impl == "z2all":
+            continue
+        for part in ("fwd", "fwdbwd"):
+            key = f"ms_{part}_dev" if f"ms_{part}_dev" in ours and f"ms_{part}_dev" in rec else f"ms_{part}"
+            if key not in ours or key not in rec:
+                continue
+            spread = max(ours.get(key.replace("ms_", "spread_"), 0.0), rec.get(key.replace("ms_", "spread_"), 0.0))
+            ratio = rec[key] / ours[key]
+            word = "on par" if abs(ratio - 1) * 100 <= spread else ("z2all faster" if ratio > 1 else "z2all slower")
+            out[f"{impl}/{part}"] = f"{word} ({ratio:.3f}x, {key}, spread {spread:.1f}%)"
+    return out
 
 
 def _peak_mib(fn, device) -> float:
@@ -319,6 +402,8 @@ def main(argv=None) -> int:
     p.add_argument("--rep", type=int, default=100, help="do_bench repetitions (ms)")
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="CPU, tiny shapes, torch impls")
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile cases")
+    p.add_argument("--ce_chunk_sizes", type=lambda v: [int(c) for c in v.split(",") if c], default=[],
+                   help="also time our fused cross-entropy at these tokens per chunk (cases z2all_c{C})")
     args = p.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o]
     bad = [o for o in ops if o not in OPS]
@@ -334,28 +419,32 @@ def main(argv=None) -> int:
     compile_ok = not (args.dry_run or args.no_compile)
     copy_gbps = copy_bandwidth_gbps(device, args.warmup, args.rep, 2**20 if args.dry_run else 2**30)
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(json.dumps({"device": dev_name, "copy_gbps": round(copy_gbps, 1), "shape": shape, "dtype": str(dtype)}))
+    spec = spec_gbps(dev_name)
+    print(json.dumps({"device": dev_name, "copy_gbps": round(copy_gbps, 1), "spec_gbps": spec, "shape": shape,
+                      "dtype": str(dtype), "torch": torch.__version__, "liger": _liger_version()}))
     for op in ops:
-        mems, records, pending = {}, [], []
-        for case in build_cases(op, shape, device, dtype, impl_flag, compile_ok):
-            if case.impl not in wanted:
+        mems, records, pending, wall = {}, [], [], []
+        for case in build_cases(op, shape, device, dtype, impl_flag, compile_ok, tuple(args.ce_chunk_sizes)):
+            if case.impl not in wanted and case.impl.split("_c")[0] not in wanted:  # z2all_c{C} is z2all's
                 continue
             if case.fn is None:
                 records.append({"op": op, "impl": case.impl, "skipped": case.note})
                 continue
             try:
-                rec, device_fns = run_case(case, device, args.warmup, args.rep, copy_gbps)
+                rec, fns = run_case(case, device, args.warmup, args.rep, copy_gbps)
                 mems[case.impl] = rec["peak_mem_mib"]
-                if device_fns is not None:
-                    pending.append((case, rec, device_fns))
+                (pending if device.type == "cuda" and case.bytes_fwd else wall).append((case, rec, fns))
             except Exception as exc:  # one failing peer (an old Liger signature, OOM) must not stop the rest
                 rec = {"op": op, "impl": case.impl, "error": repr(exc)[:300]}
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             records.append(rec)
-        device_rounds(pending, copy_gbps)
+        timed_rounds(pending, device_ms, "_dev", copy_gbps, spec)
+        timed_rounds(wall, lambda fn: time_ms(fn, device, args.warmup, args.rep), "", copy_gbps, spec)
         for rec in records:
             print(json.dumps(rec), flush=True)
+        print(json.dumps({"op": op, "summary": "z2all against each impl", "verdicts": verdicts(records)}),
+              flush=True)
         if op == "cross_entropy" and mems.get("eager"):
             ratios = {k: round(v / mems["eager"], 3) for k, v in mems.items()}
             print(json.dumps({"op": op, "summary": "peak memory relative to eager (target z2all <= 0.25)",
