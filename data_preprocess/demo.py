@@ -71,8 +71,28 @@ def _is_complete(cache: Path, vocab_size: int) -> bool:
     return bool(meta) and meta.get("version") == DEMO_VERSION and meta.get("vocab_size") == vocab_size
 
 
+def _sft_is_current(cache: Path) -> bool:
+    from data_preprocess.demo_corpus import SFT_DPO_VERSION
+
+    meta = _read_json(cache / "sft" / "sft_dpo_manifest.json")
+    return bool(meta) and meta.get("version") == SFT_DPO_VERSION
+
+
+def _ensure_sft(cache: Path, log) -> None:
+    """(Re)build sft/ when its manifest (written last) is missing or from another version of the demo set;
+    its pretokenized copies are keyed by the files' sha256, so they follow."""
+    if _sft_is_current(cache):
+        return
+    from data_preprocess.demo_corpus import build_demo_sft_dpo
+
+    t0 = time.perf_counter()
+    log(f"demo data: building the SFT/DPO set into {cache / 'sft'}")
+    build_demo_sft_dpo(str(cache / "sft"))
+    log(f"demo data: SFT/DPO set done ({time.perf_counter() - t0:.1f}s)")
+
+
 def _corpus(cache: Path, log) -> list[str]:
-    from data_preprocess.demo_corpus import build_demo_corpus, build_demo_sft_dpo
+    from data_preprocess.demo_corpus import build_demo_corpus
 
     marker = cache / CORPUS_MARKER
     meta = _read_json(marker)
@@ -81,7 +101,6 @@ def _corpus(cache: Path, log) -> list[str]:
     t0 = time.perf_counter()
     log(f"demo data: building the corpus from the Python standard library into {cache / 'corpus'}")
     files = [str(f) for f in build_demo_corpus(str(cache / "corpus"))]
-    build_demo_sft_dpo(str(cache / "sft"))
     _write_json(marker, {"version": DEMO_VERSION, "files": files})
     log(f"demo data: corpus done ({len(files)} files, {time.perf_counter() - t0:.1f}s)")
     return files
@@ -112,24 +131,25 @@ def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_w
     """Build the demo corpus, tokenizer and shards on first use (see the module docstring); reuse afterwards.
 
     1. Complete and matching marker: return at once. 2. Else take the lock, check again (another process
-    may have just built it), drop the marker, build the missing stages, and write the marker last.
+    may have just built it), drop the marker, build the missing stages, and write the marker last. 3. The SFT/DPO
+    set has its own version (demo_corpus.SFT_DPO_VERSION): a stale one is rebuilt alone.
     """
     check_train_args(vocab_size, "bbpe")  # before minutes of corpus building
     cache = Path(cache_dir)
     paths = DemoData(str(cache / "bin"), str(cache / "tokenizer"), str(cache / "sft"))
-    if _is_complete(cache, vocab_size):
+    if _is_complete(cache, vocab_size) and _sft_is_current(cache):
         return paths
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / ".lock"):
-        if _is_complete(cache, vocab_size):
-            return paths
-        (cache / MARKER).unlink(missing_ok=True)
-        workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
-        t0 = time.perf_counter()
-        meta = _build(cache, vocab_size, workers, log)
-        _write_json(cache / MARKER, meta)
-        log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
-            f"{meta['tokens']} tokens) at {cache}")
+        if not _is_complete(cache, vocab_size):
+            (cache / MARKER).unlink(missing_ok=True)
+            workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
+            t0 = time.perf_counter()
+            meta = _build(cache, vocab_size, workers, log)
+            _write_json(cache / MARKER, meta)
+            log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
+                f"{meta['tokens']} tokens) at {cache}")
+        _ensure_sft(cache, log)
     return paths
 
 

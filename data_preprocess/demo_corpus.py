@@ -12,10 +12,11 @@ is byte-identical across runs on the same Python installation (no timestamps, so
 
 ``build_demo_sft_dpo`` makes a small instruction set from the same source, outside the test suites:
 - ``sft.jsonl``: ``{"messages": [{"role": "user", "content": "Write the docstring for this function:\\n<code>"},
-  {"role": "assistant", "content": <the real docstring>}]}``, where <code> is the function with its docstring
-  removed;
+  {"role": "assistant", "content": <the real docstring>}, ...]}``, where <code> is the function with its
+  docstring removed; 80% of the conversations are one such exchange, 20% are chats of 4-12 of them (functions
+  that follow each other in the source), the long tail of real chat sets;
 - ``dpo.jsonl``: ``{"prompt": [user message], "chosen": [assistant message with the real docstring],
-  "rejected": [assistant message with another function's docstring]}``;
+  "rejected": [assistant message with the same docstring, its words shuffled within each line]}``;
 - ``sft_dpo_manifest.json`` with the counts.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import sys
 import sysconfig
 import textwrap
@@ -225,36 +227,69 @@ def iter_docstring_tasks(root: str, max_code_chars: int = 1500,
                 yield code, doc.strip()
 
 
+SFT_DPO_VERSION = 2  # of the demo SFT/DPO set; 2: multi-turn chats, garbled rejected answers
+LONG_CHAT_SHARE = 0.2  # share of SFT conversations that are long multi-turn chats
+LONG_CHAT_TURNS = (4, 12)  # user/assistant turn pairs of a long chat, uniform in this range
+
+
+def group_into_chats(n_tasks: int, seed: int = 0) -> list[range]:
+    """Consecutive task indices grouped into conversations: most single-turn, a long tail of multi-turn chats.
+
+    Real chat sets (ShareGPT, LMSYS) are skewed the same way: many short exchanges and a few long sessions,
+    which is what makes padding wasteful and packing worth it. Deterministic for a given seed.
+    """
+    rng, out, i = random.Random(seed), [], 0
+    while i < n_tasks:
+        k = rng.randint(*LONG_CHAT_TURNS) if rng.random() < LONG_CHAT_SHARE else 1
+        out.append(range(i, min(i + k, n_tasks)))
+        i += k
+    return out
+
+
+def garble(text: str, seed: int) -> str:
+    """The words of each line of text in a shuffled order (whitespace runs kept): a fluent answer garbled.
+
+    The demo's rejected answers: the 5M demo model can learn to prefer a fluent docstring over the same words
+    out of order, which it cannot for another function's docstring (it does not read code that well).
+    """
+    rng, lines = random.Random(seed), []
+    for line in text.split("\n"):
+        words = line.split(" ")
+        order = list(range(len(words)))
+        rng.shuffle(order)
+        lines.append(" ".join(words[j] for j in order))
+    return "\n".join(lines)
+
+
 def build_demo_sft_dpo(out_dir: str, max_examples: int = 20000, root: str | None = None) -> dict[str, str]:
     """Write sft.jsonl, dpo.jsonl and sft_dpo_manifest.json (see the module docstring); returns their paths.
 
-    The rejected answer of example i is the docstring of example (i + n // 2) mod n, moved on to the next
-    example while the text equals the chosen one (deterministic, and never the real answer).
+    SFT: the tasks grouped by group_into_chats, one user/assistant turn pair per task. DPO: one pair per task,
+    rejected = garble(chosen); a task whose garbled docstring equals the real one (a single word) is dropped.
     """
     tasks = list(iter_docstring_tasks(root or stdlib_root()))[:max_examples]
     if len(tasks) < 2:
         raise ValueError(f"found {len(tasks)} documented functions in {root or stdlib_root()}; need at least 2")
     os.makedirs(out_dir, exist_ok=True)
-    n = len(tasks)
-    sft_lines, dpo_lines, dropped = [], [], 0
-    for i, (code, doc) in enumerate(tasks):
-        user = {"role": "user", "content": SFT_INSTRUCTION + code}
-        chosen = {"role": "assistant", "content": doc}
-        sft_lines.append({"messages": [user, chosen]})
-        j = (i + n // 2) % n
-        while tasks[j][1] == doc and j != i:
-            j = (j + 1) % n
-        if j == i:
+    turns = [[{"role": "user", "content": SFT_INSTRUCTION + code}, {"role": "assistant", "content": doc}]
+             for code, doc in tasks]
+    sft_lines = [{"messages": [m for i in chat for m in turns[i]]} for chat in group_into_chats(len(tasks))]
+    dpo_lines, dropped = [], 0
+    for i, (user, chosen) in enumerate(turns):
+        rejected = garble(chosen["content"], seed=i)
+        if rejected == chosen["content"]:
             dropped += 1
             continue
         dpo_lines.append({"prompt": [user], "chosen": [chosen],
-                          "rejected": [{"role": "assistant", "content": tasks[j][1]}]})
+                          "rejected": [{"role": "assistant", "content": rejected}]})
     paths = {"sft": os.path.join(out_dir, "sft.jsonl"), "dpo": os.path.join(out_dir, "dpo.jsonl"),
              "manifest": os.path.join(out_dir, "sft_dpo_manifest.json")}
     _atomic_write(paths["sft"], b"".join(_json_bytes(x, indent=None) for x in sft_lines))
     _atomic_write(paths["dpo"], b"".join(_json_bytes(x, indent=None) for x in dpo_lines))
-    manifest = {"source": "python standard library docstrings", "python_version": platform.python_version(),
-                "sft_examples": len(sft_lines), "dpo_pairs": len(dpo_lines), "dpo_dropped": dropped}
+    manifest = {"version": SFT_DPO_VERSION, "source": "python standard library docstrings", "python_version": platform.python_version(),
+                "tasks": len(tasks), "sft_examples": len(sft_lines),
+                "sft_multi_turn": sum(len(m["messages"]) > 2 for m in sft_lines),
+                "dpo_pairs": len(dpo_lines), "dpo_dropped": dropped}
     _atomic_write(paths["manifest"], _json_bytes(manifest))
     return paths
 

@@ -12,7 +12,7 @@ from dataset.pretrain import PretrainDataset
 
 @pytest.fixture
 def fake_corpus(monkeypatch):
-    calls = {"corpus": 0}
+    calls = {"corpus": 0, "sft": 0}
 
     def build_demo_corpus(out_dir):
         calls["corpus"] += 1
@@ -26,11 +26,15 @@ def fake_corpus(monkeypatch):
 
     def build_demo_sft_dpo(out_dir):
         import os
+        calls["sft"] += 1
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, "sft.jsonl"), "w").close()
+        with open(os.path.join(out_dir, "sft_dpo_manifest.json"), "w") as f:
+            json.dump({"version": fake.SFT_DPO_VERSION}, f)
 
     fake = types.ModuleType("data_preprocess.demo_corpus")
     fake.build_demo_corpus, fake.build_demo_sft_dpo = build_demo_corpus, build_demo_sft_dpo
+    fake.SFT_DPO_VERSION = 7
     monkeypatch.setitem(sys.modules, "data_preprocess.demo_corpus", fake)
     return calls
 
@@ -53,3 +57,14 @@ def test_build_reuse_and_rebuild(tmp_path, fake_corpus, monkeypatch):
     demo.ensure_demo_data(str(tmp_path / "demo"), vocab_size=320, num_workers=1, log=msgs.append)
     meta = json.loads((tmp_path / "demo" / demo.MARKER).read_text())
     assert meta["vocab_size"] == 320 and fake_corpus["corpus"] == 1  # the corpus stage was reused
+
+
+def test_a_stale_sft_set_alone_is_rebuilt(tmp_path, fake_corpus):
+    demo.ensure_demo_data(str(tmp_path / "demo"), vocab_size=300, num_workers=1, log=lambda m: None)
+    assert fake_corpus == {"corpus": 1, "sft": 1}
+    manifest = tmp_path / "demo" / "sft" / "sft_dpo_manifest.json"
+    manifest.write_text(json.dumps({"version": 6}))  # a set from an older z2all
+    msgs = []
+    demo.ensure_demo_data(str(tmp_path / "demo"), vocab_size=300, num_workers=1, log=msgs.append)
+    assert fake_corpus == {"corpus": 1, "sft": 2} and json.loads(manifest.read_text())["version"] == 7
+    assert any("SFT/DPO set" in m for m in msgs) and not any("tokenizer" in m for m in msgs)

@@ -7,7 +7,8 @@ import sysconfig
 
 import pytest
 
-from data_preprocess.demo_corpus import (SFT_INSTRUCTION, build_demo_corpus, build_demo_sft_dpo, extract_prose,
+from data_preprocess.demo_corpus import (LONG_CHAT_TURNS, SFT_INSTRUCTION, build_demo_corpus, build_demo_sft_dpo,
+                                         extract_prose, garble, group_into_chats,
                                          main, read_python_source)
 from data_preprocess.readers import iter_all_documents
 
@@ -77,16 +78,39 @@ def test_sft_dpo_set(small_root, tmp_path):
     assert _read_all(tmp_path / "s") == _read_all(tmp_path / "t") and set(paths) == set(again)
     sft = [json.loads(line) for line in open(paths["sft"])]
     dpo = [json.loads(line) for line in open(paths["dpo"])]
-    assert len(sft) == len(dpo) > 2
-    answers = {ex["messages"][1]["content"] for ex in sft}
+    turns = [(ex["messages"][k]["content"], ex["messages"][k + 1]["content"])
+             for ex in sft for k in range(0, len(ex["messages"]), 2)]
+    assert all([m["role"] for m in ex["messages"]] == ["user", "assistant"] * (len(ex["messages"]) // 2)
+               for ex in sft)
+    answers = {a for _, a in turns}
+    assert len(turns) >= len(dpo) > 2
     assert "A test function docstring." not in answers  # test directories are left out
     assert "Only a docstring here." not in answers  # nothing left once the docstring is removed
-    by_answer = {ex["messages"][1]["content"]: ex["messages"][0]["content"] for ex in sft}
+    by_answer = {a: u for u, a in turns}
     code = by_answer["Add two numbers and return the sum."]
     assert code == SFT_INSTRUCTION + "def f(a, b):\n    # tiny\n    return a + b\n"
     for pair in dpo:
-        assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
-        assert pair["rejected"][0]["content"] in answers and pair["prompt"][0]["role"] == "user"
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert chosen != rejected and chosen in answers and pair["prompt"][0]["role"] == "user"
+        # the rejected answer is the chosen one garbled: the same words per line, in another order
+        assert [sorted(line.split(" ")) for line in chosen.split("\n")] == \
+            [sorted(line.split(" ")) for line in rejected.split("\n")]
+
+
+def test_chats_have_a_long_tail_and_cover_every_task():
+    chats = group_into_chats(5000)
+    assert [i for c in chats for i in c] == list(range(5000))  # consecutive, nothing lost or repeated
+    sizes = [len(c) for c in chats]
+    single = sum(k == 1 for k in sizes) / len(sizes)
+    assert 0.7 < single < 0.9 and max(sizes) == LONG_CHAT_TURNS[1] and min(k for k in sizes if k > 1) >= 4
+    assert group_into_chats(5000) == chats  # deterministic
+
+
+def test_garble_keeps_the_words_of_each_line():
+    text = "Return the sum of a and b.\n\nRaises ValueError  on overflow."
+    out = garble(text, seed=3)
+    assert out != text and garble(text, seed=3) == out
+    assert [sorted(x.split(" ")) for x in out.split("\n")] == [sorted(x.split(" ")) for x in text.split("\n")]
 
 
 def test_cli(small_root, tmp_path):
