@@ -152,8 +152,8 @@ def z2all_case(args):
 
 
 def _peer_setup(args):
-    """(device, shape, micro-batch stream): the peers' batches come from the z2all case's shards, in its
-    sampler's order (seed 1234), as (x, y) windows on the device."""
+    """(device, shape, micro-batch stream, tokens per step): the peers' batches come from the z2all case's
+    shards, in its sampler's order (seed 1234), as (x, y) windows on the device."""
     import torch
 
     from dataset.config import DataConfig
@@ -166,7 +166,7 @@ def _peer_setup(args):
     ds = PretrainDataset(DataConfig(data_dir=args.data_dir), shape["max_seq_len"], shape["vocab_size"],
                          log=lambda m: None)
     stream = BatchStream(ds, ResumableBatchSampler(len(ds), args.micro_batch, seed=1234), stack_windows, device)
-    return device, shape, stream
+    return device, shape, stream, args.micro_batch * shape["max_seq_len"] * args.ga
 
 
 def _peer_iteration(args, model, opt, micro_loss, stream, device):
@@ -194,13 +194,12 @@ def _peer_iteration(args, model, opt, micro_loss, stream, device):
 
 def hf_case(args, name: str):
     """The same for an HF peer: the step loop of the module docstring over the same shards."""
-    device, shape, stream = _peer_setup(args)
+    device, shape, stream, tokens = _peer_setup(args)
     fwd, model, opt, flops = build_hf(shape, device, 3e-4, name, args.dry_run)
 
     def micro_loss(x, y):  # HF shifts the labels inside: x as labels gives the same next-token targets
         return fwd(input_ids=x, labels=x).loss / args.ga
 
-    tokens = args.micro_batch * shape["max_seq_len"] * args.ga
     return (_peer_iteration(args, model, opt, micro_loss, stream, device), flops, tokens,
             {"sdpa_backend": sdpa_choice(shape, args.micro_batch, False, device)})
 
@@ -213,10 +212,9 @@ def torchtitan_case(args):
 
     from bench.peer_torchtitan import build_torchtitan, parse_options, sdpa_priority
 
-    device, shape, stream = _peer_setup(args)
+    device, shape, stream, tokens = _peer_setup(args)
     options = args.case.partition(":")[2]
     micro, model, opt, flops = build_torchtitan(shape, device, 3e-4, args.dry_run, options)
-    tokens = args.micro_batch * shape["max_seq_len"] * args.ga
     # torchtitan's global_valid_tokens: every target of the step (no ignore_index in pretraining windows), kept
     # on the device as its Trainer keeps it, so the sum-reduced loss over it is the step's mean
     n_tokens = torch.tensor(tokens, device=device, dtype=torch.int64)
