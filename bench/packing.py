@@ -133,7 +133,16 @@ def header(device: torch.device, args) -> dict:
     return {"bench": "packing", "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": str(device),
             "device_name": name, "torch": torch.__version__, "python": platform.python_version(),
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2),
-            "shape": "dry" if args.dry_run else args.shape, "attn_impl": args.attn_impl}
+            "shape": "dry" if args.dry_run else args.shape, "attn_impl": args.attn_impl,
+            "packed_attention": _packed_path(args.attn_impl, device)}
+
+
+def _packed_path(impl: str, device: torch.device) -> str:
+    """The attention path that packed rows take here (flash_attn, flex or the dense-mask sdpa)."""
+    from model.ops.attention import resolve_attention_impl
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return resolve_attention_impl(impl, torch.zeros(1, 1, 1, 8, device=device, dtype=dtype), packed=True, dropout_p=0.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed passes over the micro-batches before timing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--attn_impl", default="auto", help="auto | sdpa | flash_attn | torch")
+    p.add_argument("--attn_impl", default="auto", help="auto | sdpa | flash_attn | flex | torch")
     p.add_argument("--data_dir", default="", help="a pretokenized SFT dir (default: the demo set at --max_seq_len)")
     p.add_argument("--dry_run", action="store_true", help="tiny shape, 2 micro-batches per case, 1 warm-up pass")
     args = p.parse_args(argv)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 OP_IMPLS = ("auto", "triton", "torch")
-ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "torch")
+ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "flex", "torch")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
@@ -52,7 +52,7 @@ class Z2allConfig:
     use_fused_rope: str = "auto"  # auto | triton | torch
     use_fused_swiglu: str = "auto"  # auto | triton | torch
     use_fused_cross_entropy: str = "auto"  # auto | triton | torch (chunked linear+CE either way)
-    attn_impl: str = "auto"  # auto | sdpa | flash_attn | torch
+    attn_impl: str = "auto"  # auto | sdpa | flash_attn | flex | torch
     sdpa_backend: str = "auto"  # auto | cudnn | flash | efficient | math
     cross_entropy_chunk_size: int = 4096  # tokens per chunk of the fused linear cross-entropy
     activation_checkpointing: str = "none"  # none | full (rerun each block) | selective (recompute the SwiGLU output)
@@ -107,6 +107,9 @@ class Z2allConfig:
         for name in ("attention_dropout", "residual_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_impl == "flex" and self.attention_dropout > 0:
+            raise ValueError(f"--attn_impl=flex has no attention dropout, got --attention_dropout="
+                             f"{self.attention_dropout}; use --attention_dropout=0 or --attn_impl=auto")
 
     def shape_differences(self, saved: "Z2allConfig") -> dict[str, tuple]:
         """{key: (saved value, this value)} for every SHAPE_KEYS field where `saved` differs from this config."""

@@ -85,7 +85,8 @@ class Z2allAttention(nn.Module):
         self.attn_impl, self.sdpa_backend = cfg.attn_impl, cfg.sdpa_backend
         self.rope_flag = cfg.use_fused_rope
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, kv_cache=None, layer_idx=0):
+    def forward(self, x, cos, sin, packed, kv_cache=None, layer_idx=0):
+        """packed: the micro-batch's ops.PackedDocs (one per forward, shared by the layers), or None."""
         B, T, _ = x.shape
         # fused split + RoPE: q, k, v are views of one new buffer (the projection output is freed) and the
         # backward writes d(qkv) in one launch (no concatenation of dq, dk, dv)
@@ -94,7 +95,7 @@ class Z2allAttention(nn.Module):
         if kv_cache is not None:
             out = kv_cache.attend(layer_idx, q, k, v)
         else:
-            out = ops.attention(q, k, v, causal=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+            out = ops.attention(q, k, v, causal=True, packed=packed,
                                 dropout_p=self.dropout_p if self.training else 0.0,
                                 impl=self.attn_impl, sdpa_backend=self.sdpa_backend)
         return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
@@ -143,10 +144,10 @@ class Z2allBlock(nn.Module):
     def _add_norm(self, h, residual, norm: Z2allRMSNorm):
         return add_norm(h, residual, norm, self.residual_dropout, self.training, self.norm_flag, self.residual_in_fp32)
 
-    def forward(self, hidden, residual, cos, sin, cu_seqlens, max_seqlen, kv_cache=None, layer_idx=0):
+    def forward(self, hidden, residual, cos, sin, packed, kv_cache=None, layer_idx=0):
         """hidden (B,T,d): the previous sublayer's output, not yet added; residual (B,T,d) or None."""
         normed, residual = self._add_norm(hidden, residual, self.attn_norm)
-        hidden = self.attn(normed, cos, sin, cu_seqlens, max_seqlen, kv_cache, layer_idx)
+        hidden = self.attn(normed, cos, sin, packed, kv_cache, layer_idx)
         normed, residual = self._add_norm(hidden, residual, self.mlp_norm)
         return self.mlp(normed), residual
 
@@ -267,12 +268,13 @@ class Z2allForCausalLM(nn.Module):
         past = 0 if kv_cache is None else kv_cache.length
         cos, sin = self._rope(T, past, position_ids, max_seqlen, input_ids.device)
         hidden, residual = self.embed_tokens(input_ids), None
+        packed = ops.packed_docs(B, T, cu_seqlens, max_seqlen)  # every layer shares its attention mask
         # full: each block keeps only its inputs and reruns its forward in backward; selective needs
         # nothing here: the MLP's down_proj recomputes the SwiGLU output itself (SwiGLUDownProj)
         use_ckpt = (self.config.activation_checkpointing == "full" and self.training and kv_cache is None
                     and torch.is_grad_enabled())
         for i, layer in enumerate(self.layers):
-            args = (hidden, residual, cos, sin, cu_seqlens, max_seqlen, kv_cache, i)
+            args = (hidden, residual, cos, sin, packed, kv_cache, i)
             if use_ckpt:
                 hidden, residual = checkpoint(layer, *args, use_reentrant=False)
             else:

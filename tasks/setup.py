@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.memory import check_fits, training_bytes
+from model.ops import flash_attn_available, flex_attention_available
 from utils.checkpoint import CheckpointManager, resolve_checkpoint, step_dir_name
 from utils.memory import available_bytes
 
@@ -15,6 +16,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         name = "bfloat16" if device.type == "cuda" else "float32"
     return DTYPES[name]
+
+
+def check_attention_impl(model_cfg, device: torch.device) -> None:
+    """Refuse, before anything is built, an --attn_impl that this machine cannot run."""
+    impl = model_cfg.attn_impl
+    if impl == "flash_attn" and not (device.type == "cuda" and flash_attn_available()):
+        raise ValueError(f"--attn_impl=flash_attn needs CUDA and the flash_attn package (device {device}, installed: "
+                         f"{flash_attn_available()}); pip install flash-attn, or use --attn_impl=auto")
+    if impl == "flex" and not (device.type == "cuda" and flex_attention_available()):
+        raise ValueError(f"--attn_impl=flex needs CUDA, torch >= 2.5 and Triton (FlexAttention has no CPU backward; "
+                         f"device {device}, available: {flex_attention_available()}); use --attn_impl=auto")
 
 
 def load_tokenizer(cfg, tokenizer_dir: str):

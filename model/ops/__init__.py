@@ -5,7 +5,8 @@ Triton is optional: without it every op still works through its torch path.
 """
 from model.ops._triton_utils import resolve_impl, triton_available
 from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
-from model.ops.attention import attention, attention_ref, flash_attn_available
+from model.ops.attention import (PackedDocs, attention, attention_ref, flash_attn_available, flex_attention_available,
+                                 packed_docs)
 from model.ops.cross_entropy import (fused_linear_cross_entropy, linear_cross_entropy_per_token,
                                      linear_cross_entropy_ref)
 from model.ops.linear import linear
@@ -14,6 +15,7 @@ from model.ops.rope import apply_rope, apply_rope_ref, rope_cache, rope_qkv, rop
 from model.ops.swiglu import silu_mul, swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
 __all__ = [
+    "PackedDocs",
     "add_rms_norm",
     "add_rms_norm_ref",
     "apply_rope",
@@ -21,10 +23,12 @@ __all__ = [
     "attention",
     "attention_ref",
     "flash_attn_available",
+    "flex_attention_available",
     "fused_linear_cross_entropy",
     "linear",
     "linear_cross_entropy_per_token",
     "linear_cross_entropy_ref",
+    "packed_docs",
     "resolve_impl",
     "rms_norm",
     "rms_norm_ref",

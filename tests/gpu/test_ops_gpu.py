@@ -147,7 +147,7 @@ def test_norm_colsum(shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("impl", ["auto", "sdpa"])
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "flex"])
 def test_attention(dtype, impl):
     q, k, v = _leaf((2, 128, 8, 64), dtype, 1), _leaf((2, 128, 2, 64), dtype, 2), _leaf((2, 128, 2, 64), dtype, 3)
     _check(lambda a, b, c: attention(a, b, c, impl=impl), lambda a, b, c: attention_ref(a, b, c), (q, k, v), dtype)
@@ -157,3 +157,25 @@ def test_attention(dtype, impl):
         lambda a, b, c: attention_ref(a, b, c, cu_seqlens=cu),
         (q, k, v), dtype,
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flex_packed_rows_odd_shapes(dtype):
+    """FlexAttention on rows of 200 tokens (not a multiple of its 128-token tiles), documents that start inside
+    tiles and one of a single token, 6 query heads over 2 kv heads, head dim 40, forward and backward."""
+    bsz, t = 3, 200
+    q, k, v = _leaf((bsz, t, 6, 40), dtype, 4), _leaf((bsz, t, 2, 40), dtype, 5), _leaf((bsz, t, 2, 40), dtype, 6)
+    cu = torch.tensor([0, 1, 77, 200, 331, 400, 401, 600], dtype=torch.int32, device="cuda")
+    _check(lambda a, b, c: attention(a, b, c, cu_seqlens=cu, max_seqlen=131, impl="flex"),
+           lambda a, b, c: attention_ref(a, b, c, cu_seqlens=cu), (q, k, v), dtype)
+
+
+def test_auto_takes_flex_for_packed_rows_without_flash_attn():
+    from model.ops import flash_attn_available
+    from model.ops.attention import resolve_attention_impl
+
+    q = torch.zeros(1, 8, 2, 16, device="cuda", dtype=torch.bfloat16)
+    want = "flash_attn" if flash_attn_available() else "flex"
+    assert resolve_attention_impl("auto", q, packed=True, dropout_p=0.0) == want
+    assert resolve_attention_impl("auto", q, packed=True, dropout_p=0.1) in ("flash_attn", "sdpa")
+    assert resolve_attention_impl("auto", q, packed=False, dropout_p=0.0) in ("flash_attn", "sdpa")
