@@ -160,7 +160,7 @@ def test_flex_block_mask_equals_torchs_create_block_mask(t, cu, causal):
     from model.ops.attention import document_ids, flex_block_mask
 
     cu = torch.tensor(cu, dtype=torch.int32)
-    bsz = (len(cu) and int(cu[-1])) // t
+    bsz = int(cu[-1]) // t
     doc = document_ids(bsz, t, cu, "cpu")
 
     def mask_mod(b, h, q_idx, kv_idx):
