@@ -9,9 +9,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from model.ops.attention import ATTN_IMPLS, SDPA_BACKENDS  # the op owns its choices
+
 OP_IMPLS = ("auto", "triton", "torch")
-ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "flex", "torch")
-SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 # The fields that define the parameter shapes: weights load only into a model with the same values.

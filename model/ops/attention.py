@@ -59,7 +59,7 @@ def _sdpa_supports_gqa() -> bool:
 def flex_attention_available() -> bool:
     """True when torch has FlexAttention (torch >= 2.5) and Triton imports (its kernels are Triton)."""
     try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
         import triton  # noqa: F401
     except Exception:
         return False
@@ -178,15 +178,15 @@ class PackedDocs:
     masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def dense_mask(self, causal: bool, device) -> torch.Tensor:
-        key = ("dense", causal, str(device))
-        if key not in self.masks:
-            self.masks[key] = document_mask(self.bsz, self.seq_len, self.cu_seqlens, causal, device)
-        return self.masks[key]
+        return self._built(document_mask, causal, device)
 
     def block_mask(self, causal: bool, device):
-        key = ("flex", causal, str(device))
+        return self._built(flex_block_mask, causal, device)
+
+    def _built(self, build, causal: bool, device):
+        key = (build.__name__, causal, str(device))
         if key not in self.masks:
-            self.masks[key] = flex_block_mask(self.bsz, self.seq_len, self.cu_seqlens, causal, device)
+            self.masks[key] = build(self.bsz, self.seq_len, self.cu_seqlens, causal, device)
         return self.masks[key]
 
 
@@ -238,9 +238,15 @@ def _sdpa(q, k, v, causal, packed, dropout_p, backend) -> torch.Tensor:
         return F.scaled_dot_product_attention(qt, kt, vt, **kwargs).transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=16)
+def _plain_block_mask(bsz: int, seq_len: int, causal: bool, device: torch.device):
+    """The block mask of unpacked rows: it depends on the shape only, so every layer and step reuses it."""
+    return flex_block_mask(bsz, seq_len, None, causal, device)
+
+
 def _flex(q, k, v, causal, packed) -> torch.Tensor:
     bsz, t = q.shape[:2]
-    block_mask = flex_block_mask(bsz, t, None, causal, q.device) if packed is None else packed.block_mask(causal, q.device)
+    block_mask = _plain_block_mask(bsz, t, causal, q.device) if packed is None else packed.block_mask(causal, q.device)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     # FORCE_USE_FLEX_ATTENTION: without grad and with short rows, inductor picks its decoding kernel, which
     # has no valid config for some shapes (head dim 16 with GQA: NoValidChoicesError in eval on torch 2.11)
