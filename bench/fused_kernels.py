@@ -1,8 +1,8 @@
 """Fused-op microbenchmarks: z2all against torch eager, torch.compile and Liger at the seed shapes.
 
-    python bench/kernels.py [--ops=rmsnorm,add_rmsnorm,rope,swiglu,cross_entropy,attention] [--impls=...]
+    python bench/fused_kernels.py [--ops=rmsnorm,add_rmsnorm,rope,swiglu,cross_entropy,attention] [--impls=...]
                             [--warmup=25] [--rep=100]
-    python bench/kernels.py --dry_run     # CPU, tiny shapes, torch paths: exercises the logic only
+    python bench/fused_kernels.py --dry_run     # CPU, tiny shapes, torch paths: exercises the logic only
 
 Seed shapes: tokens N = 16384 (micro-batch 8 x seq 2048), hidden 2048, 32 query / 8 key-value heads of 64,
 intermediate 5632, vocab 64320; bf16 (fp32 residual for add+RMSNorm).
@@ -415,7 +415,7 @@ def main(argv=None) -> int:
         p.error(f"unknown --ops {bad}; choose from {OPS}")
     wanted = set(args.impls.split(","))
     if not args.dry_run and not torch.cuda.is_available():
-        print("bench/kernels.py needs a CUDA GPU (or pass --dry_run to exercise it on the CPU)", file=sys.stderr)
+        print("bench/fused_kernels.py needs a CUDA GPU (or pass --dry_run to exercise it on the CPU)", file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.dry_run else "cuda")
     shape, dtype = (DRY_SHAPE, torch.float32) if args.dry_run else (SEED_SHAPE, torch.bfloat16)

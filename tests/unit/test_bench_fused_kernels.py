@@ -1,7 +1,7 @@
-"""bench/kernels.py --dry_run on the CPU: every op's cases run and print their records (the logic only)."""
+"""bench/fused_kernels.py --dry_run on the CPU: every op's cases run and print their records (the logic only)."""
 import json
 
-import bench.kernels as kernels
+import bench.fused_kernels as kernels
 
 
 def test_dry_run_prints_one_record_per_case(capsys):
