@@ -6,7 +6,7 @@ from dataclasses import dataclass
 DATA_FORMATS = ("z2all", "raw_uint16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     data_dir: str = ""  # directory of pretokenized .bin shards; "" = the demo corpus (built on first use)
     valid_data_dir: str = ""  # separate validation shards; "" = split off valid_ratio of data_dir's windows

@@ -12,7 +12,7 @@ OPTIMIZER_IMPLS = ("auto", "triton", "torch_fused", "foreach", "apex")
 MAIN_PARAMS = ("auto", "fp32", "split")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     learning_rate: float = 3e-4  # peak LR after warmup
     min_lr: float = 3e-5  # LR at the end of the cosine decay

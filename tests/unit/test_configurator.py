@@ -100,8 +100,27 @@ def test_exp_config_round_trip_and_resume_overrides(tmp_path):
     assert resumed.train.max_iters == 7  # the command line wins over exp_config.json
     assert resumed.train.batch_size == 3 and resumed.model.hidden_dim == 128
     assert resumed.train.sample_prompt == "it's \"x\""
-    resumed.train.resume, resumed.train.max_iters = False, cfg.train.max_iters
-    assert resumed.flat() == cfg.flat()
+    assert {**resumed.flat(), "resume": False, "max_iters": cfg.train.max_iters} == cfg.flat()
+
+
+def test_the_tree_is_frozen_and_resolved_once():
+    """Nothing changes the config after build_config: each section is frozen, derived fields are filled in at
+    construction, and the tokenizer's special ids are not keys (the model takes them from the tokenizer)."""
+    import dataclasses
+
+    cfg = c.build_config(["--use_distributed_optimizer", "--hidden_dim=96", "--n_heads=4"])
+    for section in cfg.sections().values():
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, dataclasses.fields(section)[0].name, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.shape_source = "x"
+    assert cfg.ddp.comm_hook == "reduce_scatter" and cfg.model.intermediate_size == 256
+    assert "bos_token_id" not in c.KEYS and "bos_token_id" not in cfg.flat()
+    with pytest.raises(ValueError, match="unknown config key 'eos_token_id'"):
+        c.build_config(["--eos_token_id=3"])
+    with_ids = cfg.model.with_special_ids(5, 6, 7)
+    assert (with_ids.bos_token_id, with_ids.eos_token_id, with_ids.pad_token_id) == (5, 6, 7)
+    assert cfg.model.bos_token_id == 1  # the tree's section is untouched
 
 
 def test_resume_rejects_a_config_file(tmp_path):
@@ -114,7 +133,7 @@ def test_every_key_has_a_comment():
 
     for section in c.ExperimentConfig().sections().values():
         source = inspect.getsource(type(section))
-        for key in c.dataclasses.asdict(section):
+        for key in (f.name for f in c._key_fields(type(section))):
             line = next(l for l in source.splitlines() if l.strip().startswith(f"{key}:"))
             assert "#" in line, f"{key} has no comment with its meaning/unit"
 
@@ -142,11 +161,10 @@ def test_help_lists_every_key_with_its_type_default_and_meaning(capsys):
 
     assert train.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for section in c.ExperimentConfig().sections().values():
-        for key, value in c.dataclasses.asdict(section).items():
-            line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
-            assert line is not None, key
-            assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line
+    for key in c.KEYS:
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
+        assert line is not None, key
+        assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line
 
 
 def test_auto_resume_resumes_only_a_run_with_a_checkpoint(tmp_path, monkeypatch):
