@@ -73,15 +73,16 @@ def is_pretokenized(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST_FILE))
 
 
-def pretokenized(cfg, ctx, data: DataConfig, task: str) -> str:
-    """The pretokenized dir of data.data_dir, built (rank 0, the others wait) when missing or stale."""
+def pretokenized(inputs, task: str) -> str:
+    """The pretokenized dir of the task's data_dir (TaskInputs), built (rank 0, the others wait) when missing or
+    stale."""
+    data, ctx, f, seq_len = inputs.data, inputs.ctx, inputs.finetune, inputs.model.max_seq_len
     if is_pretokenized(data.data_dir):
         return data.data_dir
     from data_preprocess.pretokenize_sft import ensure_pretokenized
 
-    f = cfg.finetune
-    out = f"{data.data_dir.rstrip(os.sep)}.z2all-{task}-{cfg.model.max_seq_len}"
-    kw = dict(task=task, max_seq_len=cfg.model.max_seq_len, format=f.chat_format, max_prompt_len=f.max_prompt_len,
+    out = f"{data.data_dir.rstrip(os.sep)}.z2all-{task}-{seq_len}"
+    kw = dict(task=task, max_seq_len=seq_len, format=f.chat_format, max_prompt_len=f.max_prompt_len,
               truncation_mode=f.truncation_mode, skip_bad_records=f.skip_bad_records)
     if ctx.is_main:  # a progress bar on a terminal; a log file gets the start and summary lines only
         ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, num_workers=max(1, data.num_workers),

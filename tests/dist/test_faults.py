@@ -91,9 +91,47 @@ def test_sigterm_saves_at_once_and_the_resume_is_exact(tmp_path):
     assert proc.wait(timeout=120) == ec.PREEMPTED, proc.stderr.read()
     stopped = _steps(out)
     assert len(stopped) == 1 and int(stopped[0][5:]) >= 4  # saved where it stopped, not at save_interval
-    assert json.loads((out / "exit_status.json").read_text())["code"] == ec.PREEMPTED
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.PREEMPTED and status["iter"] == int(stopped[0][5:])  # the real iteration
     assert run_cli([*args, "--resume"]).returncode == 0
     assert read_losses(out) == read_losses(ref_out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_iteration_saves_and_says_how_to_resume(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    proc = start(command(1, [cfg_file, *args, "--max_iters=400", "--save_interval=1000"]))
+    _wait_iter(out, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == ec.PREEMPTED
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err and "Ctrl-C: finishing this iteration, then saving" in err, err
+    assert f"continue with: python train.py --resume --out_dir={out}" in err.strip().splitlines()[-1], err
+    (step,) = _steps(out)
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.PREEMPTED and status["iter"] == int(step[5:]) >= 3
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    # rank 0 sleeps inside iteration 4 (before its forward), so both Ctrl-Cs land in the same iteration
+    proc = start(command(1, [cfg_file, *args, "--max_iters=400", "--save_interval=2",
+                             "--fault_injection=sleep:rank=0,iter=4,seconds=60"]))
+    _wait_iter(out, 3, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    line = proc.stderr.readline().decode()
+    while "Ctrl-C" not in line:
+        line = proc.stderr.readline().decode()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == ec.INTERRUPTED
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and len(err) == 1, err
+    assert err[0].startswith("stopped: interrupted by Ctrl-C at iter 3, without saving"), err
+    assert _steps(out) == ["step_000000002"]  # the last checkpoint is kept, nothing newer was written
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.INTERRUPTED and status["iter"] == 3
 
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, capsys, monkeypatch):
