@@ -20,11 +20,13 @@ API:
   (so ``--help`` exits 0 as usual). With ``Z2ALL_DEBUG`` set to anything but "" or "0", user errors
   propagate too, traceback included.
 - ``is_user_error(exc) -> bool``: True for ``UserError``, ``ValueError`` (``json.JSONDecodeError`` and
-  ``UnicodeDecodeError`` are ValueErrors), ``TypeError`` (config parsing), and an ``OSError`` whose errno is in
-  ``USER_ERRNOS``: a path the user named is missing, has the wrong kind, is not writable or its disk is full.
-  Other OSErrors (EIO, ...) are failures of the machine, not of the command, and keep their traceback.
+  ``UnicodeDecodeError`` are ValueErrors), ``TypeError`` (config parsing), an ``OSError`` whose errno is in
+  ``USER_ERRNOS`` (a path the user named is missing, has the wrong kind, is not writable or its disk is full),
+  and a disk fault that a library wrapped in its own exception type (utils/disk_faults.fault_errno: safetensors,
+  torch, numpy, tokenizers, pyarrow). Other OSErrors (EIO, ...) are failures of the machine, not of the command,
+  and keep their traceback.
 - ``error_line(exc) -> str``: the message ``run_main`` prints after ``error: ``: the exception's text on one
-  line; for an OSError, the path, the reason and the fix.
+  line; for an OSError, the path, the reason and the fix; a ``DiskFault`` is already that line.
 - ``UserError``: raise it for a mistake found by the tool's own checks. It is a ValueError, so library callers
   that catch ValueError keep working.
 - ``ArgumentParser``: ``argparse.ArgumentParser`` whose parse errors (a missing or unknown flag, a bad value)
@@ -42,6 +44,8 @@ import errno
 import os
 import sys
 from typing import Callable, NoReturn
+
+from utils.disk_faults import FAULTS, DiskFault, fault_errno
 
 DEBUG_ENV = "Z2ALL_DEBUG"
 USER_ERROR_STATUS = 2
@@ -87,17 +91,27 @@ def debug_enabled() -> bool:
 def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError)):
         return True
-    return isinstance(exc, OSError) and exc.errno in USER_ERRNOS
+    if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+        return True
+    return isinstance(exc, Exception) and fault_errno(exc) is not None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def error_line(exc: BaseException) -> str:
+    if isinstance(exc, DiskFault):
+        return exc.strerror
     if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         reason = exc.strerror or os.strerror(exc.errno)
         text = f"{where}: {reason}" if where else reason
         return f"{text}; {USER_ERRNOS[exc.errno]}"
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or type(exc).__name__
+    code = fault_errno(exc) if not isinstance(exc, (ValueError, TypeError)) else None
+    if code is not None:  # a disk fault in a library's own exception type, from a writer that did not name itself
+        return f"{FAULTS[code][0]} ({type(exc).__name__}: {_one_line(exc)}); {USER_ERRNOS[code]}"
+    return _one_line(exc) or type(exc).__name__
 
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
