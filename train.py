@@ -99,7 +99,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     data = spec.locate_data(cfg, ctx)
     tokenizer = load_tokenizer(cfg, data.tokenizer_dir)
     ckpt = CheckpointManager(t.out_dir, keep_last_n=t.keep_last_n, rank=ctx.rank, world_size=ctx.world_size,
-                             barrier=ctx.barrier)
+                             agree=ctx.max_over_ranks)
     resume_dir = find_resume_checkpoint(cfg, ckpt)
     resume_state = load_trainer_state(resume_dir) if resume_dir is not None else None
     model = build_model(cfg, ctx, dtype, resume_dir, tokenizer)

@@ -39,6 +39,15 @@ class DistContext:
         else:
             dist.barrier(group=self.group)
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest `value` of any rank (a barrier too); `value` itself without a process group. The checkpoint's
+        agreement: 0 when this rank's part went well, a failure code otherwise."""
+        if self.group is None:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t.item())
+
 
 def _env_int(env: Mapping[str, str], key: str) -> int:
     try:

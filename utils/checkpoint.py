@@ -14,12 +14,16 @@ A checkpoint is never written in place. It is built in a hidden temp dir, COMPLE
 file and directory is fsync'ed, and only then is the dir renamed to its final name. So a step dir either
 does not exist or is complete; a crash leaves at most a `.tmp-*` dir, which resume ignores. Resume still
 verifies sizes and sha256 against COMPLETE (bit rot, a copy cut short, a hand-edited file) and skips a
-checkpoint that fails, with a warning.
+checkpoint that fails, with a warning. A file it cannot read (no read permission) is not skipped: resuming
+from an older checkpoint would later prune the newer one, so that is an error that names the file.
+
+A save that fails (a full disk, a read-only or unwritable dir, in whatever library's exception) removes its
+temp dir on rank 0 after every rank has stopped writing, keeps every earlier checkpoint, and raises a DiskFault
+that names the step, the dir, the space needed and the fix (utils/disk_faults.py).
 """
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import random
@@ -32,11 +36,13 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from utils.disk_faults import DiskFault, fault_errno, writing
 from utils.fileio import follow_umask, fsync_path, sha256_file, write_file_durable
 from utils.run_layout import (BEST_NAME, CKPT_DIRNAME, COMPLETE_NAME, MODEL_NAME, OPTIM_DIRNAME, RANK_STATE_DIRNAME,
                               TMP_PREFIX, TRAINER_STATE_NAME, rank_file_name, rank_of, step_dir_name, step_dirs)
 
 COMPLETE_FORMAT = 1
+_OTHER_FAILURE = 1 << 16  # the agreement code of a failure that is not a disk fault (above every errno)
 _RESERVED = {COMPLETE_NAME, MODEL_NAME, TRAINER_STATE_NAME, OPTIM_DIRNAME, RANK_STATE_DIRNAME}
 
 
@@ -51,6 +57,8 @@ def _read_complete(ckpt_dir: Path) -> tuple[dict | None, str | None]:
         return None, "no COMPLETE file (write never finished)"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as e:
+        raise _unreadable(path, ckpt_dir, e) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, f"COMPLETE is unreadable or truncated ({type(e).__name__})"
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -82,14 +90,32 @@ def _check_checkpoint(ckpt_dir: Path, check_hashes: bool = True) -> str | None:
         size = path.stat().st_size
         if size != meta["size"]:
             return f"{rel} has {size} bytes, COMPLETE says {meta['size']} (truncated or overwritten)"
-        if check_hashes and sha256_file(path) != meta["sha256"]:
+        if check_hashes and _sha256_readable(path, ckpt_dir) != meta["sha256"]:
             return f"{rel} sha256 mismatch (corrupted)"
     return None
 
 
+def _sha256_readable(path: Path, ckpt_dir: Path) -> str:
+    try:
+        return sha256_file(path)
+    except PermissionError as e:
+        raise _unreadable(path, ckpt_dir, e) from e
+
+
+def _unreadable(path: Path, ckpt_dir: Path, e: OSError) -> ValueError:
+    """A checkpoint file that cannot be read is an error, never a reason to skip the checkpoint: an older one would
+    be resumed and this one pruned by its next save."""
+    return ValueError(f"cannot read checkpoint file {path} ({e.strerror}): give it read permission again "
+                      f"(chmod -R u+rX {ckpt_dir}), then resume; no checkpoint was skipped")
+
+
 def verify_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
-    """True if `ckpt_dir` has a valid COMPLETE and every listed file matches its size and sha256."""
-    return Path(ckpt_dir).is_dir() and _check_checkpoint(Path(ckpt_dir)) is None
+    """True if `ckpt_dir` has a valid COMPLETE and every listed file matches its size and sha256 (False when one of
+    them cannot be read)."""
+    try:
+        return Path(ckpt_dir).is_dir() and _check_checkpoint(Path(ckpt_dir)) is None
+    except (OSError, ValueError):
+        return False
 
 
 def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
@@ -248,15 +274,18 @@ BEST_FILES = (MODEL_NAME, TRAINER_STATE_NAME, "config.json")  # what best/ keeps
 
 def _publish_best(step_dir: Path, root: Path, best: Path, step: int) -> None:
     """best/ as its own copy of the step's weights and metadata (no hard links: damage to one is not damage to
-    both, and pruning the step never touches it), with its own COMPLETE."""
+    both, and pruning the step never touches it), with its own COMPLETE. On a failure the old best/ stays."""
     tmp = root / f"{TMP_PREFIX}best-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    for name in BEST_FILES:
-        if (step_dir / name).is_file():
-            shutil.copyfile(step_dir / name, tmp / name)
-            fsync_path(tmp / name)
-    _write_complete(tmp, step)
-    _publish(tmp, best)
+    with writing(f"ckpt/best (the copy of step {step}, which itself is saved)", root,
+                 fix="the earlier best/ is kept; {action}, then resume",
+                 cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        tmp.mkdir()
+        for name in BEST_FILES:
+            if (step_dir / name).is_file():
+                shutil.copyfile(step_dir / name, tmp / name)
+                fsync_path(tmp / name)
+        _write_complete(tmp, step)
+        _publish(tmp, best)
 
 
 def _state_bytes(state) -> int:
@@ -287,22 +316,24 @@ def _remove_stale_tmp(parent: Path, prefix: str = TMP_PREFIX) -> None:
 
 
 def copy_tokenizer(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Copy a tokenizer dir into `<out_dir>/tokenizer/` atomically (rank 0 only). Returns the new dir."""
+    """Copy a tokenizer dir into `<out_dir>/tokenizer/` atomically (rank 0 only). Returns the new dir. A failed copy
+    (e.g. a full disk: a DiskFault) leaves the old tokenizer/ and no temp dir."""
     src, out = Path(src_dir), Path(out_dir)
     if not src.is_dir():
         raise ValueError(f"tokenizer dir {str(src)!r} does not exist; pass the dir the tokenizer was saved to")
     dest = out / "tokenizer"
     if dest.exists() and dest.resolve() == src.resolve():
         return dest
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out, prefix=f"{TMP_PREFIX}tokenizer-")
-    _remove_stale_tmp(out, prefix=f"{TMP_PREFIX}old-tokenizer-")
     tmp = out / f"{TMP_PREFIX}tokenizer-{secrets.token_hex(4)}"
-    shutil.copytree(src, tmp)
-    for path in sorted(tmp.rglob("*"), reverse=True):
-        fsync_path(path)
-    fsync_path(tmp)
-    _publish(tmp, dest)
+    with writing("the tokenizer", dest, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(out, prefix=f"{TMP_PREFIX}tokenizer-")
+        _remove_stale_tmp(out, prefix=f"{TMP_PREFIX}old-tokenizer-")
+        shutil.copytree(src, tmp)
+        for path in sorted(tmp.rglob("*"), reverse=True):
+            fsync_path(path)
+        fsync_path(tmp)
+        _publish(tmp, dest)
     return dest
 
 
@@ -313,27 +344,29 @@ def copy_tokenizer(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 class CheckpointManager:
     """Saves, prunes and finds checkpoints of one run (`<out_dir>/ckpt/`).
 
-    All ranks construct it with the same out_dir and call save() together: save is a collective that
-    synchronizes through `barrier` (required when world_size > 1; e.g. DistContext.barrier).
+    All ranks construct it with the same out_dir and call save() together: save is a collective. Between its steps
+    the ranks agree through `agree(code) -> the largest code of any rank` (required when world_size > 1; e.g.
+    DistContext.max_over_ranks): 0 when a rank's part went well, so a rank whose write failed makes every rank
+    fail alike (and rank 0, which records the exit status, knows) instead of leaving the others at a barrier.
     """
 
     def __init__(self, out_dir: str | os.PathLike, keep_last_n: int = 2, rank: int = 0, world_size: int = 1,
-                 barrier: Callable[[], None] | None = None):
+                 agree: Callable[[int], int] | None = None):
         if not isinstance(keep_last_n, int) or keep_last_n < 2:
             raise ValueError(f"keep_last_n must be an int >= 2 so a torn newest checkpoint still leaves one to "
                              f"resume from (got {keep_last_n!r}); set --keep_last_n=2 or more")
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) \
                 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size (got rank={rank!r}, world_size={world_size!r})")
-        if world_size > 1 and barrier is None:
-            raise ValueError(f"world_size={world_size} needs a barrier callable (e.g. ctx.barrier) so ranks "
-                             f"write into the same temp dir in order")
+        if world_size > 1 and agree is None:
+            raise ValueError(f"world_size={world_size} needs an agree callable (e.g. ctx.max_over_ranks) so ranks "
+                             f"write into the same temp dir in order and fail together")
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / CKPT_DIRNAME
         self.keep_last_n = keep_last_n
         self.rank = rank
         self.world_size = world_size
-        self._barrier = barrier if barrier is not None else (lambda: None)
+        self._agree = agree if agree is not None else (lambda code: code)
 
     @property
     def best_dir(self) -> Path:
@@ -355,45 +388,73 @@ class CheckpointManager:
         """Write checkpoint `step` (collective: every rank calls it). Returns the final step dir.
 
         1. Every rank validates its arguments (same checks everywhere, so all ranks fail alike).
-        2. Rank 0 removes stale .tmp-* dirs and creates `.tmp-step_XXXXXXXXX-<random>`; barrier.
+        2. Rank 0 removes stale .tmp-* dirs and creates `.tmp-step_XXXXXXXXX-<random>`; the ranks agree.
         3. Every rank finds that dir and writes optim/rank_{rank:05d}.pt if it has optimizer state, and
-           comm/rank_{rank:05d}.pt if it has rank_state (its comm hook's state); barrier.
+           comm/rank_{rank:05d}.pt if it has rank_state (its comm hook's state); the ranks agree.
         4. Rank 0 writes model.safetensors, trainer_state.json and extra_json files, then COMPLETE (sizes and
            sha256 of all files) last, fsyncs, renames the dir into place (swapping out an old dir of the same
-           step), refreshes best/ when is_best, and prunes to keep_last_n; final barrier.
-        A full disk (ENOSPC, EDQUOT) removes this save's temp files, keeps every earlier checkpoint, and raises
-        an OSError whose message says how much space the checkpoint needs.
+           step), refreshes best/ when is_best, and prunes to keep_last_n; the ranks agree.
+        A failure on any rank fails the save on every rank; rank 0 then removes this save's temp dir and every
+        earlier checkpoint stays. A disk fault (full, quota, read-only, permission; any library's exception) is
+        raised as a DiskFault that says how much space the checkpoint needs.
         """
         extra = self._validate(step, extra_json)
         try:
             return self._save(step, model_state, optim_state, trainer_state, extra, is_best, drop_keys, rank_state)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except BaseException as e:
+            if self.rank == 0:  # every rank has stopped writing: the agreement came after its part
+                _remove_stale_tmp(self.ckpt_root, prefix=f"{TMP_PREFIX}{step_dir_name(step)}-")
+            code = fault_errno(e)
+            if code is None or isinstance(e, DiskFault):
                 raise
-            _remove_stale_tmp(self.ckpt_root, prefix=f"{TMP_PREFIX}{step_dir_name(step)}-")
             need = _state_bytes(model_state) + _state_bytes(optim_state) * self.world_size
-            raise OSError(e.errno, f"no space left on device while writing checkpoint step {step} to "
-                                   f"{self.ckpt_root} (need about {need / 1e9:.2f} GB)") from e
+            raise DiskFault(code, f"checkpoint step {step}", self.ckpt_root, detail=f" (need about {need / 1e9:.2f} "
+                            f"GB)", fix="the earlier checkpoints are kept; {action}, then resume") from e
 
     def _save(self, step: int, model_state, optim_state, trainer_state, extra: dict, is_best: bool,
               drop_keys, rank_state) -> Path:
         tmp_name = f"{TMP_PREFIX}{step_dir_name(step)}-"
-        if self.rank == 0:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
-            _remove_stale_tmp(self.ckpt_root)
-            (self.ckpt_root / f"{tmp_name}{secrets.token_hex(4)}").mkdir()
-        self._barrier()
-        tmp = self._find_tmp(tmp_name)
-        if optim_state is not None:
-            _write_optim(tmp, self.rank, optim_state)
-        if rank_state is not None:
-            _write_optim(tmp, self.rank, rank_state, RANK_STATE_DIRNAME)
-        self._barrier()
         final = self.ckpt_root / step_dir_name(step)
-        if self.rank == 0:
-            self._finish_on_rank0(tmp, final, step, model_state, trainer_state, extra, is_best, drop_keys)
-        self._barrier()
+
+        def make_tmp() -> None:
+            if self.rank == 0:
+                self.ckpt_root.mkdir(parents=True, exist_ok=True)
+                _remove_stale_tmp(self.ckpt_root)
+                (self.ckpt_root / f"{tmp_name}{secrets.token_hex(4)}").mkdir()
+
+        def write_rank_files() -> None:
+            tmp = self._find_tmp(tmp_name)
+            if optim_state is not None:
+                _write_optim(tmp, self.rank, optim_state)
+            if rank_state is not None:
+                _write_optim(tmp, self.rank, rank_state, RANK_STATE_DIRNAME)
+
+        def finish() -> None:
+            if self.rank == 0:
+                self._finish_on_rank0(self._find_tmp(tmp_name), final, step, model_state, trainer_state, extra,
+                                      is_best, drop_keys)
+
+        for part in (make_tmp, write_rank_files, finish):
+            self._together(part)
         return final
+
+    def _together(self, part: Callable[[], None]) -> None:
+        """Run this rank's part of the save, then agree: every rank raises if any rank's part failed. A rank that
+        failed raises its own error; the others raise an OSError with the failed rank's disk errno (or a
+        RuntimeError), so a disk fault reads the same on every rank."""
+        code, error = 0, None
+        try:
+            part()
+        except Exception as e:
+            code, error = fault_errno(e) or _OTHER_FAILURE, e
+        worst = self._agree(code)
+        if error is not None:
+            raise error
+        if worst == _OTHER_FAILURE:
+            raise RuntimeError(f"rank {self.rank}: another rank failed to write its part of the checkpoint; its "
+                               f"error is above")
+        if worst:
+            raise OSError(worst, f"another rank could not write its part of the checkpoint ({os.strerror(worst)})")
 
     def _validate(self, step: int, extra_json: Mapping[str, dict] | None) -> dict:
         if not isinstance(step, int) or step < 0:

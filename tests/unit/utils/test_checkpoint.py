@@ -51,7 +51,7 @@ def test_layout_and_roundtrip(tmp_path):
 def test_keep_last_n_validation_and_pruning(tmp_path):
     with pytest.raises(ValueError, match="keep_last_n"):
         CheckpointManager(tmp_path, keep_last_n=1)
-    with pytest.raises(ValueError, match="barrier"):
+    with pytest.raises(ValueError, match="agree"):
         CheckpointManager(tmp_path, rank=0, world_size=2)
     m = CheckpointManager(tmp_path, keep_last_n=3)
     for s in range(1, 6):
@@ -296,6 +296,14 @@ def test_sigkill_at_random_times(tmp_path):
         assert torch.equal(load_model_state(latest)["w"], torch.full((256, 512), float(step)))
 
 
+def _max_over_ranks(code: int) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([code])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def _dist_worker(rank, world, out, store):
     import torch.distributed as dist
 
@@ -303,7 +311,7 @@ def _dist_worker(rank, world, out, store):
     try:
         for rank1_has_optim in (True, False):
             m = CheckpointManager(f"{out}/{rank1_has_optim}", keep_last_n=2, rank=rank, world_size=world,
-                                  barrier=dist.barrier)
+                                  agree=_max_over_ranks)
             for step in (1, 2, 3):
                 optim = {"rank": rank, "t": torch.full((2,), 10.0 * rank + step)}
                 if rank == 1 and not rank1_has_optim:
