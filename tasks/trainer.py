@@ -80,8 +80,11 @@ class Trainer:
         self.flops_per_token = model.flops_per_token(task.seq_len)
         # At most one heartbeat file write every few seconds: the monitor's hang timeout is minutes, and a
         # write-and-rename per step would put file I/O on the hot path of fast steps.
-        self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, HEARTBEAT_NAME), min_interval_s=HEARTBEAT_INTERVAL_S)
-                          if ctx.is_main else None)
+        # The heartbeat, metrics, TensorBoard and the plot are best-effort: a full disk is reported once per output
+        # and training goes on; the next checkpoint that cannot be written stops the run (exit 2).
+        self.best_effort = logger.best_effort
+        self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, HEARTBEAT_NAME), min_interval_s=HEARTBEAT_INTERVAL_S,
+                                    best_effort=self.best_effort) if ctx.is_main else None)
         self.beat(STARTUP)
         self._tokens_since_log = 0
         self._iters_since_log = 0
@@ -158,9 +161,10 @@ class Trainer:
             rank_state=self.ddp.comm_hook.state.state_dict(),  # per rank: PowerSGD's error feedback is this rank's
         )
         if self.ctx.is_main:
-            metrics = os.path.join(self.cfg.out_dir, METRICS_NAME)
+            metrics, png = os.path.join(self.cfg.out_dir, METRICS_NAME), os.path.join(self.cfg.out_dir, PLOT_NAME)
             if os.path.isfile(metrics):
-                plot_metrics(metrics, os.path.join(self.cfg.out_dir, PLOT_NAME))
+                with self.best_effort("the loss plot", png):
+                    plot_metrics(metrics, png)
         print0(f"saved checkpoint step {self.iter} to {self.ckpt.ckpt_root} in {time.perf_counter() - t0:.1f}s"
                f"{' (the best valid loss so far: also ckpt/best)' if is_best else ''}", rank=self.ctx.rank)
         self.beat(STEP)

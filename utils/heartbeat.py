@@ -14,6 +14,11 @@ one::
 
 A file written before sections existed ({"time", "iter", "pid"}) reads as section "step" that started at its
 time. The file is not fsync'ed: it only has to be visible, not to survive a power loss.
+
+On a full disk (or any disk fault) the new record cannot be written; the run goes on (a checkpoint that cannot be
+written stops it) and the beat touches the file's mtime instead, which needs no space: `read_heartbeat` adds
+"alive", the later of the record's time and the mtime, which the monitor judges, so it does not take a run on a
+full disk for a hung one. The fault is reported once (utils/disk_faults.BestEffort).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from utils.disk_faults import BestEffort
 from utils.fileio import atomic_write_text
 from utils.run_layout import HEARTBEAT_NAME
 
@@ -42,9 +48,10 @@ class Heartbeat:
     the monitor must apply the new section's timeout from its first second.
     """
 
-    def __init__(self, path: str | os.PathLike, min_interval_s: float = 0.0):
+    def __init__(self, path: str | os.PathLike, min_interval_s: float = 0.0, best_effort: BestEffort | None = None):
         self.path = Path(path)
         self.min_interval_s = float(min_interval_s)
+        self.best_effort = best_effort if best_effort is not None else BestEffort()
         self._last = -float("inf")
         self._section: str | None = None
         self._section_start = 0.0
@@ -61,10 +68,22 @@ class Heartbeat:
             self._section, self._section_start = section, now
         record = {"time": now, "iter": int(iter), "pid": os.getpid(), "section": section,
                   "section_start": self._section_start}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(record), durable=False)
+        written = False
+        with self.best_effort("the heartbeat", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(record), durable=False)
+            written = True
+        if not written:
+            self._touch(now)
         self._last = now
         return True
+
+    def _touch(self, now: float) -> None:
+        """The liveness a full disk leaves: the file's mtime (module docstring)."""
+        try:
+            os.utime(self.path, (now, now))
+        except OSError:
+            pass  # no file yet, or a read-only disk: the monitor's start-up timeout and the run's exit tell the rest
 
     @contextmanager
     def section(self, section: str, iter: int) -> Iterator[None]:
@@ -80,14 +99,16 @@ class Heartbeat:
 
 
 def read_heartbeat(path: str | os.PathLike) -> dict | None:
-    """The last heartbeat written to `path` (with "section" and "section_start" filled in for an old file), or
-    None if there is none (or it cannot be read)."""
+    """The last heartbeat written to `path` (with "section" and "section_start" filled in for an old file) and its
+    "alive" time (module docstring), or None if there is none (or it cannot be read)."""
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        mtime = os.stat(path).st_mtime
     except (OSError, ValueError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("time"), (int, float)):
         return None
+    obj["alive"] = max(obj["time"], mtime)  # a beat on a full disk touches the file (module docstring)
     if not isinstance(obj.get("section"), str):
         obj["section"] = STEP
     if not isinstance(obj.get("section_start"), (int, float)):

@@ -90,4 +90,6 @@ def test_heartbeat_sections(tmp_path):
 def test_heartbeat_without_a_section_reads_as_step(tmp_path):
     path = tmp_path / "heartbeat.json"
     path.write_text(json.dumps({"time": 5.0, "iter": 7, "pid": 1}))  # written before sections existed
-    assert read_heartbeat(path) == {"time": 5.0, "iter": 7, "pid": 1, "section": STEP, "section_start": 5.0}
+    beat = read_heartbeat(path)
+    assert beat == {"time": 5.0, "iter": 7, "pid": 1, "section": STEP, "section_start": 5.0, "alive": beat["alive"]}
+    assert beat["alive"] == path.stat().st_mtime
