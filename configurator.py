@@ -34,6 +34,8 @@ from model.config import Z2allConfig
 from optimizer.config import OptimizerConfig
 from parallel.config import DDPConfig
 from tasks.config import PER_INVOCATION, FinetuneConfig, TrainConfig
+from utils.disk_faults import writing
+from utils.fileio import atomic_write_text
 from utils.run_layout import EXP_CONFIG_NAME, LEGACY_EXP_CONFIG_NAME, ckpt_root
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -378,16 +380,13 @@ def config_record(cfg: ExperimentConfig) -> dict:
 
 
 def save_config(cfg: ExperimentConfig, out_dir: str) -> str:
-    """Write <out_dir>/exp_config.json atomically (temp file, fsync, rename)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write <out_dir>/exp_config.json atomically (temp file, fsync, rename; a failed write leaves the old file and
+    no temp file, and a disk fault is a DiskFault that names the file)."""
     path = os.path.join(out_dir, EXP_CONFIG_NAME)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"format": "z2all.exp_config.v1", "config": config_record(cfg)}, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps({"format": "z2all.exp_config.v1", "config": config_record(cfg)}, indent=2, sort_keys=True)
+    with writing("the run config", path):
+        os.makedirs(out_dir, exist_ok=True)
+        atomic_write_text(path, text + "\n")
     return path
 
 

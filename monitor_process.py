@@ -21,7 +21,10 @@ Example:
 4. Then, by code (utils/exit_codes.py):
    - OK: done, exit 0.
    - USER_ERROR, NAN, CANNOT_EXECUTE, NOT_FOUND: they will only repeat, so stop at once with that code and one
-     line that says why. A command that cannot start is never retried (with --resume or without).
+     line that says why. A command that cannot start is never retried (with --resume or without). A full disk is
+     USER_ERROR (train.py exits 2 and records it); an attempt that failed without a fresh exit status while its
+     out_dir is on a read-only file system or has no byte free is stopped as USER_ERROR too: a restart would fail
+     the same way.
    - PREEMPTED (SIGTERM, state saved): resume at once, with no backoff and not counted as a failure, when the
      attempt wrote a checkpoint; an attempt that saved nothing is treated as a crash, so a run that exits
      PREEMPTED in a loop is still bounded by --max_restarts.
@@ -144,12 +147,12 @@ class Monitor:
 
     def _flush_log(self) -> None:
         path = Path(self.opts.log_file)
-        if not path.parent.is_dir():
-            return
         try:
+            if not path.parent.is_dir():
+                return
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write("".join(p + "\n" for p in self._pending))
-        except OSError as e:  # a full disk must not end the supervision either
+        except OSError as e:  # a full disk, a read-only or unreadable dir must not end the supervision either
             self.opts.log_file = None
             self.log(f"cannot append to {path} ({e}); logging to stderr only")
         self._pending.clear()
@@ -194,6 +197,10 @@ class Monitor:
             return code
         if code == ec.SPIKE:
             return self.roll_back(attempt)
+        disk = self._disk_fault() if attempt.status is None else None
+        if disk is not None:
+            self.log(f"stopping: {why}, and {disk}: a restart would fail the same way; {ec.describe(ec.USER_ERROR)}")
+            return ec.USER_ERROR
         progressed = self._checkpoint_written_since(attempt.started)
         if code == ec.PREEMPTED and progressed:
             self.failures = 0
@@ -282,11 +289,11 @@ class Monitor:
         if not self.opts.heartbeat:
             return None
         beat = read_heartbeat(self.opts.heartbeat)
-        if beat is not None and beat["time"] < start:
+        if beat is not None and beat["alive"] < start:
             beat = None  # an earlier attempt's: this one has not beaten yet
         section = beat["section"] if beat else STARTUP
         flag, timeout = self._timeout(section)
-        age = time.time() - (beat["time"] if beat else start)
+        age = time.time() - (beat["alive"] if beat else start)  # on a full disk a beat only touches the file
         if timeout <= 0 or age <= timeout:
             return None
         where = (f"in {section} for {time.time() - beat['section_start']:.1f}s, last heartbeat at iter "
@@ -420,8 +427,8 @@ class Monitor:
         for step, path in step_dirs(ckpt_root(self.out_dir)):
             if step < spike.start_iter:
                 continue
-            dest.mkdir(parents=True, exist_ok=True)
             try:
+                dest.mkdir(parents=True, exist_ok=True)
                 path.rename(dest / path.name)
             except FileNotFoundError:
                 continue  # another node's monitor moved it first
@@ -430,6 +437,25 @@ class Monitor:
                 return False
             self.log(f"rollback: moved {path} (written during the spike) to {dest / path.name}")
         return True
+
+    def _disk_fault(self) -> str | None:
+        """Why the run's out_dir cannot take a restart (read-only, or not one byte free), else None. A run on a full
+        disk exits 2 and says so in exit_status.json, but when even that file could not be written (rank 0 on a disk
+        that stayed full) the disk itself is the evidence (step 4)."""
+        if self.out_dir is None:
+            return None
+        probe = Path(self.out_dir).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            st = os.statvfs(probe)
+        except OSError:
+            return None
+        if st.f_flag & os.ST_RDONLY:
+            return f"{self.out_dir} is on a read-only file system"
+        if st.f_bavail == 0:
+            return f"the disk of {self.out_dir} is full (0 bytes free)"
+        return None
 
     def _checkpoint_written_since(self, since: float) -> bool:
         """Whether a complete step checkpoint was written at or after `since` (its COMPLETE's mtime)."""

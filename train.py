@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,8 +45,11 @@ from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
 from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_rank_state,
                               load_trainer_state)
+from utils.disk_faults import writing
 from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
+from utils.run_layout import EXIT_STATUS_RESERVE_NAME
+from utils.run_status import reserve_space
 
 
 def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir,
@@ -126,7 +130,7 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
               stop_requested: Callable[[], bool] = lambda: False) -> Trainer:
     """Every check has passed: write the run dir (config, tokenizer, metrics.jsonl) and make the Trainer."""
     t = cfg.train
-    if ctx.is_main:
+    if ctx.is_main:  # a disk fault in any of these is a DiskFault: one line, exit 2 (nothing to save yet)
         r.ckpt.remove_stale_tmp()
         configurator.save_config(cfg, t.out_dir)
         if r.tokenizer is not None:
@@ -134,6 +138,8 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
             with tempfile.TemporaryDirectory() as tmp:
                 r.tokenizer.save_pretrained(tmp)
                 copy_tokenizer(tmp, t.out_dir)
+        with writing("the space kept for exit_status.json", os.path.join(t.out_dir, EXIT_STATUS_RESERVE_NAME)):
+            reserve_space(t.out_dir)
     # A fresh run starts metrics.jsonl over (resume_iter=0); a resumed one drops what the killed run
     # logged after its last checkpoint.
     logger = MetricsLogger(t.out_dir if ctx.is_main else None, enabled=ctx.is_main, tensorboard=t.tensorboard,
@@ -162,6 +168,20 @@ def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
     return trainer
 
 
+def _one_line_warning(rank: int):
+    """A warning is one line on stderr, like an error (the code line Python adds is for developers: Z2ALL_DEBUG
+    keeps it); ranks other than 0 name themselves."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if debug_enabled():
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+            return
+        who = "warning" if rank == 0 else f"warning (rank {rank})"
+        text = " ".join(str(message).split())
+        print(f"{who}: {text}" if category in (UserWarning, RuntimeWarning) else f"{who}: {category.__name__}: {text}",
+              file=sys.stderr, flush=True)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, then exit with the code of utils/exit_codes.py, recorded in <out_dir>/exit_status.json (rank 0)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -170,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0  # one error line, from rank 0
     stop, cfg, error = StopSignal(rank), None, None
+    show_warning, warnings.showwarning = warnings.showwarning, _one_line_warning(rank)
     try:
         cfg = configurator.build_config(argv)
         ctx = init_distributed(cfg.train.device, timeout_s=cfg.ddp.dist_timeout_s)
@@ -180,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         destroy()
         stop.restore()
+        warnings.showwarning = show_warning
     code, reason, spike = lifecycle.outcome(error, stop.iteration)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
     lifecycle.record(out_dir, rank, code, reason, stop.iteration, spike,

@@ -4,7 +4,7 @@ Torch-free on purpose: monitor_process.py reads run directories without importin
 (utils/checkpoint.py) writes them; both take the names and the step-folder rule from here, so they cannot drift.
 
     <out_dir>/exp_config.json  tokenizer/  metrics.jsonl  tb/  loss.png  heartbeat.json  exit_status.json
-              monitor.log  rolled_back/
+              .exit_status.reserve  monitor.log  rolled_back/
     <out_dir>/ckpt/step_000001000/  model.safetensors  optim/rank_00000.pt  comm/rank_00000.pt
                                     trainer_state.json  config.json  COMPLETE
     <out_dir>/ckpt/best/            the best step's weights, config and trainer state
@@ -24,6 +24,7 @@ TB_DIRNAME = "tb"
 PLOT_NAME = "loss.png"
 HEARTBEAT_NAME = "heartbeat.json"
 EXIT_STATUS_NAME = "exit_status.json"
+EXIT_STATUS_RESERVE_NAME = ".exit_status.reserve"  # space kept so exit_status.json can be written on a full disk
 MONITOR_LOG_NAME = "monitor.log"
 ROLLED_BACK_DIRNAME = "rolled_back"
 

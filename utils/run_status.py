@@ -18,20 +18,28 @@ just before it exits::
 The file is replaced atomically and fsync'ed (on a shared file system, the close makes it visible to the
 monitors of the other nodes). A reader passes `since` (the time its attempt started) so that the file of an
 earlier attempt is never taken for this one's.
+
+A full disk must not silence it: that is when the monitor most needs the code (2: do not restart into the same
+disk). So a run reserves RESERVE_BYTES beside it at start-up (`reserve_space`, <out_dir>/.exit_status.reserve,
+written once every check has passed) and `write_exit_status` frees the reserve when its write hits a disk fault,
+then writes again.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from utils.disk_faults import fault_errno
 from utils.exit_codes import SPIKE
-from utils.fileio import atomic_write_json
-from utils.run_layout import EXIT_STATUS_NAME
+from utils.fileio import atomic_write_bytes, atomic_write_json
+from utils.run_layout import EXIT_STATUS_NAME, EXIT_STATUS_RESERVE_NAME
 
 _MAX_REASON_CHARS = 500
+RESERVE_BYTES = 64 * 1024  # many times what the atomic write of a ~300-byte record takes, in any block size
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,23 @@ def write_exit_status(out_dir: str | os.PathLike, code: int, reason: str, iter: 
     record = asdict(status)
     if spike is None:
         del record["spike"]
-    atomic_write_json(path, record)
+    try:
+        atomic_write_json(path, record)
+    except OSError as e:
+        reserve = Path(out_dir) / EXIT_STATUS_RESERVE_NAME
+        if fault_errno(e) not in (errno.ENOSPC, errno.EDQUOT) or not reserve.is_file():
+            raise
+        reserve.unlink()  # the space kept for this moment (module docstring)
+        atomic_write_json(path, record)
     return path
+
+
+def reserve_space(out_dir: str | os.PathLike) -> None:
+    """Keep RESERVE_BYTES allocated in out_dir for the exit status (module docstring). Random bytes, so a file
+    system that compresses or deduplicates cannot store them as nothing."""
+    path = Path(out_dir) / EXIT_STATUS_RESERVE_NAME
+    if not (path.is_file() and path.stat().st_size == RESERVE_BYTES):
+        atomic_write_bytes(path, os.urandom(RESERVE_BYTES))
 
 
 def read_exit_status(out_dir: str | os.PathLike, since: float | None = None) -> ExitStatus | None:

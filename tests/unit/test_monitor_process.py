@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #   preempt_self   write a checkpoint and a PREEMPTED status, exit 5 (exit 0 under --resume)
 #   progress:K     write a new checkpoint and crash, until the K-th attempt, which exits 0
 #   torchrun_user  write exit status 2 ("unknown key --lr"), exit 1 as torchrun's agent would
+#   disk_full      reserve the exit status's space (as train.py does), fill RUN's disk to its last byte, write exit
+#                  status 2 there, exit 1 as torchrun's agent would
 #   spike          write a SPIKE status (iters 25..30, data 100..120), exit 1
 #   spike:moving   the same, 10 iters (40 micro-batches) later in each attempt
 FAKE = r"""
@@ -102,6 +104,15 @@ if name == "progress":
     if n_attempts >= int(arg):
         sys.exit(0)
     checkpoint(10 * n_attempts)
+    sys.exit(1)
+if name == "disk_full":
+    from utils.run_status import reserve_space
+    reserve_space(run)
+    st = os.statvfs(run)
+    fd = os.open(run / "filler", os.O_WRONLY | os.O_CREAT)
+    os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize)
+    os.close(fd)
+    write_exit_status(run, ec.USER_ERROR, "no space left on device while writing checkpoint step 4 to RUN/ckpt", 4)
     sys.exit(1)
 if name == "torchrun_user":
     write_exit_status(run, ec.USER_ERROR, "unknown key --lr; did you mean --learning_rate?", 0)

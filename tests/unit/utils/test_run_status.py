@@ -1,13 +1,16 @@
 """utils.exit_codes, utils.run_status (exit_status.json) and the sections of utils.heartbeat."""
+import errno
 import json
 import os
 import time
 
 import pytest
 
+from tests.support.disks import fill, needs_mount, tmpfs  # noqa: F401
 from utils import exit_codes as ec
 from utils.heartbeat import CHECKPOINT, EVAL, STARTUP, STEP, Heartbeat, read_heartbeat
-from utils.run_status import SpikeWindow, exit_status_path, read_exit_status, write_exit_status
+from utils.run_status import (RESERVE_BYTES, SpikeWindow, exit_status_path, read_exit_status, reserve_space,
+                              write_exit_status)
 
 
 def test_exit_codes_are_distinct_and_described():
@@ -93,3 +96,18 @@ def test_heartbeat_without_a_section_reads_as_step(tmp_path):
     beat = read_heartbeat(path)
     assert beat == {"time": 5.0, "iter": 7, "pid": 1, "section": STEP, "section_start": 5.0, "alive": beat["alive"]}
     assert beat["alive"] == path.stat().st_mtime
+
+
+@needs_mount
+def test_the_exit_status_is_written_from_its_reserve_on_a_full_disk(tmpfs):
+    run = tmpfs(1)
+    reserve_space(run)
+    reserve_space(run)  # kept as it is: one reserve
+    assert (run / ".exit_status.reserve").stat().st_size == RESERVE_BYTES
+    fill(run)
+    write_exit_status(run, 2, "no space left on device while writing checkpoint step 4", 4)
+    assert read_exit_status(run).code == 2 and not (run / ".exit_status.reserve").exists()
+    fill(run)  # the disk fills again, and no reserve is left: the caller (lifecycle.record) says so and exits
+    with pytest.raises(OSError) as info:
+        write_exit_status(run, 2, "again", 4)
+    assert info.value.errno == errno.ENOSPC and not [p for p in run.iterdir() if p.name.startswith(".tmp")]
