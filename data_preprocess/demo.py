@@ -9,7 +9,8 @@
                 the request, the tokenizer and the shards are rebuilt, so a crash mid-build never leaves a
                 half-built set in use. The corpus has its own marker and is kept across vocab changes.
 A file lock on cache_dir/.lock lets several processes (e.g. torchrun ranks) call this at once: one builds,
-the others wait and then reuse. CLI: `python -m data_preprocess.demo [--cache_dir=DIR] [--vocab_size=N]`.
+the others wait and then reuse. A disk fault is one line (a DiskFault naming cache_dir; exit 2 from train.py):
+every stage writes through temporary files that a failure removes, and the stages already complete are kept. CLI: `python -m data_preprocess.demo [--cache_dir=DIR] [--vocab_size=N]`.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.format import tmp_sibling
 from tokenizer.train_tokenizer import check_train_args
 from utils.cli import ArgumentParser, run_main
+from utils.disk_faults import writing
+from utils.fileio import atomic_write_text
 
 DEMO_VERSION = 1
 MARKER = "DEMO_COMPLETE"
@@ -46,9 +48,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = tmp_sibling(path)
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1), durable=False)
 
 
 @contextlib.contextmanager
@@ -139,17 +139,19 @@ def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_w
     paths = DemoData(str(cache / "bin"), str(cache / "tokenizer"), str(cache / "sft"))
     if _is_complete(cache, vocab_size) and _sft_is_current(cache):
         return paths
-    cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / ".lock"):
-        if not _is_complete(cache, vocab_size):
-            (cache / MARKER).unlink(missing_ok=True)
-            workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
-            t0 = time.perf_counter()
-            meta = _build(cache, vocab_size, workers, log)
-            _write_json(cache / MARKER, meta)
-            log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
-                f"{meta['tokens']} tokens) at {cache}")
-        _ensure_sft(cache, log)
+    with writing("the demo data", cache, fix="{action} (it takes about 200 MB) or train on your own --data_dir; "
+                 "the stages already built are kept"):
+        cache.mkdir(parents=True, exist_ok=True)
+        with _file_lock(cache / ".lock"):
+            if not _is_complete(cache, vocab_size):
+                (cache / MARKER).unlink(missing_ok=True)
+                workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
+                t0 = time.perf_counter()
+                meta = _build(cache, vocab_size, workers, log)
+                _write_json(cache / MARKER, meta)
+                log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
+                    f"{meta['tokens']} tokens) at {cache}")
+            _ensure_sft(cache, log)
     return paths
 
 

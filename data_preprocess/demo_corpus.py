@@ -34,6 +34,7 @@ import tokenize
 from typing import Iterator
 
 from utils.cli import ArgumentParser, UserError, run_main
+from utils.fileio import atomic_write_bytes
 
 SFT_INSTRUCTION = "Write the docstring for this function:\n"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -299,10 +300,7 @@ def _json_bytes(obj: dict, indent: int | None = 2) -> bytes:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, durable=False)  # a failed write leaves no temp file
 
 
 def main(argv: list[str] | None = None) -> None:

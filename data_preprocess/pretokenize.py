@@ -11,8 +11,10 @@ Output (out_dir):
   when --tokenizer_dir is not given).
 - pretokenize.json: input files, tokenizer sizes, shard list and counts; written last, it marks a complete
   run. It holds no timings, so two runs on the same input write byte-identical directories.
-The shards are written into out_dir/.pretokenize.partial/ and moved into place only when the whole input has
-been read, so a run that fails (a bad record, a full disk) leaves out_dir as it was, earlier shards included.
+The shards, the tokenizer and the summary are written into out_dir/.pretokenize.partial/ and moved into place
+only when the whole input has been read and every file is complete, so a run that fails (a bad record, a full
+disk) leaves out_dir as it was, earlier shards included, and no temporary file. A disk fault is one line (a
+DiskFault: what, where, the fix) and exit status 2.
 
 Determinism: the token stream is the documents in input order, each encoded independently, and shards
 are cut at fixed token counts; workers only encode batches of documents, whose results are consumed in
@@ -36,9 +38,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data_preprocess.readers import TXT_MODES, ReadStats, iter_all_documents, list_input_files
-from dataset.format import BinWriter, tmp_sibling, token_dtype
+from dataset.format import BinWriter, token_dtype
 from tokenizer import Z2allTokenizer
 from utils.cli import ArgumentParser, UserError, run_main
+from utils.disk_faults import writing
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
@@ -175,16 +178,23 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     stage.rmdir()
 
 
-def _commit(out: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer, summary: dict) -> None:
-    """Replace the old data by the staged shards, copy the tokenizer, and write the summary last."""
-    for path in old:
-        path.unlink()
+def _commit(out: Path, stage: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer, summary: dict) -> None:
+    """Write the tokenizer and the summary into the stage (the last writes that need space), then move everything
+    into place by renames, drop the earlier run's files that were not replaced, and publish the summary last."""
+    tok.save_pretrained(str(stage / "tokenizer"))
+    (stage / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     for path in shards:
         os.replace(path, out / path.name)
-    tok.save_pretrained(str(out / "tokenizer"))
-    tmp = tmp_sibling(out / SUMMARY_FILE)
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / SUMMARY_FILE)
+    tokenizer, aside = out / "tokenizer", out / f".tokenizer.old-{os.getpid()}"
+    if tokenizer.exists():
+        os.rename(tokenizer, aside)
+    os.rename(stage / "tokenizer", tokenizer)
+    shutil.rmtree(aside, ignore_errors=True)
+    replaced = {p.name for p in shards} | {SUMMARY_FILE}
+    for path in old:
+        if path.name not in replaced:
+            path.unlink(missing_ok=True)
+    os.replace(stage / SUMMARY_FILE, out / SUMMARY_FILE)
 
 
 def _encode_into(sink: ShardSink, batches: Iterator, progress: bool) -> tuple[int, int]:
@@ -228,7 +238,8 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
     old = check_out_dir(out, overwrite)
     stats = ReadStats()
     t0 = time.perf_counter()
-    with staged_output(out) as stage:
+    with writing("the pretokenized shards", out, fix="{action} or choose another --out_dir (it is as it was)"), \
+            staged_output(out) as stage:
         docs = iter_all_documents(files, text_field, skip_bad_records, stats, txt_mode)
         sink = ShardSink(stage, tok.vocab_size, shard_tokens)
         batches = encoded_batches(batch_documents(docs), tokenizer_dir, num_workers, tok)
@@ -241,7 +252,7 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
                    "shards": [p.name for p in shards], "shard_tokens": shard_tokens,
                    "vocab_size": tok.vocab_size, "model_vocab_size": tok.model_vocab_size, "bos_id": tok.bos_id,
                    "eos_id": tok.eos_id, "bad_records": stats.bad_records, "empty_documents": stats.empty}
-        _commit(out, shards, old, tok, summary)
+        _commit(out, stage, shards, old, tok, summary)
     elapsed = time.perf_counter() - t0
     log(f"pretokenize: {stats.summary()}; wrote {num_docs} documents, {num_tokens} tokens in {len(shards)} "
         f"shard(s) to {out} in {elapsed:.1f}s ({num_tokens / max(elapsed, 1e-9):,.0f} tokens/s, "

@@ -8,7 +8,8 @@ counted with --skip_bad_records). Every record is rendered with tokenizer.chat_t
 BOS first), the ids the exported HF chat_template also gives.
 
 Output (out_dir, published whole: built in a hidden temporary directory beside it, then renamed into place,
-so a crash never leaves a half dataset under the final name):
+so a crash never leaves a half dataset under the final name, and a failed build, a full disk included, removes
+the temporary directory and keeps an earlier build; a disk fault is one line and exit status 2):
 - input_ids.bin: the dataset/format.py layout; the segments back to back, no separators. SFT: one segment per
   conversation. DPO: three per pair, in order: the prompt (with the generation prompt
   ``<|im_start|>assistant\\n``), the chosen response, the rejected response.
@@ -51,6 +52,7 @@ from dataset.format import BinWriter
 from dataset.sft import IDS_FILE, MANIFEST_FILE, MASK_FILE, OFFSETS_FILE, SFT_FORMAT_VERSION, TASKS
 from tokenizer import Z2allTokenizer, render_chat, render_generation_prompt
 from utils.cli import ArgumentParser, run_main
+from utils.disk_faults import writing
 from utils.fileio import sha256_file
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -297,7 +299,10 @@ class _SegmentWriter:
 
     def abort(self) -> None:
         self.ids.abort()
-        self.mask.close()
+        try:
+            self.mask.close()
+        except OSError:  # flushing into the disk that just filled up; the directory is removed anyway
+            pass
 
 
 def _write_dataset(tmp: Path, files: list[str], tokenizer_dir: str, opts: SFTOptions, num_workers: int,
@@ -385,18 +390,16 @@ def ensure_pretokenized(inputs: str | list[str], tokenizer_dir: str, out_dir: st
                          f"another --out_dir, or empty it")
     log(f"pretokenize_sft: {'rebuilding the stale' if out.exists() else 'building'} {opts.task} data {out} "
         f"from {len(files)} file(s)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with writing(f"the pretokenized {opts.task} data", out, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+                 fix="{action} or choose another --out_dir (an earlier build there is kept)"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         counts = _write_dataset(tmp, files, tokenizer_dir, opts, num_workers, skip_bad_records, progress)
         mtimes = {os.path.abspath(f): os.stat(f).st_mtime_ns for f in files}
         manifest = {"task": opts.task, "key": key, "input_mtime_ns": mtimes, "counts": counts}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         _publish(tmp, out, key)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     c = counts
     log(f"pretokenize_sft: {c['examples']} {opts.task} examples, {c['tokens']} tokens ({c['label_tokens']} "
         f"label tokens) from {c['records']} records; {c['truncated']} truncated, {c['dropped_too_long']} dropped "

@@ -181,8 +181,13 @@ class BinWriter:
         return self.path
 
     def abort(self) -> None:
-        self._f.close()
-        self._tmp.unlink(missing_ok=True)
+        """Drop the temporary file (after a failure, e.g. a full disk: closing may fail to flush, the unlink may not)."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "BinWriter":
         return self

@@ -11,7 +11,13 @@ Staleness: on every load the shard list, sizes, mtimes and hashes are compared w
 difference (a shard added, removed or changed) rebuilds the map with a message. The hash is sha256 over
 (file size, first MiB, last MiB): fast on TB-sized data and sure to see a header change, a rewrite, a
 truncation or an append; an edit confined to the middle of a shard that keeps its size would only be
-seen through its mtime.
+seen through its mtime. A shard truncated after the map was built is therefore seen before training: the
+rebuild checks its size against its header and names it. The sidecar fingerprints the map itself the same way,
+so a map overwritten by garbage (or unreadable, or of the wrong shape) is rebuilt too, with a message.
+
+Writing: the map is streamed to a temporary file (never through a memmap: a full disk would kill the process
+with SIGBUS) and renamed into place, the sidecar last; a failed build removes its temporary files, and a disk
+fault is a DiskFault (one line: the file, the fix).
 
 The out-of-range check (token id >= vocab_size) scans each shard once, vectorised, and caches the max id
 in the sidecar; later loads (and builds for another max_seq_len) reuse it while the fingerprint matches.
@@ -28,8 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from dataset.format import DATA_FORMATS, max_token_id, open_bin, read_header, tmp_sibling, token_range_error
+from utils.disk_faults import writing
+from utils.fileio import atomic_write_text
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the sidecar fingerprints the map itself
 HASH_BYTES = 1 << 20
 SPLIT_SEED = 20240601  # fixed, so the train/valid split does not move when --data_seed changes
 _CHUNK = 1 << 22  # windows computed per vectorised chunk: bounds temporary memory to ~100 MB
@@ -111,23 +119,25 @@ def write_windows(npy_path: Path, counts: np.ndarray, max_seq_len: int) -> int:
     1. Window j starts at global token g = j * L; there are W = (N - 1) // L windows of L + 1 tokens.
     2. file_id = the shard whose [start, end) holds g: searchsorted over the cumulative ends (side="right"
        skips empty shards); offset = g - start of that shard.
-    3. Done in chunks of _CHUNK windows into an .npy memmap under a temporary name, then renamed.
+    3. Done in chunks of _CHUNK windows appended to an .npy file under a temporary name, then renamed. Plain
+       writes, not a memmap: a full disk raises an OSError instead of killing the process with SIGBUS.
     """
     total = int(counts.sum())
     num_windows = (total - 1) // max_seq_len if total > 0 else 0
     ends = np.cumsum(counts.astype(np.int64))
     starts = ends - counts
     tmp = tmp_sibling(npy_path)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(num_windows, 2))
-    for c0 in range(0, num_windows, _CHUNK):
-        c1 = min(num_windows, c0 + _CHUNK)
-        g = np.arange(c0, c1, dtype=np.int64) * max_seq_len
-        fid = np.searchsorted(ends, g, side="right")
-        out[c0:c1, 0] = fid
-        out[c0:c1, 1] = g - starts[fid]
-    out.flush()
-    del out
-    os.replace(tmp, npy_path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype("<i8").str, "fortran_order": False,
+                                                      "shape": (num_windows, 2)})
+            for c0 in range(0, num_windows, _CHUNK):
+                g = np.arange(c0, min(num_windows, c0 + _CHUNK), dtype=np.int64) * max_seq_len
+                fid = np.searchsorted(ends, g, side="right")
+                fh.write(np.stack([fid, g - starts[fid]], axis=1).astype("<i8").tobytes())
+        os.replace(tmp, npy_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return num_windows
 
 
@@ -187,16 +197,36 @@ def load_or_build_sample_index(data_path: str | os.PathLike, max_seq_len: int, v
             meta = None
     elif not rebuild:
         log(f"sample index {npy_path} not found: building it")
+    windows = None
+    if meta is not None:
+        windows, damage = _open_map(npy_path, meta)
+        if damage:
+            log(f"sample index {npy_path} is corrupted ({damage}): rebuilding")
+            meta = None
     if meta is None:
-        meta = _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log)
+        with writing("the sample index", npy_path, fix="{action}, or build it where the data can be written "
+                     "(python -m data_preprocess.build_sample_index) and copy it beside the shards"):
+            meta = _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log)
+        windows, damage = _open_map(npy_path, meta)
+        if damage:
+            raise RuntimeError(f"{npy_path} was just built but {damage}: is another process writing it?")
     stats = meta["shards"]
     check_vocab(shards, stats, vocab_size)
-    windows = np.load(npy_path, mmap_mode="r")
-    if windows.shape != (meta["num_windows"], 2):
-        raise ValueError(f"{npy_path} has shape {windows.shape}, its sidecar says ({meta['num_windows']}, 2): "
-                         f"rebuild with `python -m data_preprocess.build_sample_index --data_dir={data_path} "
-                         f"--max_seq_len={max_seq_len} --rebuild`")
     return SampleIndex(shards, [s["num_tokens"] for s in stats], windows, max_seq_len, data_format)
+
+
+def _open_map(npy_path: Path, meta: dict) -> tuple[np.ndarray | None, str | None]:
+    """(the map, memmapped read-only, None), or (None, why it is damaged): it must match its sidecar's fingerprint,
+    load as an .npy and have the sidecar's shape."""
+    if not _same_file(meta.get("index") or {}, fingerprint(npy_path)):
+        return None, "it does not match its sidecar's size, mtime or hash: overwritten or damaged"
+    try:
+        windows = np.load(npy_path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        return None, f"it does not load: {' '.join(str(e).split())}"
+    if windows.shape != (meta["num_windows"], 2) or windows.dtype != np.int64:
+        return None, f"shape {windows.shape} {windows.dtype}, its sidecar says ({meta['num_windows']}, 2) int64"
+    return windows, None
 
 
 def _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log) -> dict:
@@ -212,10 +242,9 @@ def _build(shards, fps, npy_path, json_path, max_seq_len, data_format, log) -> d
     num_windows = write_windows(npy_path, counts, max_seq_len)
     meta = {"version": INDEX_VERSION, "max_seq_len": max_seq_len, "data_format": data_format,
             "num_tokens": total, "num_windows": num_windows,
-            "hash": "sha256 over (8-byte size, first MiB, last MiB) of each shard", "shards": stats}
-    tmp = tmp_sibling(json_path)
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, json_path)
+            "hash": "sha256 over (8-byte size, first MiB, last MiB) of each shard and of the map",
+            "index": fingerprint(npy_path), "shards": stats}
+    atomic_write_text(json_path, json.dumps(meta, indent=1), durable=False)
     log(f"sample index {npy_path}: {num_windows} windows of {max_seq_len + 1} tokens over {total} tokens "
         f"in {len(shards)} shard(s)")
     return meta

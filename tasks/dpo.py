@@ -14,6 +14,7 @@ frozen reference (tasks/dpo_loss.py has the losses; tasks/finetune.py says where
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -31,6 +32,7 @@ from model.weights import resolve_model_dir
 from tasks import finetune
 from tasks.base import MicroBatchLoss, TaskInputs
 from tasks.dpo_loss import dpo_loss, sequence_logps
+from utils.disk_faults import writing
 from utils.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
 # model fields the reference takes from the policy's config: the same kernels, no dropout
@@ -132,17 +134,34 @@ class DPOTask:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(self.ctx.device)
             if self.ctx.is_main:
-                import io
-
-                buf = io.BytesIO()
-                np.save(buf, table)
-                atomic_write_bytes(path, buf.getvalue())
-                atomic_write_json(path[:-4] + ".json", {"key": key, "pairs": len(table)})
+                self._store_table(path, table, key)
             self.ctx.barrier()
         table = np.load(path)
         if table.shape != (len(self.ds), 2):
             raise ValueError(f"{path} holds {table.shape} reference log-probs for {len(self.ds)} pairs; delete it")
         return torch.from_numpy(table).to(self.ctx.device)
+
+    @staticmethod
+    def _store_table(path: str, table: np.ndarray, key: dict) -> None:
+        """The table beside the data, atomically; its .json (what it was computed from) first, so the .npy, whose
+        presence means "computed", is the last write. A failed write (a disk fault: a DiskFault, exit 2) leaves
+        neither file nor a temporary one."""
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, table)
+        info = path[:-4] + ".json"
+
+        def cleanup() -> None:
+            if not os.path.isfile(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(info)
+
+        size_mb = len(buf.getvalue()) / 1e6
+        with writing("the precomputed DPO reference log-probs", path, cleanup=cleanup,
+                     fix=f"{{action}} (about {size_mb:.1f} MB), or run without --precompute_ref_logps"):
+            atomic_write_json(info, {"key": key, "pairs": len(table)})
+            atomic_write_bytes(path, buf.getvalue())
 
     def _compute_table(self) -> np.ndarray:
         """Every pair's reference log-probs, each rank computing every world-th batch, then summed over ranks."""

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 from tokenizer.chat_template import CHATML_JINJA
 from tokenizer.special_tokens import (BOS_TOKEN, EOS_TOKEN, IM_END_TOKEN, IM_START_TOKEN, PAD_TOKEN,
                                       resolve_allowed, split_on_special)
+from utils.fileio import atomic_write_bytes
 
 TOKENIZER_TYPES = ("bbpe", "sentencepiece")
 Z2ALL_FILE = "z2all_tokenizer.json"
@@ -278,8 +279,5 @@ def _dumps(obj: dict) -> str:
 
 
 def _atomic_write(path: str, data: bytes) -> str:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, durable=False)  # a failed write (a full disk) leaves no temp file
     return path

@@ -95,16 +95,17 @@ class DiskFault(OSError):
 
 @contextmanager
 def writing(what: str, where, fix: str = "{action} or choose another directory",
-            cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+            cleanup: Callable[[], None] | None = None, outer: bool = False) -> Iterator[None]:
     """Run the body; on any failure call `cleanup` (remove this write's temp files), and turn a disk fault into a
-    DiskFault that names `what` and `where`. A DiskFault raised inside (a more precise one) passes unchanged."""
+    DiskFault that names `what` and `where`. A DiskFault raised inside (a more precise one) passes unchanged, unless
+    `outer`: then this one names the write (e.g. an import, whose checkpoint is saved into a temp dir)."""
     try:
         yield
     except BaseException as e:
         if cleanup is not None:
             cleanup()
         code = fault_errno(e)
-        if code is None or isinstance(e, DiskFault):
+        if code is None or (isinstance(e, DiskFault) and not outer):
             raise
         raise DiskFault(code, what, where, fix) from e
 

@@ -28,6 +28,7 @@ from model.config import Z2allConfig
 from model.hf.names import one_to_one_pairs
 from model.weights import read_pretrained, resolve_model_dir
 from utils.cli import ArgumentParser, run_main
+from utils.disk_faults import writing
 from utils.fileio import follow_umask
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,7 +116,8 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
        empty or an earlier export (never replace anything else).
     2. Cast floating tensors if --dtype is not keep; unfuse qkv_proj and gate_up_proj.
     3. Write the HF config (llama or qwen2), the weights and every tokenizer file into a temp dir beside
-       out_dir, then rename it into place: a failed export leaves out_dir as it was.
+       out_dir, then rename it into place: a failed export leaves out_dir as it was and no temp dir (a disk
+       fault is a DiskFault: one line, exit 2).
     """
     from safetensors.torch import save_file
 
@@ -127,10 +129,11 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
     tok = find_tokenizer_dir(ckpt, tokenizer_dir)
     if DTYPES[dtype] is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with writing("the Hugging Face export", out, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+                 fix="{action} or choose another --out_dir (an earlier export there is kept)"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         save_file(to_hf_state(cfg, state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         follow_umask(tmp / "model.safetensors")
         param_dtype = state["embed_tokens.weight"].dtype
@@ -138,16 +141,23 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
         if tok is not None:
             for f in tok.iterdir():
                 (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
-        if out.exists():
-            aside = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, aside)
-            os.rename(tmp, out)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, out)
     return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished export onto out; an earlier export is moved aside first (and back if the rename fails)."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    aside = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    os.rename(out, aside)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _check_out_dir(out: Path) -> None:

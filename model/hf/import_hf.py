@@ -10,6 +10,8 @@ The weight layout is the inverse of model/export_hf.py (rotate-half RoPE on both
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from model.config import Z2allConfig
 from model.hf.names import one_to_one_pairs
 from utils.cli import ArgumentParser, run_main
+from utils.disk_faults import writing
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 TOKENIZER_MARKERS = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "chat_template")
@@ -112,27 +115,44 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
 
     1. Read config.json and map it (rejecting unsupported features with the reason).
     2. Read the safetensors weights (single file or shards) and fuse qkv / gate_up.
-    3. Save through CheckpointManager (atomic, COMPLETE last); copy the tokenizer files to out_dir/tokenizer/.
+    3. Save through CheckpointManager (atomic, COMPLETE last) and copy the tokenizer files, both into a temp dir
+       inside out_dir, then rename ckpt/ and tokenizer/ into place: a failed import (a disk fault is a DiskFault:
+       one line, exit 2) leaves no ckpt/, no temp dir and no out_dir it created, so the same command runs again.
     """
     from utils.checkpoint import CheckpointManager
 
     hf_dir, out = Path(hf_dir), Path(out_dir)
-    if (out / "ckpt").exists():
-        raise ValueError(f"--out_dir={out} already holds a run (ckpt/); choose a new --out_dir for the import")
+    for name in ("ckpt", "tokenizer"):
+        if (out / name).exists():
+            raise ValueError(f"--out_dir={out} already holds a run ({name}/); choose a new --out_dir for the import")
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{config_path} does not exist; --hf_dir must be a Hugging Face model directory")
     cfg = z2all_config_from_hf(json.loads(config_path.read_text(encoding="utf-8")))
     state = from_hf_state(cfg, load_hf_state(hf_dir))
-    ckpt_dir = CheckpointManager(out).save(step=0, model_state=state,
-                                           trainer_state={"iter": 0, "imported_from": str(hf_dir)},
-                                           extra_json={"config.json": cfg.to_dict()})
-    files = sorted(f for f in hf_dir.iterdir() if _is_tokenizer_file(f))
-    if files:
-        (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(f, out / "tokenizer" / f.name)
-    return ckpt_dir
+    created = not out.exists()
+    stage = out / f".tmp-import-{secrets.token_hex(4)}"
+
+    def cleanup() -> None:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+
+    with writing("the imported checkpoint", out, cleanup=cleanup, fix="{action} or choose another --out_dir",
+                 outer=True):
+        stage.mkdir(parents=True)
+        ckpt_dir = CheckpointManager(stage).save(step=0, model_state=state,
+                                                 trainer_state={"iter": 0, "imported_from": str(hf_dir)},
+                                                 extra_json={"config.json": cfg.to_dict()})
+        files = sorted(f for f in hf_dir.iterdir() if _is_tokenizer_file(f))
+        if files:
+            (stage / "tokenizer").mkdir()
+            for f in files:
+                shutil.copy2(f, stage / "tokenizer" / f.name)
+            os.rename(stage / "tokenizer", out / "tokenizer")
+        os.rename(stage / "ckpt", out / "ckpt")
+        stage.rmdir()
+    return out / "ckpt" / ckpt_dir.name
 
 
 def main(argv: list[str] | None = None) -> None:
