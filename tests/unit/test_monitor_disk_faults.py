@@ -32,6 +32,15 @@ def test_a_failure_without_an_exit_status_on_a_full_disk_is_not_restarted(tmp_pa
     assert f"and the disk of {run} is full (0 bytes free): a restart would fail the same way" in mon.stderr
 
 
+def test_a_run_whose_heartbeat_cannot_be_written_is_not_taken_for_a_hung_one(tmp_path, tmpfs):
+    """The beats on the full disk only touch heartbeat.json; 3 s of them outlive a 1 s hang timeout."""
+    run = tmpfs(1) / "run"
+    mon = _monitor(tmp_path, "beat_on_full_disk", "--hang_timeout_s=1", extra=[f"--out_dir={run}"])
+    assert mon.returncode == 0, mon.stderr
+    assert "hang" not in mon.stderr.replace("hang timeouts", "") and len(_attempts(tmp_path)) == 1, mon.stderr
+    assert mon.stderr.count("warning: no space left on device while writing the heartbeat to") == 1, mon.stderr
+
+
 def test_a_failure_on_a_read_only_out_dir_is_not_restarted(tmp_path, read_only):
     run = tmp_path / "run"
     run.mkdir()

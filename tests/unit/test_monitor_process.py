@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #   torchrun_user  write exit status 2 ("unknown key --lr"), exit 1 as torchrun's agent would
 #   disk_full      reserve the exit status's space (as train.py does), fill RUN's disk to its last byte, write exit
 #                  status 2 there, exit 1 as torchrun's agent would
+#   beat_on_full_disk  beat, fill RUN's disk to its last byte, beat every 0.1 s for 3 s, exit 0
 #   spike          write a SPIKE status (iters 25..30, data 100..120), exit 1
 #   spike:moving   the same, 10 iters (40 micro-batches) later in each attempt
 FAKE = r"""
@@ -105,13 +106,23 @@ if name == "progress":
         sys.exit(0)
     checkpoint(10 * n_attempts)
     sys.exit(1)
-if name == "disk_full":
-    from utils.run_status import reserve_space
-    reserve_space(run)
+def fill_disk():
     st = os.statvfs(run)
     fd = os.open(run / "filler", os.O_WRONLY | os.O_CREAT)
     os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize)
     os.close(fd)
+
+if name == "beat_on_full_disk":
+    hb.beat(1)
+    fill_disk()
+    for i in range(30):
+        time.sleep(0.1)
+        hb.beat(2 + i, force=True)
+    sys.exit(0)
+if name == "disk_full":
+    from utils.run_status import reserve_space
+    reserve_space(run)
+    fill_disk()
     write_exit_status(run, ec.USER_ERROR, "no space left on device while writing checkpoint step 4 to RUN/ckpt", 4)
     sys.exit(1)
 if name == "torchrun_user":
