@@ -4,7 +4,8 @@
 |------|----------------|-------------------------------------------------------------|--------------------------------|
 | 0    | OK             | the run finished                                            | stops, exit 0                  |
 | 1    | CRASH          | anything unexpected (uncaught exception, failed collective) | resumes after a backoff        |
-| 2    | USER_ERROR     | the config or the data is wrong (bad key, missing file)     | stops at once, exit 2          |
+| 2    | USER_ERROR     | the config or the data is wrong (bad key, missing file), or |                                |
+|      |                | the disk is full, read-only or not writable (a DiskFault)   | stops at once, exit 2          |
 | 3    | NAN            | the loss stayed non-finite (last finite checkpoint kept)    | stops at once, exit 3          |
 | 4    | SPIKE          | --spike_rollback saw a loss spike (see exit_status.json)    | rolls back, skips the window   |
 | 5    | PREEMPTED      | SIGTERM or Ctrl-C: it finished the iteration, saved, exited | resumes at once                |
