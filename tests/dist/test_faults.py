@@ -1,6 +1,7 @@
-"""train.py's fault policy with real processes: the exit codes, a rejected --resume, NaN, SIGTERM, a full disk, a
-read-only dir; and under monitor_process.py: a stopped process, a sleeping rank and a loss spike are each
-recovered and the run completes, a persistent NaN stops it at once (issue 18)."""
+"""train.py's fault policy with real processes: the exit codes, a rejected --resume, NaN, SIGTERM, a full disk and a
+read-only dir (injected here; the real ones are in test_disk_faults.py); and under monitor_process.py: a stopped
+process, a sleeping rank and a loss spike are each recovered and the run completes, a persistent NaN stops it at
+once (issue 18)."""
 import json
 import os
 import signal
@@ -135,6 +136,7 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, capsys, monkeypatch):
+    """The handler, with the fault injected where no tmpfs can be mounted; test_disk_faults.py causes the real one."""
     import errno
 
     import utils.checkpoint as ck
@@ -159,6 +161,8 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path
 
 
 def test_a_read_only_out_dir_fails_at_start_up(tmp_path, capsys, monkeypatch):
+    """An out_dir without write permission (root has it everywhere, hence injected); test_disk_faults.py mounts a
+    real read-only one."""
     cfg_file, args, out = make_run(tmp_path)
     out.mkdir()
     real = os.access

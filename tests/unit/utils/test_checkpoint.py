@@ -361,6 +361,8 @@ def test_best_is_an_independent_copy(tmp_path):
 
 
 def test_a_full_disk_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    """The handler, with ENOSPC injected after a real write (no mount needed); test_checkpoint_faults.py fills a
+    real tmpfs inside each file of a save."""
     import errno
 
     import utils.checkpoint as ck
