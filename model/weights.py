@@ -15,7 +15,7 @@ from torch import nn
 
 from model.config import Z2allConfig
 from utils.checkpoint import resolve_checkpoint
-from utils.fileio import follow_umask
+from utils.fileio import atomic_write_text, follow_umask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -32,7 +32,7 @@ def save_pretrained(model: nn.Module, save_dir: str | os.PathLike) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
     follow_umask(save_dir / WEIGHTS_NAME)
-    (save_dir / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
+    atomic_write_text(save_dir / CONFIG_NAME, model.config.to_json() + "\n")  # a full disk leaves no half config
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
