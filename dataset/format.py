@@ -181,7 +181,7 @@ class BinWriter:
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file (after a failure, e.g. a full disk: closing may fail to flush, the unlink may not)."""
+        """Drop the temporary file. After a failure (a full disk) closing may fail to flush; the unlink must not."""
         try:
             self._f.close()
         except OSError:

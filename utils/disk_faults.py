@@ -4,18 +4,18 @@ missing permission, whatever library raised it.
 Each library reports the same fault its own way (each form below was seen by causing the fault on a real
 size-limited tmpfs, not guessed):
 
-| writer                         | what it raises on a full disk                                                  |
-|--------------------------------|--------------------------------------------------------------------------------|
-| open()/write, shutil, json     | OSError(errno=28)                                                              |
-| safetensors (Rust)             | SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") |
-| tokenizers (Rust)              | Exception("No space left on device (os error 28)")                             |
-| torch.save(obj, file handle)   | RuntimeError("[enforce fail at inline_container.cc] unexpected pos") whose __context__ is OSError(28) |
-| torch.save(obj, path)          | RuntimeError("... basic_ios::clear: iostream error"): no errno at all, hence never used here |
-| numpy save/tofile              | OSError(errno=None, "Not enough free space to write N bytes after offset M"), |
-|                                | or, when not one byte was free, OSError(errno=None, "N requested and 0 written") |
-| numpy memmap                   | SIGBUS when a page is touched: never write through a memmap                    |
-| pyarrow                        | OSError(errno=28, "Error writing bytes to file. Detail: [errno 28] ...")       |
-| TensorBoard                    | OSError(28) in its writer thread, raised again by the next add_scalar/close    |
+- open()/write, shutil, json: OSError(errno=28).
+- safetensors (Rust): SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)").
+- tokenizers (Rust): Exception("No space left on device (os error 28)").
+- torch.save(obj, file handle): RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs
+  598") whose __context__ is the OSError(28). torch.save(obj, path) raises RuntimeError("... basic_ios::clear:
+  iostream error") with no errno anywhere, so the code here always hands torch.save a file handle.
+- numpy save/tofile: OSError(errno=None, "Not enough free space to write N bytes after offset M"), or, when not one
+  byte was free, OSError(errno=None, "N requested and 0 written"). A numpy memmap gets SIGBUS when it touches a
+  page the disk cannot hold: nothing here writes through a memmap.
+- pyarrow: OSError(errno=28, "Error writing bytes to file. Detail: [errno 28] No space left on device").
+- TensorBoard: OSError(28) in its writer thread, raised again in the caller by the next add_scalar or close.
+A read-only file system and a denied permission read the same way with errno 30 and 13 ("(os error 30)", ...).
 
 - ``fault_errno(exc)``: the errno of such a fault behind `exc` (its __cause__/__context__ chain included), or None.
 - ``DiskFault``: the OSError a writer raises instead: one line that names what was being written, where, and the

@@ -14,7 +14,8 @@ import pytest
 
 import train
 from tests.conftest import ROOT
-from tests.support.disks import fill, needs_mount, obey_permissions, read_only, tmpfs  # noqa: F401
+from tests.support.disks import (fill, needs_mount, needs_permissions, obey_permissions, read_only,  # noqa: F401
+                                 tmpfs)
 from tests.support.runs import command, make_run, read_losses, run_cli
 from utils import exit_codes as ec
 
@@ -169,7 +170,7 @@ def test_a_sample_index_overwritten_by_garbage_is_rebuilt_before_training(tmp_pa
 
 
 @pytest.mark.slow
-@needs_mount
+@needs_permissions
 def test_a_data_dir_that_became_unreadable_is_one_line(tmp_path):
     """Root reads anything: the run drops that override (tests/support/disks.obey_permissions)."""
     cfg_file, args, out = make_run(tmp_path)
@@ -183,7 +184,7 @@ def test_a_data_dir_that_became_unreadable_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@needs_mount
+@needs_permissions
 def test_a_checkpoint_whose_files_lost_their_read_bit_is_one_line_not_a_skip(tmp_path):
     cfg_file, args, out = make_run(tmp_path)
     assert run_cli([cfg_file, *args, "--max_iters=4"]).returncode == 0

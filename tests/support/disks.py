@@ -10,8 +10,8 @@ fails (a lazy unmount if a process still holds a file there).
   remove it to give the space back.
 - ``read_only`` (fixture): ``read_only(path)`` bind-mounts path read-only onto itself.
 - ``obey_permissions``: a subprocess preexec_fn that drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so a root
-  process meets EACCES on a file without its read bit (root reads anything otherwise); ``obey_quota`` drops
-  CAP_SYS_RESOURCE, so a quota applies to it.
+  process meets EACCES on a file without its read bit (root reads anything otherwise); ``needs_permissions`` skips
+  where that does not work. ``obey_quota`` drops CAP_SYS_RESOURCE, so a quota applies to it.
 - ``tmpfs_quota_reason()``: why a tmpfs with a block quota cannot be mounted here (None if it can).
 """
 from __future__ import annotations
@@ -119,6 +119,8 @@ _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_SYS_RESOURCE = 1, 2, 24
 
 
 def _drop(*caps: int) -> None:
+    if os.geteuid() != 0:
+        return  # not root: file modes and quotas apply already
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in caps:
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
@@ -134,6 +136,25 @@ def obey_permissions() -> None:
 def obey_quota() -> None:
     """preexec_fn: drop root's exemption from disk quotas (CAP_SYS_RESOURCE)."""
     _drop(_CAP_SYS_RESOURCE)
+
+
+@functools.lru_cache(maxsize=None)
+def permissions_unenforceable() -> str | None:
+    """Why a child made with obey_permissions would still read a file without its read bit, or None."""
+    with tempfile.TemporaryDirectory() as d:
+        locked = Path(d) / "locked"
+        locked.write_text("secret")
+        locked.chmod(0)
+        try:
+            probe = subprocess.run(["cat", str(locked)], capture_output=True, text=True, preexec_fn=obey_permissions)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"cannot start a process without root's permission override: {e}"
+    if probe.returncode == 0:
+        return "a process without CAP_DAC_OVERRIDE still read a file of mode 000 here"
+    return None
+
+
+needs_permissions = pytest.mark.skipif(permissions_unenforceable() is not None, reason=str(permissions_unenforceable()))
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,7 +18,8 @@ pytestmark = needs_mount
 
 def _saved(tmp_path, seed):
     torch.manual_seed(seed)
-    cfg = Z2allConfig(vocab_size=128, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=96, max_seq_len=32)
+    cfg = Z2allConfig(vocab_size=128, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=96,
+                      max_seq_len=32)
     path = tmp_path / f"saved{seed}"
     Z2allForCausalLM(cfg).save_pretrained(path)
     return path
@@ -48,8 +49,9 @@ def test_an_import_on_a_full_disk_leaves_no_half_run(tmp_path, tmpfs, capsys):
     run = disk / "run"
     filler = fill(disk, leave=4096)
     assert run_main(import_main, [f"--hf_dir={hf}", f"--out_dir={run}"]) == 2
-    assert capsys.readouterr().err == (f"error: no space left on device while writing the imported checkpoint to {run}: "
-                                       f"free space there or choose another --out_dir\n")
+    err = capsys.readouterr().err
+    assert err == (f"error: no space left on device while writing the imported checkpoint to {run}: free space there "
+                   f"or choose another --out_dir\n"), err
     assert os.listdir(disk) == [filler.name]  # no run dir, so the same command can run again
     filler.unlink()
     ckpt = import_hf(hf, run)

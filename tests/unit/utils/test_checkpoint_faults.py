@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.support.disks import fill, needs_mount, obey_permissions, read_only, tmpfs  # noqa: F401
+from tests.support.disks import (fill, needs_mount, needs_permissions, obey_permissions, read_only,  # noqa: F401
+                                 tmpfs)
 from utils.checkpoint import CheckpointManager, load_trainer_state, verify_checkpoint
 from utils.disk_faults import DiskFault
 
@@ -87,7 +88,7 @@ def test_a_read_only_remount_fails_the_save_with_one_line(tmp_path, read_only):
     assert [p.name for p in (run / "ckpt").iterdir()] == ["step_000000001"]
 
 
-@needs_mount
+@needs_permissions
 @pytest.mark.parametrize("locked", ["optim/rank_00000.pt", "COMPLETE"])
 def test_a_checkpoint_file_without_its_read_bit_is_an_error_not_a_skip(tmp_path, locked):
     """Skipping it would resume the older checkpoint and prune this one at the next save."""

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.support.disks import (fill, needs_mount, obey_permissions, obey_quota, read_only, tmpfs,  # noqa: F401
-                                 tmpfs_quota_reason)
+from tests.support.disks import (fill, needs_mount, needs_permissions, obey_permissions, obey_quota,  # noqa: F401
+                                 read_only, tmpfs, tmpfs_quota_reason)
 from utils.cli import error_line, is_user_error, run_main
 from utils.disk_faults import BestEffort, DiskFault, fault_errno, writing
 
@@ -114,7 +114,7 @@ def test_a_read_only_mount_reads_as_erofs(tmp_path, read_only):
         assert fault_errno(info.value) == errno.EROFS, (name, repr(info.value))
 
 
-@needs_mount
+@needs_permissions
 def test_a_directory_without_write_permission_reads_as_eacces(tmp_path):
     """Root writes anywhere; the child drops that override, so the directory's mode is what it meets."""
     locked = tmp_path / "locked"
