@@ -3,7 +3,6 @@ kept, no half run left by the import, and both work again once space is back."""
 import json
 import os
 
-import pytest
 import torch
 
 from model import Z2allConfig, Z2allForCausalLM

@@ -2,7 +2,6 @@
 file it may not write, and that fault_errno, the CLI contract, `writing` and `BestEffort` read every one of them."""
 import errno
 import json
-import os
 import subprocess
 import sys
 
