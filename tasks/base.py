@@ -43,6 +43,13 @@ class DataStream(Protocol):
 
     def state_at(self, consumed_micro_batches: int) -> dict: ...
 
+    def check_resume(self, saved_state: dict) -> None:
+        """Raise ValueError (one line: why, and the fix) when this stream cannot continue exactly the stream whose
+        state_at record `saved_state` is; train.py calls it before anything is written."""
+
+    def metrics_at(self, consumed_micro_batches: int) -> dict[str, float]:
+        """Data metrics for the log line after `consumed_micro_batches` (cumulative; {} when there are none)."""
+
 
 class Task(Protocol):
     """One way of training the model (see the module docstring)."""
