@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -247,6 +248,62 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
         f"shard(s) to {out} in {elapsed:.1f}s ({num_tokens / max(elapsed, 1e-9):,.0f} tokens/s, "
         f"{num_workers} worker(s))")
     return {**summary, "seconds": elapsed, "tokens_per_s": num_tokens / max(elapsed, 1e-9)}
+
+
+ENSURE_VERSION = 1  # of ensure_pretokenized's staleness key
+
+
+def ensure_pretokenized(inputs: str, tokenizer_dir: str, out_dir: str, num_workers: int = 1, progress: bool = False,
+                        log=print) -> str:
+    """Return out_dir holding `inputs` (raw text files or a directory of them) pretokenized with tokenizer_dir,
+    building it first when it is missing or stale: the pretraining counterpart of the SFT path's
+    pretokenize_sft.ensure_pretokenized, for a mix's raw sources (train.py --data_mix=NAME:WEIGHT:corpus.jsonl).
+
+    1. The key: every input file's absolute path and fingerprint (size, mtime, sha256 of its first and last MiB, as
+       the sample index checks its shards: a rewrite is seen without reading a TB corpus on every start) and the
+       tokenizer's hash. out_dir/pretokenize.json holding the same key is reused.
+    2. Else pretokenize into a hidden temporary directory beside out_dir, add the key to its pretokenize.json, and
+       rename it into place (a stale out_dir is moved aside, then removed). A non-empty out_dir that is no build of
+       this function is refused, never replaced.
+    Several processes may call it at once; calling it on one rank before a barrier saves the work.
+    """
+    from data_preprocess.pretokenize_sft import tokenizer_hash
+    from dataset.sample_index import fingerprint
+
+    files = list_input_files(inputs)
+    out = Path(out_dir)
+    key = {"version": ENSURE_VERSION, "tokenizer_sha256": tokenizer_hash(tokenizer_dir), "text_field": "text",
+           "inputs": [{**fingerprint(Path(f)), "path": os.path.abspath(f)} for f in files]}
+    summary = out / SUMMARY_FILE
+    old = None
+    if summary.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(summary.read_text())
+    if isinstance(old, dict) and old.get("key") == key:
+        return str(out)
+    if not isinstance(old, dict) or "key" not in old:
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a pretokenized copy of {inputs}: move it away, or pretokenize "
+                            f"{inputs} yourself (python -m data_preprocess.pretokenize --out_dir=DIR) and use DIR")
+    log(f"pretokenize: {'rebuilding the stale' if out.exists() else 'building'} {out} from {len(files)} file(s)")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pretokenize(files, tokenizer_dir, str(tmp), num_workers=num_workers, progress=progress, log=log)
+        meta = json.loads((tmp / SUMMARY_FILE).read_text())
+        (tmp / SUMMARY_FILE).write_text(json.dumps({**meta, "key": key}, indent=1))
+        stale = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
+        if stale is not None:
+            os.rename(out, stale)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process published it meanwhile: keep theirs when it has this key
+            if json.loads(summary.read_text()).get("key") != key:
+                raise
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
