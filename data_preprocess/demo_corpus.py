@@ -6,7 +6,8 @@ No download: every Python installation has ``sysconfig.get_paths()["stdlib"]``. 
 (in sorted path order, ``site-packages`` excluded) gives
 - a code document: the source text as it is;
 - a prose document: its docstrings and full-line comment blocks, in source order (English prose).
-Documents go to ``demo_00000.jsonl``... shards (``{"text": ...}`` per line, about ``shard_bytes`` each) and
+Documents go to ``demo_00000.jsonl``... shards (``{"text": ..., "kind": "code" | "prose"}`` per line, about
+``shard_bytes`` each; the kind makes the two halves of the demo mix, data_preprocess/demo.py) and
 ``manifest.json`` (counts, skipped files, shard sizes and sha256) is written last. About 35-45 MB; the output
 is byte-identical across runs on the same Python installation (no timestamps, sorted walks, sorted JSON keys).
 
@@ -129,8 +130,8 @@ class _ShardWriter:
         self._buf: list[bytes] = []
         self._size = 0
 
-    def add(self, text: str) -> None:
-        line = (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+    def add(self, text: str, kind: str) -> None:
+        line = (json.dumps({"text": text, "kind": kind}, ensure_ascii=False) + "\n").encode("utf-8")
         self._buf.append(line)
         self._size += len(line)
         if self._size >= self.shard_bytes:
@@ -170,12 +171,12 @@ def build_demo_corpus(out_dir: str, shard_bytes: int = 8 << 20, show_progress: b
             skipped.append(rel)
             continue
         source, tree = parsed
-        writer.add(source)
+        writer.add(source, "code")
         counts["code_documents"] += 1
         counts["characters"] += len(source)
         prose = extract_prose(source, tree)
         if prose:
-            writer.add(prose)
+            writer.add(prose, "prose")
             counts["prose_documents"] += 1
             counts["characters"] += len(prose)
     writer.flush()
