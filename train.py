@@ -103,6 +103,8 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     if t.compile:
         model.compile()
     task = spec.build(cfg, ctx, tokenizer, data, dtype)
+    if resume_state is not None:  # e.g. a mix whose current stage changed: refused before anything is written
+        task.stream.check_resume(resume_state["sampler"])
     print0(describe_run(cfg, ctx, model, dtype), rank=ctx.rank)
     return Run(model, ddp, optimizer, task, ckpt, tokenizer, resume_dir, resume_state)
 
@@ -130,7 +132,16 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
     return trainer
 
 
-def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
+def dry_run(cfg: ExperimentConfig, ctx: DistContext) -> None:
+    """--dry_run: print the data plan (tasks/pretrain_mix.py) and return; nothing is trained or written in out_dir."""
+    from tasks.pretrain_mix import plan_run
+
+    print0(plan_run(cfg, ctx), rank=ctx.rank)
+
+
+def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer | None:
+    if cfg.train.dry_run:
+        return dry_run(cfg, ctx)
     trainer = start_run(cfg, ctx, build_run(cfg, ctx))
     trainer.stop_requested = stop.requested
     try:
@@ -166,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
     code, reason, spike = lifecycle.outcome(error)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
-    lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike,
-                     under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
+    if not (cfg is not None and cfg.train.dry_run):  # a dry run leaves out_dir as it was
+        lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike,
+                         under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     if code == CRASH or (code == USER_ERROR and debug_enabled()):
         raise error
     lifecycle.report(code, reason, rank)

@@ -235,6 +235,7 @@ class Trainer:
         for k, v in metrics.items():
             rec[k] = self.reduce_over_ranks(v / self.ga_local)
         rec.update(self.ddp.comm_hook.state.metrics())  # e.g. PowerSGD's comm_compression_ratio
+        rec.update(self.task.stream.metrics_at(self.consumed_micro_batches))  # a mix's tokens/NAME, epoch/NAME
         if self.ctx.is_main:
             self.logger.log(rec)
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
@@ -262,7 +263,8 @@ class Trainer:
         self.last_val_loss = metrics["valid_loss"]
         if self.ctx.is_main:
             self.logger.log({"iter": self.iter, **metrics})
-        print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}", rank=self.ctx.rank)
+        parts = "".join(f" | {k[len('valid/'):]} {v:.4f}" for k, v in metrics.items() if k.startswith("valid/"))
+        print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}{parts}", rank=self.ctx.rank)
 
     def train(self) -> None:
         self._t0 = self._started = time.perf_counter()
@@ -311,6 +313,7 @@ class Trainer:
         lines = [f"done: {t.task_type} to iter {self.iter} in {_hms(time.perf_counter() - self._started)}; outputs in "
                  f"{out}/ (metrics.jsonl, loss.png, tb/, ckpt/step_{self.iter:09d}"
                  f"{', ckpt/best' if math.isfinite(self.best_val_loss) else ''})",
+                 *_data_lines(self.task.stream.metrics_at(self.consumed_micro_batches)),
                  f"  train further:  python train.py --resume --out_dir={out} --max_iters={2 * t.max_iters}",
                  f"  export to HF:   python -m model.hf.export_hf --ckpt={out} --out_dir={out}/hf",
                  f"  chat with it:   python -m tasks.chat {out}" if t.task_type != "pretrain" else
@@ -332,6 +335,15 @@ def _with_corrupt_targets(batch, vocab_size: int, iteration: int):
     if isinstance(batch, tuple):
         return (batch[0], Fault.corrupt_targets(batch[1], vocab_size, iteration), *batch[2:])
     return dataclasses.replace(batch, targets=Fault.corrupt_targets(batch.targets, vocab_size, iteration))
+
+
+def _data_lines(metrics: dict[str, float]) -> list[str]:
+    """The summary's line of the data read, from the stream's tokens/NAME and epoch/NAME (a mix; none otherwise)."""
+    names = [k[len("tokens/"):] for k in metrics if k.startswith("tokens/")]
+    if not names:
+        return []
+    parts = [f"{n} {metrics[f'tokens/{n}']:,.0f} tokens ({metrics.get(f'epoch/{n}', 0.0):.3f} epochs)" for n in names]
+    return [f"  data read:      {'; '.join(parts)}"]
 
 
 def _hms(seconds: float) -> str:
