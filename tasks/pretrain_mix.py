@@ -18,6 +18,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from dataset.blend import MAX_PERIOD
 from dataset.config import DataConfig
 from dataset.loader import BatchStream, stack_windows
 from dataset.mixture import BlendSchedule, MixSpec, Stage, describe_shares, parse_mix
@@ -222,7 +223,7 @@ def describe_mix(spec: MixSpec, schedule: BlendSchedule, train_sets: list[Pretra
         lines.append(f"  {name}: {int(ds.shard_tokens.sum()):,} tokens, {len(ds.windows):,} windows "
                      f"({len(ds):,} for training) in {path}")
     for k, stage in enumerate(spec.stages):
-        rounded = "" if schedule.exact[k] else " (rounded to a period of 2**20 samples)"
+        rounded = "" if schedule.exact[k] else f" (rounded to multiples of 1/{MAX_PERIOD}: {_fractions(schedule, k)})"
         lines.append(f"  from step {stage.step}: {describe_shares(schedule.shares[k])}{rounded}")
     return "\n".join(lines)
 
@@ -241,6 +242,11 @@ def plan_run(cfg, ctx) -> str:
     ds = PretrainDataset(data, max_seq_len, vocab_size, split="train")
     # one directory's sampler (ResumableBatchSampler) drops each epoch's last partial micro-batch
     return data_plan(spec, [ds], [len(ds) // t.batch_size * t.batch_size], t, max_seq_len)
+
+
+def _fractions(schedule: BlendSchedule, k: int) -> str:
+    blend = schedule.blends[k]
+    return ", ".join(f"{n} {p}/{blend.q}" for (n, _), p in zip(schedule.spec.stages[k].weights, blend.p.tolist()))
 
 
 def data_plan(spec: MixSpec, train_sets: list[PretrainDataset], epoch_sizes: list[int], t: TrainConfig,
