@@ -12,6 +12,7 @@ built on first use. ``main(argv)`` is importable; nothing runs at import time. T
    its state on --resume; build the task (tasks/: pretrain, ...).
 4. Only now, with every check passed, write the run dir (exp_config.json, tokenizer/, metrics.jsonl) and run
    the Trainer (tasks/trainer.py): optimizer steps, logging, evaluation and checkpoints; then the task's sample.
+With --dry_run it stops after step 1: it locates the data and prints its plan (tasks/pretrain_mix.py).
 """
 from __future__ import annotations
 
@@ -141,7 +142,8 @@ def dry_run(cfg: ExperimentConfig, ctx: DistContext) -> None:
 
 def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer | None:
     if cfg.train.dry_run:
-        return dry_run(cfg, ctx)
+        dry_run(cfg, ctx)
+        return None
     trainer = start_run(cfg, ctx, build_run(cfg, ctx))
     trainer.stop_requested = stop.requested
     try:

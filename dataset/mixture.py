@@ -125,7 +125,8 @@ def _entries(text: str, key: str, known: dict[str, str], need_path: bool) -> tup
                 raise ValueError(f"--{key}: source {name!r} is {known[name]} in an earlier stage and {path} here; one "
                                  f"name is one source: drop the PATH here or use a new name")
         elif not path:
-            raise ValueError(f"--{key}: source {name!r} appears first here without a PATH; write {name}:{parts[1]}:PATH")
+            raise ValueError(f"--{key}: source {name!r} appears first here without a PATH; write "
+                             f"{name}:{parts[1]}:PATH")
         elif path in known.values():
             other = next(n for n, p in known.items() if p == path)
             raise ValueError(f"--{key}: sources {other!r} and {name!r} both read {path}; one source per directory "

@@ -180,9 +180,9 @@ def resume_mismatch(saved: dict, sampler: MixtureBatchSampler) -> str | None:
     for name, old in saved["sources"].items():
         new = now["sources"][name]
         if new["windows"] != old["windows"]:
-            return (f"source {name!r} has {new['windows']:,} training windows now and had {old['windows']:,}: its data, "
-                    f"--max_seq_len or --valid_ratio changed, so its epochs would be reshuffled; restore it, or start "
-                    f"a new run with --init_from")
+            return (f"source {name!r} has {new['windows']:,} training windows now and had {old['windows']:,}: its "
+                    f"data, --max_seq_len or --valid_ratio changed, so its epochs would be reshuffled; restore it, or "
+                    f"start a new run with --init_from")
     n = now["samples"]
     schedule = sampler.schedule
     k = schedule.stage_of(n)

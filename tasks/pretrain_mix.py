@@ -43,7 +43,8 @@ def _kind(name: str, path: str) -> str:
 
     if not os.path.exists(path):
         raise _error(name, f"{path} does not exist; give a directory of .bin shards (python -m "
-                           f"data_preprocess.pretokenize --out_dir=DIR) or a .jsonl/.json/.parquet/.txt file or directory")
+                           f"data_preprocess.pretokenize --out_dir=DIR) or a .jsonl/.json/.parquet/.txt file or "
+                           f"directory")
     if os.path.isfile(path):
         if path.endswith(".bin"):
             return "shards"

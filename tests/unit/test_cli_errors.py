@@ -192,6 +192,8 @@ CASES = [
                                                       "lower --max_seq_len"), {"short/x.bin": _SHORT_BIN}),
         ("stages_out_of_order", "a:1:{bin}", ["--data_stages=9:a:1;5:a:2"], ("stage at step 5 is out of order",),
          {}),
+        ("for_sft", "a:1:{bin}", ["--task_type=sft", "--memory_check=false"],
+         ("--data_mix mixes pretraining corpora", "--data_dir"), {}),
     )],
     # ---- HF export and import, SFT pretokenize
     Case("export_not_a_run", EXPORT, ["--ckpt={d}/src", "--out_dir={d}/out"], ("no checkpoint found", "src"),

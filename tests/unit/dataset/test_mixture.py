@@ -81,7 +81,7 @@ def test_every_prefix_of_every_stage_is_within_one_sample_and_positions_carry_ov
     schedule = BlendSchedule(parse_mix(mix, stages), per_step)
     n = schedule.starts[-1] + 3 * per_step * 41
     src, ords = stream_of(schedule, n)
-    for i in range(len(schedule.names)):  # a source's ordinals run 0, 1, 2, ... over the stream: none repeated or skipped
+    for i in range(len(schedule.names)):  # its ordinals run 0, 1, 2, ... over the stream: none repeated or skipped
         assert ords[src == i].tolist() == list(range(int((src == i).sum())))
     bounds = schedule.starts + [n]
     for k in range(len(schedule.starts)):
