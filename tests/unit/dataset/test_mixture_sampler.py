@@ -142,3 +142,24 @@ def test_a_mix_and_one_directory_do_not_take_over_each_other():
     with pytest.raises(ValueError, match="holds the data position of a mix"):
         ResumableBatchSampler(50, 4).check_resume(sampler().state_at(3))
     ResumableBatchSampler(50, 4).check_resume(ResumableBatchSampler(50, 4).state_at(3))
+
+
+@pytest.mark.parametrize("mix,stages,sizes", [
+    ("a:9:/a,b:1:/b", "", [5, 300]),
+    ("a:0.5:/a,b:0.3:/b,c:0.2:/c", "5:c:3,a:1", [40, 7, 13]),
+    ("a:7:/a,b:51:/b,c:3:/c,d:53:/d", "4:d:1,e:19:/e", [11, 90, 3, 57, 20]),
+    ("a:1:/a,b:2:/b,c:3:/c,d:4:/d,e:1000:/e", "", [2, 3, 5, 7, 11]),
+])
+def test_the_sample_stream_keeps_every_share_within_one_sample_at_every_prefix(mix, stages, sizes):
+    """The sampler's own stream (ids of sources of uneven sizes that wrap around their epochs): at every prefix of
+    every stage, each source's count is within one sample of its share."""
+    s = sampler(mix=mix, stages=stages, sizes=sizes)
+    n = 50 * B * GA
+    src, _ = source_and_window(np.concatenate([s.micro_batch(g) for g in range(n // B)]), sizes)
+    bounds = s.schedule.starts + [n]
+    for k, shares in enumerate(s.schedule.shares):
+        seg = src[bounds[k]:bounds[k + 1]]
+        for i, name in enumerate(s.names):
+            got = np.concatenate(([0], np.cumsum(seg == i)))
+            want = np.arange(len(seg) + 1) * float(shares.get(name, 0))
+            assert np.abs(got - want).max() < 1.0, (k, name)
