@@ -52,6 +52,9 @@ class Z2allConfig:
     bos_token_id: int = field(default=1, metadata=TOKENIZER_OWNED)
     eos_token_id: int = field(default=2, metadata=TOKENIZER_OWNED)
     pad_token_id: int = field(default=0, metadata=TOKENIZER_OWNED)
+    # the end of an assistant turn in the tokenizer's chat format (<|im_end|> for ChatML, <|eot_id|> for Llama 3):
+    # the HF export stops generation there as well as at EOS; -1: none recorded (a checkpoint from before it)
+    eot_token_id: int = field(default=-1, metadata=TOKENIZER_OWNED)
     use_fused_rmsnorm: str = "auto"  # auto | triton | torch (auto: triton on CUDA, torch on CPU)
     use_fused_rope: str = "auto"  # auto | triton | torch
     use_fused_swiglu: str = "auto"  # auto | triton | torch
@@ -129,9 +132,9 @@ class Z2allConfig:
             keys = " ".join(f"--{k}={a}" for k, (a, _) in diff.items())
             raise ValueError(f"the model shape differs from the checkpoint {where} ({clashes}); {fix.format(keys=keys)}")
 
-    def with_special_ids(self, bos: int, eos: int, pad: int) -> "Z2allConfig":
+    def with_special_ids(self, bos: int, eos: int, pad: int, eot: int = -1) -> "Z2allConfig":
         """This config with a tokenizer's special ids (what a run's model records for generation and export)."""
-        return dataclasses.replace(self, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+        return dataclasses.replace(self, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, eot_token_id=eot)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
