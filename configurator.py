@@ -325,7 +325,8 @@ def _inherit_architecture(values: dict[str, object], user_set: set[str], shape_s
     taken = [k for k in ARCH_KEYS if k not in user_set]
     for k in taken:
         values[k] = getattr(saved, k)
-    return f"--init_from={init_from} ({where})" if "hidden_dim" in taken else shape_source
+    same = os.path.abspath(where) == os.path.abspath(init_from)  # an HF model dir or a saved dir is its own source
+    return (f"--init_from={init_from}" + ("" if same else f" ({where})")) if "hidden_dim" in taken else shape_source
 
 
 

@@ -39,7 +39,7 @@ from tasks.faults import Fault, FaultInjectingTask
 from tasks.lifecycle import StopSignal
 from tasks.setup import check_attention_impl, check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
 from tasks.trainer import Trainer
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
 from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_rank_state,
@@ -48,18 +48,28 @@ from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
 
 
+def _turn_end_id(tokenizer: Z2allTokenizer | HFTokenizer) -> int:
+    """The end-of-turn id of the tokenizer's chat format, -1 for a tokenizer without one (pretraining needs none;
+    SFT and DPO refuse it where they render their data)."""
+    try:
+        return tokenizer.chat.turn_end_id
+    except ValueError:
+        return -1
+
+
 def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir,
-                tokenizer: Z2allTokenizer | None) -> Z2allForCausalLM:
+                tokenizer: Z2allTokenizer | HFTokenizer | None) -> Z2allForCausalLM:
     """The model with a seeded init (the same on every rank) in the param dtype on the device, then the weights
-    of the resumed checkpoint or of --init_from. Its config is the run's model section with the tokenizer's
-    special ids (recorded for generation and the HF export).
+    of the resumed checkpoint or of --init_from (a run, or a Hugging Face model dir). Its config is the run's model
+    section with the tokenizer's special ids and end-of-turn id (recorded for generation and the HF export).
 
     Order matters: weights are loaded before the DDP copies them into its buffer and before the optimizer takes
     its fp32 main copies of them.
     """
     model_cfg = cfg.model
     if tokenizer is not None:
-        model_cfg = model_cfg.with_special_ids(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        model_cfg = model_cfg.with_special_ids(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+                                               _turn_end_id(tokenizer))
     torch.manual_seed(cfg.train.seed)
     model = Z2allForCausalLM(model_cfg).to(device=ctx.device, dtype=dtype)
     if resume_dir is not None:
@@ -82,7 +92,7 @@ class Run:
     optimizer: MixedPrecisionOptimizer
     task: Task
     ckpt: CheckpointManager
-    tokenizer: Z2allTokenizer | None
+    tokenizer: Z2allTokenizer | HFTokenizer | None
     resume_dir: Path | None
     resume_state: dict | None
 
@@ -130,7 +140,8 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
         r.ckpt.remove_stale_tmp()
         configurator.save_config(cfg, t.out_dir)
         if r.tokenizer is not None:
-            # saved afresh, not copied: the run's tokenizer/ carries today's chat template (BOS first, as trained)
+            # saved afresh, not copied: a z2all tokenizer/ carries today's chat template (BOS first, as trained); a
+            # Hugging Face tokenizer writes the files it was read from, its own template included
             with tempfile.TemporaryDirectory() as tmp:
                 r.tokenizer.save_pretrained(tmp)
                 copy_tokenizer(tmp, t.out_dir)

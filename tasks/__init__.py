@@ -19,7 +19,8 @@ class TaskSpec:
 
 
 TASKS = {
-    "pretrain": TaskSpec(lambda cfg, ctx: pretrain.locate_data(cfg.data, ctx), pretrain.PretrainTask),
+    "pretrain": TaskSpec(lambda cfg, ctx: pretrain.locate_data(cfg.data, ctx, cfg.train.init_from),
+                         pretrain.PretrainTask),
     "sft": TaskSpec(lambda cfg, ctx: finetune.locate_data(cfg, ctx, "sft"), sft.SFTTask),
     "dpo": TaskSpec(lambda cfg, ctx: finetune.locate_data(cfg, ctx, "dpo"), dpo.DPOTask),
 }

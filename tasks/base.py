@@ -26,7 +26,7 @@ from dataset.config import DataConfig
 from model.config import Z2allConfig
 from parallel.dist import DistContext
 from tasks.config import FinetuneConfig, TrainConfig
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class TaskInputs:
     finetune: FinetuneConfig
     data: DataConfig
     ctx: DistContext
-    tokenizer: Z2allTokenizer | None
+    tokenizer: Z2allTokenizer | HFTokenizer | None
     dtype: torch.dtype
 
 

@@ -29,4 +29,5 @@ def load_tokenizer(path: str | os.PathLike) -> Z2allTokenizer | HFTokenizer:
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         return HFTokenizer.from_pretrained(path)
     raise ValueError(f"{path} holds no tokenizer (neither {Z2ALL_FILE} nor a Hugging Face tokenizer.json); train one "
-                     f"with `python -m data_preprocess.train_tokenizer`, or pass the model's tokenizer directory")
+                     f"with `python -m data_preprocess.train_tokenizer --input=... --out_dir=DIR`, or pass the model's "
+                     f"tokenizer directory")
