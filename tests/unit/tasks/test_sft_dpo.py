@@ -84,6 +84,7 @@ def test_sft_sample_replies_to_a_held_out_prompt(tmp_path, capsys):
     assert train.main(_argv(ft, tmp_path / "s", "sft", "--max_iters=2")) == 0
     out = capsys.readouterr().out
     assert "user: Say the colour" in out and "\nassistant:" in out
+    assert "\nchat template: z2all ChatML\n" in out
     rec = _records(tmp_path / "s")
     assert any("valid_loss" in r for r in rec)
 
