@@ -116,3 +116,18 @@ def test_pretraining_an_hf_model_on_shards_of_its_tokenizer(tmp_path, capsys):
     assert train.main([*argv[:1], f"--data_dir={tmp_path / 'other_bin'}", f"--out_dir={tmp_path / 'run3'}", *FAST]) == 2
     assert "not with the tokenizer of" in capsys.readouterr().err
 
+
+
+def test_the_command_import_hf_prints_fine_tunes_the_imported_shape(tmp_path, capsys):
+    from model.hf.import_hf import main as import_main
+
+    hf_dir = make_model(tmp_path / "hf", "llama_tied", style="chatml")
+    capsys.readouterr()
+    import_main([f"--hf_dir={hf_dir}", f"--out_dir={tmp_path / 'imported'}"])
+    command = capsys.readouterr().out.strip().split("start from it with train.py ", 1)[1]
+    assert command == f"--init_from={tmp_path / 'imported'}"
+    assert train.main(["--task_type=sft", command, f"--data_dir={write_records(tmp_path / 'r.jsonl')}",
+                       f"--out_dir={tmp_path / 'run'}", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert f"chat template: the tokenizer's own (ChatML style, from {tmp_path / 'imported' / 'tokenizer'}" in text
+    assert json.loads((tmp_path / "run" / "exp_config.json").read_text())["config"]["model"]["hidden_dim"] == 48
