@@ -59,12 +59,13 @@ def locate_data(data: DataConfig, ctx, init_from: str = "") -> DataConfig:
 def _check_hf_data(init_from: str, data_dir: str, tok_dir: str) -> str:
     """The tokenizer of pretraining data for a Hugging Face model: refused when its vocabulary is not the model's
     (tokenizer.json differs), the model's own when the data has none."""
-    check_init_tokenizer(init_from)
     model_tok = model_tokenizer_dir(init_from)
-    if tok_dir and model_tok:
+    if not tok_dir:
+        check_init_tokenizer(init_from)  # neither the data nor the model has one: refused
+    elif model_tok:
         mine, theirs = (os.path.join(d, "tokenizer.json") for d in (tok_dir, model_tok))
         if not os.path.isfile(mine) or sha256_file(mine) != sha256_file(theirs):
-            raise ValueError(f"--data_dir={data_dir} was tokenized with {tok_dir}, not with the tokenizer of "
+            raise ValueError(f"--data_dir={data_dir} goes with the tokenizer {tok_dir}, not with the one of "
                              f"--init_from={init_from} (their tokenizer.json differ); pretokenize the text with "
                              f"--tokenizer_dir={init_from}")
     return tok_dir or model_tok

@@ -114,7 +114,7 @@ def test_pretraining_an_hf_model_on_shards_of_its_tokenizer(tmp_path, capsys):
     other = make_model(tmp_path / "other", "mistral", style="chatml")
     pretokenize(str(tmp_path / "text"), str(other), str(tmp_path / "other_bin"), progress=False)
     assert train.main([*argv[:1], f"--data_dir={tmp_path / 'other_bin'}", f"--out_dir={tmp_path / 'run3'}", *FAST]) == 2
-    assert "not with the tokenizer of" in capsys.readouterr().err
+    assert f"not with the one of --init_from={hf_dir}" in capsys.readouterr().err
 
 
 
