@@ -77,6 +77,7 @@ def pretokenized(inputs, task: str) -> str:
     if inputs.tokenizer is not None:  # its chat format is built here, and refused here when it has none
         print0(f"chat template: {inputs.tokenizer.chat.description}", rank=ctx.rank)
     if is_pretokenized(data.data_dir):
+        _check_rendered_for(data.data_dir, data.tokenizer_dir, inputs.tokenizer)
         return data.data_dir
     from data_preprocess.pretokenize_sft import ensure_pretokenized
 
@@ -88,6 +89,20 @@ def pretokenized(inputs, task: str) -> str:
                             progress=sys.stderr.isatty(), **kw)
     ctx.barrier()
     return ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, progress=False, log=lambda m: None, **kw)
+
+
+def _check_rendered_for(data_dir: str, tokenizer_dir: str, tokenizer) -> None:
+    """A set pretokenized beforehand is used only with the tokenizer and chat template that rendered it (its
+    manifest's key): another model's ids would mean other tokens, another template another format."""
+    from data_preprocess.pretokenize_sft import read_manifest, tokenizer_hash
+
+    key = (read_manifest(data_dir) or {}).get("key", {})
+    same = key.get("tokenizer_sha256") == tokenizer_hash(tokenizer_dir) and (
+        tokenizer is None or key.get("chat_format_sha256", tokenizer.chat.fingerprint) == tokenizer.chat.fingerprint)
+    if not same:
+        raise ValueError(f"--data_dir={data_dir} was pretokenized with another tokenizer or chat template than the "
+                         f"model's ({tokenizer_dir}); pretokenize the records with --tokenizer_dir={tokenizer_dir}, or "
+                         f"pass the records as --data_dir")
 
 
 def split(n: int, valid_ratio: float) -> tuple[np.ndarray, np.ndarray]:

@@ -131,3 +131,19 @@ def test_the_command_import_hf_prints_fine_tunes_the_imported_shape(tmp_path, ca
     text = capsys.readouterr().out
     assert f"chat template: the tokenizer's own (ChatML style, from {tmp_path / 'imported' / 'tokenizer'}" in text
     assert json.loads((tmp_path / "run" / "exp_config.json").read_text())["config"]["model"]["hidden_dim"] == 48
+
+
+def test_a_set_pretokenized_for_another_tokenizer_is_refused(tmp_path, capsys):
+    from data_preprocess.pretokenize_sft import ensure_pretokenized
+
+    hf_dir = make_model(tmp_path / "hf", "llama_gqa", style="llama3")
+    other = make_model(tmp_path / "other", "llama_gqa", style="chatml")
+    records = write_records(tmp_path / "r.jsonl")
+    mine = ensure_pretokenized(records, str(hf_dir), str(tmp_path / "mine"), max_seq_len=128, progress=False)
+    theirs = ensure_pretokenized(records, str(other), str(tmp_path / "theirs"), max_seq_len=128, progress=False)
+    argv = ["--task_type=sft", f"--init_from={hf_dir}", *FAST]
+    capsys.readouterr()
+    assert train.main([*argv, f"--data_dir={theirs}", f"--out_dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data_dir={theirs} was pretokenized with another tokenizer or chat template than the model's" in err
+    assert train.main([*argv, f"--data_dir={mine}", f"--out_dir={tmp_path / 'b'}"]) == 0
