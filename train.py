@@ -32,7 +32,8 @@ from parallel.ddp import DistributedDataParallel
 from parallel.dist import DistContext, destroy, init_distributed
 from tasks import TASKS, lifecycle
 from tasks.lifecycle import StopSignal
-from tasks.setup import check_attention_impl, check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
+from tasks.setup import (check_attention_impl, check_fp8_support, check_memory, describe_run, find_resume_checkpoint,
+                         load_tokenizer, resolve_dtype)
 from tasks.trainer import Trainer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
@@ -82,6 +83,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     check_writable(t.out_dir)
     dtype = resolve_dtype(t.dtype, ctx.device)
     check_attention_impl(cfg.model, ctx.device)
+    check_fp8_support(cfg.model, ctx.device, dtype)
     if t.memory_check:
         check_memory(cfg, ctx, dtype)
     spec = TASKS[t.task_type]

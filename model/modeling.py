@@ -18,6 +18,11 @@ q/k rows is needed on import or export.
 
 The residual stream: each block does `normed, residual = add_rms_norm(h, residual)` (residual kept in fp32
 when residual_in_fp32), then the sublayer on `normed`; the final norm adds the last sublayer output.
+
+FP8 (config.fp8 != "off", in training mode only: eval and generation run the bf16 weights as they are): the
+qkv, o, gate_up and down projections run their GEMMs through model/ops/fp8_linear.py; the block's two norms and
+the SwiGLU emit their outputs already quantized (ops.Fp8Input) instead of in bf16; the weights' FP8 copies live
+in one Fp8WeightCache, made again at the first forward of each step (new_weight_step).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 import model.ops as ops
 from model.config import Z2allConfig
+from model.ops.fp8_linear import Fp8WeightCache
 from model.ops.rope import rope_qkv
 from model.weights import read_pretrained, save_pretrained
 
@@ -53,12 +59,14 @@ class Z2allRMSNorm(nn.Module):
         self.eps = eps
 
 
-def add_norm(h, residual, norm: Z2allRMSNorm, dropout_p: float, training: bool, flag: str, residual_in_fp32: bool):
-    """(normed, new_residual) = rmsnorm(residual + dropout(h)), residual None → h (the embeddings: no dropout)."""
+def add_norm(h, residual, norm: Z2allRMSNorm, dropout_p: float, training: bool, flag: str, residual_in_fp32: bool,
+             fp8_out: bool = False):
+    """(normed, new_residual) = rmsnorm(residual + dropout(h)), residual None → h (the embeddings: no dropout);
+    fp8_out: normed comes as an ops.Fp8Input for an FP8 projection."""
     if dropout_p > 0.0 and residual is not None:
         h = F.dropout(h, dropout_p, training)
     return ops.add_rms_norm(h, residual, norm.weight, norm.eps, impl=ops.resolve_impl(flag, h.device),
-                            residual_in_fp32=residual_in_fp32)
+                            residual_in_fp32=residual_in_fp32, fp8_out=fp8_out)
 
 
 class Z2allLinear(nn.Linear):
@@ -66,11 +74,24 @@ class Z2allLinear(nn.Linear):
 
     `grad_sink` is set by Z2allForCausalLM.set_weight_grad_sink (the DDP does it when it wraps the model): the
     weight-grad GEMM then accumulates straight into the DDP's main_grad (model/ops/linear.py).
+    `fp8_weights` is the model's Fp8WeightCache when config.fp8 is on: in training mode the layer then runs
+    fp8_linear (its input a tensor or an ops.Fp8Input from a fused norm or SwiGLU).
     """
 
     grad_sink = None
+    fp8_weights: Fp8WeightCache | None = None
+
+    def fp8_weight(self):
+        """This layer's FP8 copies when it runs in FP8 now (FP8 on and training mode), else None."""
+        if self.fp8_weights is None or not self.training:
+            return None
+        return self.fp8_weights.get(self.weight)
 
     def forward(self, x):
+        w8 = self.fp8_weight()
+        if w8 is not None:
+            return ops.fp8_linear(x, self.weight, self.bias, w8, self.grad_sink)
+        assert not isinstance(x, ops.Fp8Input), "an FP8 input reached a bf16 layer: the block and the layer disagree"
         return ops.linear(x, self.weight, self.bias, self.grad_sink)
 
 
@@ -117,7 +138,8 @@ class SwiGLUDownProj(Z2allLinear):
     def forward(self, gate_up):
         c = self.cfg
         return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(c.use_fused_swiglu, gate_up.device),
-                               recompute=c.activation_checkpointing == "selective", sink=self.grad_sink)
+                               recompute=c.activation_checkpointing == "selective", sink=self.grad_sink,
+                               w8=self.fp8_weight())
 
 
 class Z2allMLP(nn.Module):
@@ -140,9 +162,12 @@ class Z2allBlock(nn.Module):
         self.residual_dropout = cfg.residual_dropout
         self.residual_in_fp32 = cfg.residual_in_fp32
         self.norm_flag = cfg.use_fused_rmsnorm
+        self.fp8 = cfg.fp8 != "off"
 
     def _add_norm(self, h, residual, norm: Z2allRMSNorm):
-        return add_norm(h, residual, norm, self.residual_dropout, self.training, self.norm_flag, self.residual_in_fp32)
+        # with FP8 in training the normed output only feeds an FP8 projection (qkv, gate_up): emit that form only
+        return add_norm(h, residual, norm, self.residual_dropout, self.training, self.norm_flag, self.residual_in_fp32,
+                        fp8_out=self.fp8 and self.training)
 
     def forward(self, hidden, residual, cos, sin, packed, kv_cache=None, layer_idx=0):
         """hidden (B,T,d): the previous sublayer's output, not yet added; residual (B,T,d) or None."""
@@ -166,6 +191,10 @@ class Z2allForCausalLM(nn.Module):
         self.norm = Z2allRMSNorm(config.hidden_dim, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_dim, config.vocab_size, bias=False)
         self._rope_tables: dict = {}
+        self.fp8_weights = Fp8WeightCache() if config.fp8 != "off" else None
+        for module in self.layers.modules():
+            if isinstance(module, Z2allLinear):
+                module.fp8_weights = self.fp8_weights
         self._tie()
         self.reset_parameters()
         self.register_state_dict_post_hook(_drop_tied_head)
@@ -205,6 +234,19 @@ class Z2allForCausalLM(nn.Module):
                 module.grad_sink = sink
                 routed += 1
         return routed
+
+    def new_weight_step(self) -> None:
+        """A training step begins: the weights may have changed since the last forward (the optimizer, ZeRO-1's
+        gather, a checkpoint load), so the FP8 copies are made again at their next use. The DDP calls it from
+        zero_grad_buffer; a no-op without FP8."""
+        if self.fp8_weights is not None:
+            self.fp8_weights.new_step()
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() re-point the weights: copies of the old ones would only hold memory
+        if self.fp8_weights is not None:
+            self.fp8_weights.clear()
+        return super()._apply(fn, recurse)
 
     # -- sizes ---------------------------------------------------------------------------------
 

@@ -239,7 +239,15 @@ class DistributedDataParallel(nn.Module):
             self._sync_enabled = previous
 
     def zero_grad_buffer(self) -> None:
-        """Zero every main_grad and reset the buckets for a new step."""
+        """Zero every main_grad and reset the buckets for a new step.
+
+        It also tells the module that a step begins (its `new_weight_step()`, when it has one): the weights may
+        have changed since its last forward (optimizer step, ZeRO-1 gather, a load), so caches derived from them
+        (Z2all's FP8 weight copies) are stale. Every step passes here before its first backward.
+        """
+        new_step = getattr(self.module, "new_weight_step", None)
+        if new_step is not None:
+            new_step()
         for s in self._states:
             if s.status == BucketStatus.STARTED:
                 raise RuntimeError(f"zero_grad_buffer() while bucket {s.gid}'s reduction is in flight; "

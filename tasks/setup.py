@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.memory import check_fits, training_bytes
-from model.ops import flash_attn_available, flex_attention_available
+from model.ops import check_fp8, flash_attn_available, flex_attention_available
 from utils.checkpoint import CheckpointManager, resolve_checkpoint, step_dir_name
 from utils.memory import available_bytes
 
@@ -27,6 +27,11 @@ def check_attention_impl(model_cfg, device: torch.device) -> None:
     if impl == "flex" and not (device.type == "cuda" and flex_attention_available()):
         raise ValueError(f"--attn_impl=flex needs CUDA, torch >= 2.5 and Triton (FlexAttention has no CPU backward; "
                          f"device {device}, available: {flex_attention_available()}); use --attn_impl=auto")
+
+
+def check_fp8_support(model_cfg, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before anything is built, an --fp8 recipe that this machine cannot run (one line: what it lacks)."""
+    check_fp8(model_cfg.fp8, device, dtype)
 
 
 def load_tokenizer(cfg, tokenizer_dir: str):
