@@ -115,7 +115,7 @@ class Fp8LinearFunction(torch.autograd.Function):
         out = fp8_mm(q2, s2, w8.data, w8.scale, x.dtype, fast_accum=FAST_ACCUM_FWD)
         if bias is not None:
             out += bias  # _scaled_mm's row-wise mode is not given the bias: one pass, for attention_bias only
-        ctx.save_for_backward(*((rows_2d(x),) if keep_x else (q2, s2)))
+        ctx.save_for_backward(*((x,) if keep_x else (q2, s2)))
         # the weight itself is only the sink's key (the main grad it owns); the GEMMs read w8
         ctx.weight, ctx.w8, ctx.sink, ctx.keep_x, ctx.impl = weight, w8, sink, keep_x, impl
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
@@ -130,7 +130,7 @@ class Fp8LinearFunction(torch.autograd.Function):
             d_x = fp8_dgrad(d_rows, ctx.w8, ctx.x_dtype, ctx.impl).view(ctx.x_shape)
         if ctx.needs_input_grad[3]:
             if ctx.keep_x:
-                (x_rows,) = ctx.saved_tensors
+                x_rows = rows_2d(ctx.saved_tensors[0])
             else:
                 q2, s2 = ctx.saved_tensors
                 x_rows = dequantize_rows(q2, s2, ctx.x_dtype, ctx.impl)
