@@ -83,6 +83,7 @@ def check_memory(cfg, ctx, dtype: torch.dtype) -> None:
 
 def describe_run(cfg, ctx, model, dtype) -> str:
     t = cfg.train
-    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
+    fp8 = f" with FP8 {cfg.model.fp8} GEMMs" if cfg.model.fp8 != "off" else ""
+    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}{fp8}, "
             f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
             f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")
