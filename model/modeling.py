@@ -22,7 +22,7 @@ when residual_in_fp32), then the sublayer on `normed`; the final norm adds the l
 FP8 (config.fp8 != "off", in training mode only: eval and generation run the bf16 weights as they are): the
 qkv, o, gate_up and down projections run their GEMMs through model/ops/fp8_linear.py; the block's two norms and
 the SwiGLU emit their outputs already quantized (ops.Fp8Input) instead of in bf16; the weights' FP8 copies live
-in one Fp8WeightCache, made again at the first forward of each step (new_weight_step).
+in one Fp8WeightCache, made again at their first use after the weights changed (new_weight_step).
 """
 from __future__ import annotations
 
@@ -236,9 +236,9 @@ class Z2allForCausalLM(nn.Module):
         return routed
 
     def new_weight_step(self) -> None:
-        """A training step begins: the weights may have changed since the last forward (the optimizer, ZeRO-1's
-        gather, a checkpoint load), so the FP8 copies are made again at their next use. The DDP calls it from
-        zero_grad_buffer; a no-op without FP8."""
+        """The weights may have changed since the last forward (the optimizer, ZeRO-1's gather, a checkpoint load),
+        so the FP8 copies are made again at their next use. The DDP calls it (weights_changed: after each optimizer
+        step and when a step begins); a no-op without FP8."""
         if self.fp8_weights is not None:
             self.fp8_weights.new_step()
 

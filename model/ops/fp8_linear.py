@@ -15,10 +15,10 @@ Per GEMM (ARCHITECTURE.md, "FP8 training", has the reasons and the measurements 
 
 Weights are quantized once per optimizer step: `Fp8WeightCache` holds both FP8 copies of each weight and makes
 them again when the weight has moved on, i.e. when its key (the step's generation, the storage pointer, the
-autograd version) changed. The model bumps the generation when a step begins (the DDP announces it from
-zero_grad_buffer, see Z2allForCausalLM.new_weight_step): between steps the optimizer writes the params, ZeRO-1
-all-gathers them and checkpoints load them, through kernels and collectives that autograd's version counter does
-not see. The first forward after that quantizes the weight, after ZeRO-1's pre-forward hook waited for its gather.
+autograd version) changed. The model bumps the generation when the weights may have changed
+(Z2allForCausalLM.new_weight_step, called through the DDP's weights_changed() by the optimizer after its step and
+by zero_grad_buffer when a step begins): the optimizer writes the params, ZeRO-1 all-gathers them and checkpoints
+load them through kernels and collectives that autograd's version counter does not see. The first forward after that quantizes the weight, after ZeRO-1's pre-forward hook waited for its gather.
 Within a step the copies stay fixed, so a checkpointed block's recompute reads the same FP8 weight as its forward.
 The copies are plain attributes: never in a state dict, so checkpoints hold the bf16 weights only.
 """

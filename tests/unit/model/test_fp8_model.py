@@ -120,13 +120,29 @@ def test_the_cache_is_not_in_the_state_dict_and_moves_with_the_model():
     assert fp8.fp8_weights.nbytes() == 0  # .to() drops the copies of the old weights
 
 
-def _ddp_run(fusion: str, steps=2, micro=2):
-    """A tiny --fp8 model under the DDP and the optimizer; per step: one weight as the step used it, the cache's
-    copies of it, and the main grads."""
+def _ddp_and_optimizer(fusion: str = "off"):
     _, model = _pair()
     ctx = DistContext(0, 1, 0, torch.device("cpu"), None, None)
     ddp = DistributedDataParallel(model, DDPConfig(bucket_size=4000, gradient_accumulation_fusion=fusion), ctx)
-    opt = build_optimizer(OptimizerConfig(warmup_iters=0, learning_rate=1e-2), ddp, torch.float32, ctx)
+    return model, ddp, build_optimizer(OptimizerConfig(warmup_iters=0, learning_rate=1e-2), ddp, torch.float32, ctx)
+
+
+def test_an_optimizer_step_and_a_new_step_each_mark_the_copies_stale():
+    model, ddp, opt = _ddp_and_optimizer()
+    gen = model.fp8_weights.generation
+    ddp.zero_grad_buffer()
+    assert model.fp8_weights.generation == gen + 1
+    x, y = _batch()
+    ddp(x, targets=y).loss.backward()
+    ddp.finish_grad_sync()
+    opt.step()
+    assert model.fp8_weights.generation == gen + 2  # a forward before the next zero_grad_buffer sees new copies
+
+
+def _ddp_run(fusion: str, steps=2, micro=2):
+    """A tiny --fp8 model under the DDP and the optimizer; per step: one weight as the step used it, the cache's
+    copies of it, and the main grads."""
+    model, ddp, opt = _ddp_and_optimizer(fusion)
     weight = model.layers[0].attn.qkv_proj.weight
     copies, grads, used = [], [], []
     for step in range(steps):
