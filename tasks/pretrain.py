@@ -47,6 +47,7 @@ class PretrainTask:
 
     name = "pretrain"
     normalization = "mean"
+    shown_metrics = ()
 
     def __init__(self, inputs: TaskInputs):
         train, data, ctx = inputs.train, inputs.data, inputs.ctx
