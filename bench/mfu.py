@@ -89,6 +89,7 @@ def _z2all_step(shape: dict, device, lr: float, compiled: bool = False, dry_run:
     ddp = DistributedDataParallel(model, DDPConfig(**overrides["ddp"]), ctx)
     opt_cfg = OptimizerConfig(**{"learning_rate": lr, "min_lr": 0.0, "warmup_iters": 0, **overrides["optim"]})
     optimizer = build_optimizer(opt_cfg, ddp, torch.bfloat16, ctx)
+    ddp.register_post_reduce(optimizer.post_reduce_callback)
     if compiled:
         model.compile(backend="aot_eager" if dry_run else "inductor")
 

@@ -20,11 +20,13 @@ SHAPE_KEYS = ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "
               "tie_word_embeddings", "attention_bias")
 # What a model built from another run's weights takes from that run unless set: the shapes and what the weights
 # were trained with (positions, RoPE, norm epsilon, residual precision).
+# Marks the fields a tokenizer owns (the special ids): never a command-line key, never in exp_config.json.
+TOKENIZER_OWNED = {"owner": "tokenizer"}
 ARCH_KEYS = SHAPE_KEYS + ("multiple_of", "max_seq_len", "rope_theta", "rope_scaling_type", "rope_scaling_factor",
                           "rms_norm_eps", "residual_in_fp32")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Z2allConfig:
     """The model shape (defaults: the seed 1.25B shape) and the op choices."""
 
@@ -46,9 +48,11 @@ class Z2allConfig:
     attention_dropout: float = 0.0  # dropout probability on attention weights
     residual_dropout: float = 0.0  # dropout probability before each residual add
     residual_in_fp32: bool = True  # keep the residual stream in fp32 when params are bf16/fp16
-    bos_token_id: int = 1  # set from the tokenizer by train.py
-    eos_token_id: int = 2  # set from the tokenizer by train.py
-    pad_token_id: int = 0  # set from the tokenizer by train.py
+    # the tokenizer's special ids, recorded for generation and the HF export: not settings (no --key), the model
+    # built for a run takes them from its tokenizer (model_config_for)
+    bos_token_id: int = field(default=1, metadata=TOKENIZER_OWNED)
+    eos_token_id: int = field(default=2, metadata=TOKENIZER_OWNED)
+    pad_token_id: int = field(default=0, metadata=TOKENIZER_OWNED)
     use_fused_rmsnorm: str = "auto"  # auto | triton | torch (auto: triton on CUDA, torch on CPU)
     use_fused_rope: str = "auto"  # auto | triton | torch
     use_fused_swiglu: str = "auto"  # auto | triton | torch
@@ -61,14 +65,11 @@ class Z2allConfig:
     debug_checks: bool = False  # host-syncing input checks on CUDA (always on for CPU)
 
     def __post_init__(self) -> None:
-        self.derive()
-
-    def derive(self) -> None:
-        """Fill in the fields that follow from others: intermediate_size = 0 becomes 8/3·hidden_dim rounded up
-        to multiple_of (the configurator calls it again after the overrides changed hidden_dim)."""
+        # The one derived field, filled in at construction (the config is frozen afterwards): intermediate_size = 0
+        # becomes 8/3·hidden_dim rounded up to multiple_of.
         if self.intermediate_size == 0 and self.multiple_of > 0:  # multiple_of <= 0 is left to validate()
             raw = int(8 * self.hidden_dim / 3)
-            self.intermediate_size = self.multiple_of * math.ceil(raw / self.multiple_of)
+            object.__setattr__(self, "intermediate_size", self.multiple_of * math.ceil(raw / self.multiple_of))
 
     @property
     def head_dim(self) -> int:
@@ -142,6 +143,10 @@ class Z2allConfig:
             clashes = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             keys = " ".join(f"--{k}={a}" for k, (a, _) in diff.items())
             raise ValueError(f"the model shape differs from the checkpoint {where} ({clashes}); {fix.format(keys=keys)}")
+
+    def with_special_ids(self, bos: int, eos: int, pad: int) -> "Z2allConfig":
+        """This config with a tokenizer's special ids (what a run's model records for generation and export)."""
+        return dataclasses.replace(self, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

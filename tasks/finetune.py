@@ -51,6 +51,11 @@ def locate_data(cfg, ctx, task: str) -> DataConfig:
     if not os.path.exists(data_dir):
         raise ValueError(f"--data_dir={data_dir} does not exist; pass a .jsonl/.json/.parquet file or a dir of them "
                          f"(or a dir made by `python -m data_preprocess.pretokenize_sft --task={task}`)")
+    if _is_pretraining_shards(data_dir):
+        what = "conversation records" if task == "sft" else "preference pairs ({prompt, chosen, rejected})"
+        raise ValueError(f"--data_dir={data_dir} holds pretraining shards (.bin from data_preprocess.pretokenize); "
+                         f"--task_type={task} needs {what} in .jsonl/.json/.parquet files, or a dir made by "
+                         f"`python -m data_preprocess.pretokenize_sft --task={task}`; omit --data_dir for the demo set")
     candidates = [t.out_dir if t.resume else "", t.init_from, data_dir if is_pretokenized(data_dir) else ""]
     tok = data.tokenizer_dir or next((found for c in candidates if c and (found := _run_tokenizer(c))), "")
     if not tok:
@@ -69,19 +74,30 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _is_pretraining_shards(path: str) -> bool:
+    """A directory written by data_preprocess.pretokenize (its summary file, or .bin shards and no SFT manifest)."""
+    if not os.path.isdir(path) or is_pretokenized(path):
+        return False
+    from data_preprocess.pretokenize import SUMMARY_FILE
+
+    names = os.listdir(path)
+    return SUMMARY_FILE in names or any(n.endswith(".bin") for n in names)
+
+
 def is_pretokenized(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST_FILE))
 
 
-def pretokenized(cfg, ctx, data: DataConfig, task: str) -> str:
-    """The pretokenized dir of data.data_dir, built (rank 0, the others wait) when missing or stale."""
+def pretokenized(inputs, task: str) -> str:
+    """The pretokenized dir of the task's data_dir (TaskInputs), built (rank 0, the others wait) when missing or
+    stale."""
+    data, ctx, f, seq_len = inputs.data, inputs.ctx, inputs.finetune, inputs.model.max_seq_len
     if is_pretokenized(data.data_dir):
         return data.data_dir
     from data_preprocess.pretokenize_sft import ensure_pretokenized
 
-    f = cfg.finetune
-    out = f"{data.data_dir.rstrip(os.sep)}.z2all-{task}-{cfg.model.max_seq_len}"
-    kw = dict(task=task, max_seq_len=cfg.model.max_seq_len, format=f.chat_format, max_prompt_len=f.max_prompt_len,
+    out = f"{data.data_dir.rstrip(os.sep)}.z2all-{task}-{seq_len}"
+    kw = dict(task=task, max_seq_len=seq_len, format=f.chat_format, max_prompt_len=f.max_prompt_len,
               truncation_mode=f.truncation_mode, skip_bad_records=f.skip_bad_records)
     if ctx.is_main:  # a progress bar on a terminal; a log file gets the start and summary lines only
         ensure_pretokenized(data.data_dir, data.tokenizer_dir, out, num_workers=max(1, data.num_workers),

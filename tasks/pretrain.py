@@ -15,8 +15,7 @@ from dataset.config import DataConfig
 from dataset.loader import BatchStream, stack_windows
 from dataset.pretrain import PretrainDataset
 from dataset.sampler import ResumableBatchSampler
-from tasks.base import MicroBatchLoss
-from tasks.config import TrainConfig
+from tasks.base import MicroBatchLoss, TaskInputs
 
 
 def locate_data(data: DataConfig, ctx) -> DataConfig:
@@ -48,13 +47,15 @@ class PretrainTask:
 
     name = "pretrain"
     normalization = "mean"
+    shown_metrics = ()
 
-    def __init__(self, train: TrainConfig, data: DataConfig, max_seq_len: int, vocab_size: int, ctx, tokenizer):
-        self.cfg, self.ctx, self.tokenizer = train, ctx, tokenizer
-        self.seq_len = max_seq_len
+    def __init__(self, inputs: TaskInputs):
+        train, data, ctx = inputs.train, inputs.data, inputs.ctx
+        self.cfg, self.ctx, self.tokenizer = train, ctx, inputs.tokenizer
+        self.seq_len = inputs.model.max_seq_len
 
         def make(split: str) -> PretrainDataset:
-            return PretrainDataset(data, max_seq_len, vocab_size, split=split)
+            return PretrainDataset(data, self.seq_len, inputs.model.vocab_size, split=split)
 
         if ctx.is_main:
             make("train")  # rank 0 builds or refreshes the sample index; the others then read it

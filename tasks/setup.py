@@ -6,7 +6,8 @@ import torch
 
 from model.memory import check_fits, training_bytes
 from model.ops import check_fp8, flash_attn_available, flex_attention_available
-from utils.checkpoint import CheckpointManager, resolve_checkpoint, step_dir_name
+from utils.checkpoint import CheckpointManager, resolve_checkpoint
+from utils.run_layout import step_dir_name
 from utils.memory import available_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,7 +36,8 @@ def check_fp8_support(model_cfg, device: torch.device, dtype: torch.dtype) -> No
 
 
 def load_tokenizer(cfg, tokenizer_dir: str):
-    """Load the tokenizer (if any) and take the special ids from it; check it fits the model's vocab."""
+    """Load the tokenizer (if any) and check that it fits the model's vocab (its special ids go to the model that
+    train.build_model makes, never into the config)."""
     if not tokenizer_dir:
         return None
     from tokenizer import Z2allTokenizer
@@ -46,7 +48,6 @@ def load_tokenizer(cfg, tokenizer_dir: str):
             f"the tokenizer in {tokenizer_dir} has {tok.vocab_size} tokens (model vocab "
             f"{tok.model_vocab_size}) but --vocab_size={cfg.model.vocab_size}; use --vocab_size={tok.model_vocab_size}"
         )
-    cfg.model.bos_token_id, cfg.model.eos_token_id, cfg.model.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
     return tok
 
 

@@ -49,13 +49,6 @@ def _check_messages(messages: Sequence[dict]) -> None:
             raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.120}")
 
 
-def render_chat_text(messages: Sequence[dict], add_generation_prompt: bool = False, bos: str = "") -> str:
-    """The rendered conversation as text (what the HF Jinja template produces, given bos = the BOS string)."""
-    _check_messages(messages)
-    text = bos + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:

@@ -1,4 +1,4 @@
-"""Fused ops for the Z2all model: Triton kernels with plain-PyTorch references (see DESIGN.md, "Ops").
+"""Fused ops for the Z2all model: Triton kernels with plain-PyTorch references (see ARCHITECTURE.md, "Ops").
 
 Each op's `impl` is "auto" | "triton" | "torch"; auto = Triton on CUDA, the reference elsewhere.
 Triton is optional: without it every op still works through its torch path.

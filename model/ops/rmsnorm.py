@@ -133,7 +133,7 @@ _norm_bwd = LazyKernel(_norm_bwd_kernel)
 _colsum = LazyKernel(_colsum_kernel)
 
 # 128 programs of 16 columns at D = 2048, 8 warps over 128-row tiles: 2.3 us for (528, 2048) fp32 partials on an
-# H100 (.scratch sweep, CUDA-graph device time, 2026-11-23; 32 columns x 64 rows x 4 warps: 5.9 us, torch's
+# H100 (a one-off sweep not kept in bench/, CUDA-graph device time, 2026-11-23; 32 columns x 64 rows x 4 warps: 5.9 us, torch's
 # sum(0) plus the cast: 9.5 us)
 COLSUM_BLOCK_C, COLSUM_BLOCK_R, COLSUM_WARPS = 16, 128, 8
 
@@ -165,7 +165,7 @@ def _blocks(n_cols: int) -> tuple[int, int]:
 def _fwd_warps(block_elems: int) -> int:
     # The forward does little arithmetic per byte, so what matters is loads in flight per program: at one row of
     # 2048, 8 warps (Liger's choice too) read 0.04674 ms against 0.0471 for 4 warps on an H100
-    # (.scratch probe, CUDA-graph device time, 2026-11-23; Liger's kernel 0.04665, a plain copy 0.04631).
+    # (a one-off probe not kept in bench/, CUDA-graph device time, 2026-11-23; Liger's kernel 0.04665, a plain copy 0.04631).
     return 8 if block_elems >= 2048 else num_warps_for(block_elems)
 
 
