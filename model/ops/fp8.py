@@ -18,9 +18,9 @@ Kernels: `quantize_rows` (one program holds whole rows, the amax is taken in reg
 (x = q * scale in the model dtype: exact in bf16, whose exponent range is fp32's). The add+RMSNorm and SwiGLU
 kernels emit the same quantization of their outputs in their own pass (rmsnorm.py, swiglu.py).
 
-Triton kernels cannot call a shared helper here: a helper has to be a `@triton.jit` function from import time,
-before tests choose the interpreter (LazyKernel defers jit for that reason), so each kernel spells out the five
-integer lines of step 2; every kernel is tested against `fp8_scales_ref`.
+Every kernel that quantizes calls `store_e4m3_rows`, the one device-side copy of steps 1-4 (a JitHelper: jitted
+with the kernel on its first launch, so tests can still choose the interpreter); each is tested against
+`fp8_scales_ref`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ try:  # optional: without triton only the torch reference path is available
 except ImportError:  # pragma: no cover
     tl = None
 
-from model.ops._triton_utils import LazyKernel, cdiv, next_power_of_2, num_warps_for, resolve_impl, rows_2d
+from model.ops._triton_utils import (JitHelper, LazyKernel, cdiv, next_power_of_2, num_warps_for, resolve_impl,
+                                     rows_2d)
 
 FP8_RECIPES = ("off", "rowwise")
 FP8_DTYPE = torch.float8_e4m3fn
@@ -72,6 +73,23 @@ def dequantize_rows_ref(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return (q.float() * scale).to(dtype)
 
 
+def _store_e4m3_rows(x, Q, QSCALE, rows, cols, rmask, mask, stride_q):
+    # The one device-side copy of the scaling math (steps 1-4 of the module docstring) for fp32 rows x
+    # (BLOCK_R, BLOCK_K), used by this file's kernel and by the norm and SwiGLU kernels that emit FP8: the scale is
+    # the power of two read off the row's amax bits, NaN for a row with inf/NaN (x * 0 sums to NaN then); the e4m3
+    # codes x / scale and the scales are stored.
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 7.888609052210118e-31)  # AMAX_FLOOR, 2**-100
+    bits = amax.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 135 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
+    scale = ((e + 127) << 23).to(tl.float32, bitcast=True) + tl.sum(x * 0.0, axis=1)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    tl.store(Q + rows[:, None] * stride_q + cols[None, :], (x * inv[:, None]).to(Q.dtype.element_ty), mask=mask)
+    tl.store(QSCALE + rows, scale, mask=rmask)
+
+
+store_e4m3_rows = JitHelper(_store_e4m3_rows)
+
+
 def _quantize_rows_kernel(
     X, Q, SCALE, n_rows, n_cols, stride_x, stride_q,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -83,14 +101,7 @@ def _quantize_rows_kernel(
     rmask = rows < n_rows
     mask = rmask[:, None] & (cols < n_cols)[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 7.888609052210118e-31)  # AMAX_FLOOR, 2**-100
-    bits = amax.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 135 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
-    scale = ((e + 127) << 23).to(tl.float32, bitcast=True) + tl.sum(x * 0.0, axis=1)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    q = (x * inv[:, None]).to(Q.dtype.element_ty)
-    tl.store(Q + rows[:, None] * stride_q + cols[None, :], q, mask=mask)
-    tl.store(SCALE + rows, scale, mask=rmask)
+    store_e4m3_rows(x, Q, SCALE, rows, cols, rmask, mask, stride_q)
 
 
 def _dequantize_rows_kernel(

@@ -30,6 +30,7 @@ from model.ops._triton_utils import (
     resolve_impl,
     rows_2d,
 )
+from model.ops.fp8 import store_e4m3_rows
 
 MAX_ROW_WIDTH = 65536  # a row is held in registers; wider rows would spill
 
@@ -69,13 +70,7 @@ def _norm_fwd_kernel(
     y = s * rstd[:, None] * w[None, :]
     if FP8_OUT:
         y = y.to(Y.dtype.element_ty).to(tl.float32)
-        amax = tl.maximum(tl.max(tl.abs(y), axis=1), 7.888609052210118e-31)  # fp8.AMAX_FLOOR, 2**-100
-        bits = amax.to(tl.int32, bitcast=True)
-        e = ((bits >> 23) & 0xFF) - 135 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
-        scale = ((e + 127) << 23).to(tl.float32, bitcast=True) + tl.sum(y * 0.0, axis=1)
-        inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-        tl.store(Q + rows[:, None] * stride_q + cols[None, :], (y * inv[:, None]).to(Q.dtype.element_ty), mask=mask)
-        tl.store(QSCALE + rows, scale, mask=rmask)
+        store_e4m3_rows(y, Q, QSCALE, rows, cols, rmask, mask, stride_q)
     else:
         tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(RSTD + rows, rstd, mask=rmask)

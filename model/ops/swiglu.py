@@ -39,7 +39,7 @@ from model.ops._triton_utils import (
     rows_2d,
 )
 from model.ops.fp8 import (FAST_ACCUM_FWD, FP8_DTYPE, Fp8Input, fp8_input_ref, fp8_mm, grad_anchor, quantize_rows_ref,
-                           row_blocks, whole_row_warps)
+                           row_blocks, store_e4m3_rows, whole_row_warps)
 from model.ops.fp8_linear import Fp8Weight, fp8_dgrad, fp8_linear, weight_grad
 from model.ops.linear import linear
 
@@ -121,13 +121,7 @@ def _swiglu_fwd_fp8_kernel(
     g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     u = tl.load(U + rows[:, None] * stride_u + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     out = (g * tl.sigmoid(g) * u).to(G.dtype.element_ty).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(out), axis=1), 7.888609052210118e-31)  # fp8.AMAX_FLOOR, 2**-100
-    bits = amax.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 135 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
-    scale = ((e + 127) << 23).to(tl.float32, bitcast=True) + tl.sum(out * 0.0, axis=1)
-    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    tl.store(Q + rows[:, None] * stride_q + cols[None, :], (out * inv[:, None]).to(Q.dtype.element_ty), mask=mask)
-    tl.store(QSCALE + rows, scale, mask=rmask)
+    store_e4m3_rows(out, Q, QSCALE, rows, cols, rmask, mask, stride_q)
 
 
 _swiglu_fwd = LazyKernel(_swiglu_fwd_kernel)
