@@ -37,7 +37,8 @@ from tasks import TASKS, lifecycle
 from tasks.base import Task, TaskInputs
 from tasks.faults import Fault, FaultInjectingTask
 from tasks.lifecycle import StopSignal
-from tasks.setup import check_attention_impl, check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
+from tasks.setup import (check_attention_impl, check_fp8_support, check_memory, describe_run, find_resume_checkpoint,
+                         load_tokenizer, resolve_dtype)
 from tasks.trainer import Trainer
 from tokenizer import HFTokenizer, Z2allTokenizer
 from utils.cli import debug_enabled
@@ -103,6 +104,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     check_writable(t.out_dir)
     dtype = resolve_dtype(t.dtype, ctx.device)
     check_attention_impl(cfg.model, ctx.device)
+    check_fp8_support(cfg.model, ctx.device, dtype)
     if t.memory_check:
         check_memory(cfg, ctx, dtype)
     spec = TASKS[t.task_type]

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from data_preprocess.readers import TXT_MODES, ReadStats, iter_all_documents, list_input_files
 from dataset.format import BinWriter, tmp_sibling, token_dtype
 from tokenizer import HFTokenizer, Z2allTokenizer, load_tokenizer
 from utils.cli import ArgumentParser, UserError, run_main
+from utils.progress import progress_bar
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
@@ -192,7 +192,7 @@ def _encode_into(sink: ShardSink, batches: Iterator, progress: bool) -> tuple[in
     """Feed the encoded batches to the sink; returns (documents, tokens)."""
     num_docs = num_tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(unit="doc", desc="pretokenize", disable=None if progress else True, mininterval=1.0)
+    bar = progress_bar(enabled=progress, unit="doc", desc="pretokenize")
     try:
         for n, tokens, doc_ends in batches:
             sink.add(tokens, doc_ends)

@@ -54,6 +54,7 @@ from dataset.sft import IDS_FILE, MANIFEST_FILE, MASK_FILE, OFFSETS_FILE, SFT_FO
 from tokenizer import HFTokenizer, Z2allTokenizer, load_tokenizer
 from utils.cli import ArgumentParser, run_main
 from utils.fileio import sha256_file
+from utils.progress import progress_bar
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 BATCH_RECORDS = 256  # records per task sent to a worker (fixed: the output must not depend on the workers)
@@ -311,7 +312,7 @@ def _write_dataset(tmp: Path, files: list[str], tokenizer_dir: str, opts: SFTOpt
     per_example = 1 if opts.task == "sft" else 3
     writer = _SegmentWriter(tmp, tok.vocab_size, per_example)
     stats, truncated, dropped = ReadStats(), 0, 0
-    bar = tqdm(unit="rec", desc=f"pretokenize {opts.task}", disable=None if progress else True, mininterval=1.0)
+    bar = progress_bar(enabled=progress, unit="rec", desc=f"pretokenize {opts.task}")
     try:
         batches = record_batches(files, opts, skip_bad_records, stats, bar)
         for batch in encode_batches(batches, tokenizer_dir, opts, num_workers):

@@ -8,6 +8,8 @@ DATA_FORMATS = ("z2all", "raw_uint16")
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the pretokenized data lives and how it is read."""
+
     data_dir: str = ""  # directory of pretokenized .bin shards; "" = the demo corpus (built on first use)
     valid_data_dir: str = ""  # separate validation shards; "" = split off valid_ratio of data_dir's windows
     valid_ratio: float = 0.01  # fraction of windows held out for validation when valid_data_dir is ""

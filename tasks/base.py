@@ -67,6 +67,7 @@ class Task(Protocol):
 
     name: str
     normalization: str  # "mean" | "sum"
+    shown_metrics: tuple[str, ...]  # of its metrics, those the terminal's log line shows besides the loss
     stream: DataStream
     seq_len: int  # tokens per row, for the FLOPs per token of MFU
 

@@ -68,6 +68,7 @@ class DPOTask:
 
     name = "dpo"
     normalization = "mean"
+    shown_metrics = ("rewards/accuracy", "rewards/margin")
 
     def __init__(self, inputs: TaskInputs):
         t, self.f, ctx, data = inputs.train, inputs.finetune, inputs.ctx, inputs.data

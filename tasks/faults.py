@@ -92,6 +92,7 @@ class FaultInjectingTask:
     def __init__(self, task, fault: Fault, micro_batches_per_step: int, rank: int, vocab_size: int):
         self.task = task
         self.name, self.normalization, self.seq_len = task.name, task.normalization, task.seq_len
+        self.shown_metrics = task.shown_metrics
         self.stream = _FaultyStream(task.stream, fault, micro_batches_per_step, rank, vocab_size)
 
     def loss(self, model, batch):

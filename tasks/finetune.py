@@ -48,6 +48,11 @@ def locate_data(cfg, ctx, task: str) -> DataConfig:
                          f"(or a dir made by `python -m data_preprocess.pretokenize_sft --task={task}`)")
     if not data.tokenizer_dir and not t.resume:
         check_init_tokenizer(t.init_from)
+    if _is_pretraining_shards(data_dir):
+        what = "conversation records" if task == "sft" else "preference pairs ({prompt, chosen, rejected})"
+        raise ValueError(f"--data_dir={data_dir} holds pretraining shards (.bin from data_preprocess.pretokenize); "
+                         f"--task_type={task} needs {what} in .jsonl/.json/.parquet files, or a dir made by "
+                         f"`python -m data_preprocess.pretokenize_sft --task={task}`; omit --data_dir for the demo set")
     candidates = [t.out_dir if t.resume else "", t.init_from, data_dir if is_pretokenized(data_dir) else ""]
     tok = data.tokenizer_dir or next((found for c in candidates if c and (found := model_tokenizer_dir(c))), "")
     if not tok:
@@ -64,6 +69,16 @@ def locate_data(cfg, ctx, task: str) -> DataConfig:
 def key_digest(key: dict) -> str:
     """A short stable name for a staleness key (sorted JSON, sha256)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_pretraining_shards(path: str) -> bool:
+    """A directory written by data_preprocess.pretokenize (its summary file, or .bin shards and no SFT manifest)."""
+    if not os.path.isdir(path) or is_pretokenized(path):
+        return False
+    from data_preprocess.pretokenize import SUMMARY_FILE
+
+    names = os.listdir(path)
+    return SUMMARY_FILE in names or any(n.endswith(".bin") for n in names)
 
 
 def is_pretokenized(path: str) -> bool:

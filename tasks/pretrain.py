@@ -76,6 +76,7 @@ class PretrainTask:
 
     name = "pretrain"
     normalization = "mean"
+    shown_metrics = ()
 
     def __init__(self, inputs: TaskInputs):
         train, data, ctx = inputs.train, inputs.data, inputs.ctx

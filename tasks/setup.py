@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from model.memory import check_fits, training_bytes
-from model.ops import flash_attn_available, flex_attention_available
+from model.ops import check_fp8, flash_attn_available, flex_attention_available
 from utils.checkpoint import CheckpointManager, resolve_checkpoint
 from utils.run_layout import step_dir_name
 from utils.memory import available_bytes
@@ -52,6 +52,11 @@ def check_init_tokenizer(init_from: str) -> None:
     if init_from and is_hf_model_dir(init_from) and not model_tokenizer_dir(init_from):
         raise ValueError(f"--init_from={init_from} is a Hugging Face model without its tokenizer (no tokenizer.json "
                          f"there); pass --tokenizer_dir=DIR of the tokenizer it was trained with")
+
+
+def check_fp8_support(model_cfg, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before anything is built, an --fp8 recipe that this machine cannot run (one line: what it lacks)."""
+    check_fp8(model_cfg.fp8, device, dtype)
 
 
 def load_tokenizer(cfg, tokenizer_dir: str):
@@ -103,6 +108,7 @@ def check_memory(cfg, ctx, dtype: torch.dtype) -> None:
 
 def describe_run(cfg, ctx, model, dtype) -> str:
     t = cfg.train
-    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
+    fp8 = f" with FP8 {cfg.model.fp8} GEMMs" if cfg.model.fp8 != "off" else ""
+    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}{fp8}, "
             f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
             f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")
