@@ -4,12 +4,16 @@ The command line is ``python train.py [CONFIG.py] [--key=value ...]``. Keys are 
 the sections (seed-compatible: ``--batch_size=8``); each section is the dataclass its package defines
 next to its code. The tree is built once, here, by :func:`build_config`:
 
-1. Start from the dataclass defaults.
-2. Apply one Python config file of assignments: the one given, or ``configs/default.py`` when none is
-   given. With ``--resume``, the run's own ``<out_dir>/exp_config.json`` (data, not code) is applied instead.
-3. Apply the ``--key=value`` overrides (they win over everything). ``--flag`` alone means True.
-4. Parse each value against its field's type, reject unknown keys with the closest valid key, derive
-   what can be derived, and check the cross-field rules, raising ValueError/TypeError that name the fix.
+1. Read one Python config file of assignments: the one given, or the task's recipe (``configs/default.py``,
+   ``sft.py``, ``dpo.py``). With ``--resume``, the run's own ``<out_dir>/exp_config.json`` (data, not code).
+2. The ``--key=value`` overrides win over it. ``--flag`` alone means True. Each value is parsed against its
+   field's type; an unknown key fails with the closest valid key.
+3. With ``--init_from``, the architecture keys the user did not set (on the command line or in a config file
+   they named) come from that run; a recipe's shape never overrides the model being continued.
+4. Each section is built once from the resolved values (the rest keep their defaults; each fills in its own
+   derived fields), then frozen; the cross-field rules are checked, raising ValueError/TypeError that name the
+   fix. Nothing changes the tree afterwards: what a run derives at run time (the tokenizer's special ids, the
+   world size) it passes alongside, never by writing into the tree.
 
 :func:`check_world_size` adds the rules that need the number of ranks, once it is known.
 """
@@ -21,6 +25,7 @@ import difflib
 import json
 import math
 import os
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,19 +35,19 @@ from model.config import Z2allConfig
 from optimizer.config import OptimizerConfig
 from parallel.config import DDPConfig
 from tasks.config import PER_INVOCATION, FinetuneConfig, TrainConfig
+from utils.run_layout import EXP_CONFIG_NAME, LEGACY_EXP_CONFIG_NAME, ckpt_root
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG_FILE = os.path.join(ROOT, "configs", "default.py")
 # the recipe a run gets without a config file, by --task_type
 DEFAULT_CONFIG_FILES = {"pretrain": DEFAULT_CONFIG_FILE, "sft": os.path.join(ROOT, "configs", "sft.py"),
                         "dpo": os.path.join(ROOT, "configs", "dpo.py")}
-EXP_CONFIG_NAME = "exp_config.json"  # the resolved config of a run: data, parsed on --resume, never executed
-LEGACY_EXP_CONFIG_NAME = "exp_config.py"  # what runs written before exp_config.json hold; read as literals only
 # keys an older run's config may hold that no longer exist, and why they are dropped on --resume
-REMOVED_KEYS = {"loss_reduction": "the task chooses how its loss is normalised (tasks/base.py)"}
+REMOVED_KEYS = {"loss_reduction": "the task chooses how its loss is normalised (tasks/base.py)",
+                **{k: "the tokenizer's, read from it" for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole tree: one section per component."""
 
@@ -60,10 +65,8 @@ class ExperimentConfig:
 
     def flat(self) -> dict[str, object]:
         """Every key with its value, as on the command line."""
-        out = {}
-        for section in self.sections().values():
-            out.update(dataclasses.asdict(section))
-        return out
+        return {f.name: getattr(section, f.name) for section in self.sections().values()
+                for f in _key_fields(type(section))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,10 +85,15 @@ def _key_table() -> dict[str, tuple[str, type]]:
     for sec in _section_fields():
         cls = sec.default_factory  # type: ignore[attr-defined]
         hints = hints_cache.setdefault(cls, typing.get_type_hints(cls))
-        for f in dataclasses.fields(cls):
+        for f in _key_fields(cls):
             assert f.name not in table, f"config key {f.name} is defined in two sections"
             table[f.name] = (sec.name, hints[f.name])
     return table
+
+
+def _key_fields(cls) -> list[dataclasses.Field]:
+    """A section's fields that are keys: all but those a tokenizer owns (Z2allConfig's special ids)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("owner") != "tokenizer"]
 
 
 KEYS = _key_table()
@@ -93,8 +101,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """{field: the comment after it} from a config dataclass's source (the one place each key is explained)."""
+def _field_comments(cls) -> dict[str, tuple[str, str]]:
+    """{field: (note, meaning)} from a config dataclass's source, the one place each key is explained: the meaning
+    is the comment after the field; the note, the comment lines just above it (a detail, or a group's header)."""
     import inspect
 
     out, pending = {}, []
@@ -105,25 +114,36 @@ def _field_comments(cls) -> dict[str, str]:
             continue
         name, colon, rest = text.partition(":")
         if colon and name.isidentifier() and "=" in rest:
-            comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
-            out[name] = " ".join(pending + [comment]).strip()
+            out[name] = (" ".join(pending), rest.split("#", 1)[1].strip() if "#" in rest else "")
         pending = []
     return out
 
 
 def help_text() -> str:
-    """`train.py --help`: every key, grouped by section, with its type, default and meaning (from the code)."""
+    """`train.py --help`: every key by section, with its type, its declared default, the value `python train.py`
+    runs with where that differs (the default recipe's, or derived from it), and its meaning (all read from the
+    code)."""
+    runs = assemble(read_config_file(DEFAULT_CONFIG_FILE)).flat()  # what python train.py resolves, derived fields too
     lines = ["usage: [torchrun ...] python train.py [CONFIG.py] [--key=value ...]", "",
              "CONFIG.py is a Python file of assignments (default: configs/default.py; configs/sft.py with",
              "--task_type=sft, configs/dpo.py with --task_type=dpo). --key=value wins over it; --flag means True.",
-             "--resume --out_dir=RUN continues a run from its exp_config.json. Keys by section:"]
+             "--resume --out_dir=RUN continues a run from its exp_config.json.",
+             "Each key: --key=DEFAULT (type; python train.py: the value it runs with, from configs/default.py, where it",
+             "differs).",
+             "Run from the repository root: relative paths (out/, data/, configs/) are taken from there."]
     for sec in _section_fields():
         cls = sec.default_factory
-        lines += ["", f"[{sec.name}] {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
-        comments, defaults = _field_comments(cls), cls()
-        for f in dataclasses.fields(cls):
-            typ = KEYS[f.name][1].__name__
-            lines.append(f"  --{f.name}={getattr(defaults, f.name)!r} ({typ})  {comments.get(f.name, '')}".rstrip())
+        lines += ["", f"[{sec.name}] {(cls.__doc__ or '').strip().splitlines()[0]}"]
+        comments = _field_comments(cls)
+        for f in _key_fields(cls):
+            note, meaning = comments.get(f.name, ("", ""))
+            if note:
+                lines += textwrap.wrap(note, 118, initial_indent="  # ", subsequent_indent="  # ")
+            default = f.default  # as declared (0 and "auto" say "derive it"), not as one construction derives it
+            where = KEYS[f.name][1].__name__
+            if runs[f.name] != default:
+                where += f"; python train.py: {runs[f.name]!r}"
+            lines.append(f"  --{f.name}={default!r} ({where})  {meaning}".rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +220,9 @@ def parse_argv(argv: list[str]) -> ParsedArgs:
     overrides: dict[str, object] = {}
     for arg in argv:
         if not arg.startswith("--"):
+            key, eq, raw = arg.lstrip("-").partition("=")
+            if eq and key in KEYS and not arg.endswith(".py"):
+                raise ValueError(f"{arg!r} is not a config file: keys take two dashes, --{key}={raw}")
             if config_file is not None:
                 raise ValueError(f"two config files given ({config_file!r} and {arg!r}); pass one, then --key=value overrides")
             config_file = arg
@@ -239,51 +262,86 @@ def read_config_file(path: str) -> dict[str, object]:
     return values
 
 
-def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> None:
-    for key, value in values.items():
-        section, _ = KEYS[key]
-        setattr(getattr(cfg, section), key, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# building, deriving, validating
-
-
 def build_config(argv: list[str]) -> ExperimentConfig:
-    """Build the validated config tree from argv (see the module docstring for the order)."""
+    """Build the validated, frozen config tree from argv (see the module docstring for the order).
+
+    Every value is resolved here, before any section exists: the file's, the command line's, --init_from's
+    architecture; then each section is built once (filling in its own derived fields: Z2allConfig's
+    intermediate_size, DDPConfig's comm_hook "auto") and validated. Nothing changes the tree afterwards.
+    """
     args = parse_argv(argv)
     resume = bool(args.overrides.get("resume", False)) or _auto_resumes(args.overrides)
-    cfg = ExperimentConfig()
-    given: set[str] = set(args.overrides)
     if resume:
-        if args.config_file is not None and not args.overrides.get("auto_resume"):
-            raise ValueError(
-                f"--resume takes its config from <out_dir>/{EXP_CONFIG_NAME}; drop {args.config_file!r} "
-                f"and pass changes as --key=value"
-            )
-        if "out_dir" not in args.overrides:
-            raise ValueError("--resume needs the run to continue: add --out_dir=RUN")
-        if args.overrides.get("init_from"):
-            raise ValueError("--resume and --init_from exclude each other: resume continues a run (its weights come "
-                             "from its checkpoint), init_from starts a new one")
+        _check_resume_args(args)
         file_values = read_run_config(str(args.overrides["out_dir"]))
-        source = f"the run's {EXP_CONFIG_NAME}"
+        _check_resume_overrides(file_values, args.overrides)
+        source, user_file = f"the run's {EXP_CONFIG_NAME}", True
     else:
         task = str(args.overrides.get("task_type", "pretrain"))
         path = args.config_file or DEFAULT_CONFIG_FILES.get(task, DEFAULT_CONFIG_FILE)
         file_values = read_config_file(path)
         rel = os.path.relpath(path)
-        source = path if rel.startswith("..") else rel
-    given |= set(file_values)
-    apply_values(cfg, file_values)
-    apply_values(cfg, args.overrides)
-    cfg.train.resume = resume
-    cfg.shape_source = _shape_source(args.overrides, file_values, source)
-    if not resume and cfg.train.init_from:
-        given |= _inherit_architecture(cfg, given)
-    derive(cfg, given)
+        source, user_file = (path if rel.startswith("..") else rel), args.config_file is not None
+    values = {**file_values, **args.overrides, "resume": resume}
+    shape_source = _shape_source(args.overrides, file_values, source)
+    if not resume and values.get("init_from"):
+        # a recipe picked for the task does not decide the shape of the model being continued; the user's own
+        # flags and config file do (and are refused at load when the weights cannot take them)
+        user_set = set(args.overrides) | (set(file_values) if user_file else set())
+        shape_source = _inherit_architecture(values, user_set, shape_source)
+    cfg = assemble(values, shape_source)
     validate(cfg)
+    _check_finetune_start(cfg, set(values))
     return cfg
+
+
+# Keys that define what the run's data position means (micro-batches of batch_size windows of max_seq_len + 1
+# tokens, in the order data_seed shuffles them, out of the split valid_ratio leaves): a resume keeps them.
+# gradient_accumulation_steps and the number of ranks may change: the position counts micro-batches of one global
+# stream, which every world size and accumulation reads in the same order.
+DATA_POSITION_KEYS = ("batch_size", "max_seq_len", "data_seed", "valid_ratio", "data_format")
+
+
+def _check_resume_overrides(saved: dict[str, object], overrides: dict[str, object]) -> None:
+    # a mix also fixes the accumulation (its stages start at steps): its stream's check_resume says so
+    free = "the number of ranks may change" if saved.get("data_mix") else \
+        "the number of ranks and --gradient_accumulation_steps may change"
+    for key in DATA_POSITION_KEYS:
+        if key in overrides and key in saved and overrides[key] != saved[key]:
+            raise ValueError(
+                f"--{key}={overrides[key]} on --resume: the run's data position counts micro-batches made with "
+                f"{key}={saved[key]!r}, so another value would repeat or skip samples; drop --{key} ({free}), or "
+                f"start a new run from this one with --init_from=RUN")
+
+
+def _check_finetune_start(cfg: ExperimentConfig, given: set[str]) -> None:
+    """SFT and DPO fine-tune a trained model; without --init_from and a shape of the user's, the run would build
+    the untrained 1.25B default shape (and fail the memory check on a small machine)."""
+    t = cfg.train
+    if t.task_type in ("sft", "dpo") and not t.resume and not t.init_from and "hidden_dim" not in given:
+        raise ValueError(f"--task_type={t.task_type} fine-tunes a trained model: add --init_from=RUN (a run dir, a "
+                         f"checkpoint dir or a Hugging Face model dir; e.g. --init_from=out/default after "
+                         f"`python train.py`), or give the model shape to train one from scratch")
+
+
+def _check_resume_args(args: ParsedArgs) -> None:
+    if args.config_file is not None and not args.overrides.get("auto_resume"):
+        raise ValueError(f"--resume takes its config from <out_dir>/{EXP_CONFIG_NAME}; drop {args.config_file!r} "
+                         f"and pass changes as --key=value")
+    if "out_dir" not in args.overrides:
+        raise ValueError("--resume needs the run to continue: add --out_dir=RUN")
+    if args.overrides.get("init_from"):
+        raise ValueError("--resume and --init_from exclude each other: resume continues a run (its weights come "
+                         "from its checkpoint), init_from starts a new one")
+
+
+def assemble(values: dict[str, object], shape_source: str = "the defaults (the seed 1.25B shape)") -> ExperimentConfig:
+    """The tree from flat, type-checked values (the others take their defaults); each section is built once."""
+    by_section: dict[str, dict[str, object]] = {f.name: {} for f in _section_fields()}
+    for key, value in values.items():
+        by_section[KEYS[key][0]][key] = value
+    sections = {f.name: f.default_factory(**by_section[f.name]) for f in _section_fields()}
+    return ExperimentConfig(**sections, shape_source=shape_source)
 
 
 def _auto_resumes(overrides: dict) -> bool:
@@ -294,8 +352,7 @@ def _auto_resumes(overrides: dict) -> bool:
         return False
     from utils.checkpoint import latest_checkpoint
 
-    root = os.path.join(str(overrides["out_dir"]), "ckpt")
-    return os.path.isdir(root) and latest_checkpoint(root) is not None
+    return latest_checkpoint(ckpt_root(str(overrides["out_dir"]))) is not None
 
 
 def _shape_source(overrides: dict, file_values: dict, file_source: str) -> str:
@@ -304,30 +361,20 @@ def _shape_source(overrides: dict, file_values: dict, file_source: str) -> str:
     return file_source if "hidden_dim" in file_values else "the defaults (the seed 1.25B shape)"
 
 
-def _inherit_architecture(cfg: ExperimentConfig, given: set[str]) -> set[str]:
-    """--init_from: the model keys of ARCH_KEYS that no file or flag set come from that run's config."""
+def _inherit_architecture(values: dict[str, object], user_set: set[str], shape_source: str) -> str:
+    """--init_from: each ARCH_KEYS key the user did not set takes that run's value (written into `values`);
+    returns where the model shape now comes from."""
     from model.config import ARCH_KEYS
     from model.weights import read_config
 
-    saved, where = read_config(cfg.train.init_from)
-    taken = {k for k in ARCH_KEYS if k not in given}
+    init_from = str(values["init_from"])
+    saved, where = read_config(init_from)
+    taken = [k for k in ARCH_KEYS if k not in user_set]
     for k in taken:
-        setattr(cfg.model, k, getattr(saved, k))
-    if "hidden_dim" in taken:
-        cfg.shape_source = f"--init_from={cfg.train.init_from} ({where})"
-    return taken
+        values[k] = getattr(saved, k)
+    same = os.path.abspath(where) == os.path.abspath(init_from)  # an HF model dir or a saved dir is its own source
+    return (f"--init_from={init_from}" + ("" if same else f" ({where})")) if "hidden_dim" in taken else shape_source
 
-
-def derive(cfg: ExperimentConfig, given: set[str]) -> None:
-    """Fill in what follows from other keys (``given``: the keys a file or the command line set)."""
-    m = cfg.model
-    if "intermediate_size" not in given or m.intermediate_size == 0:
-        # The default was derived from the default hidden_dim: derive it again from the final one.
-        m.intermediate_size = 0
-        m.derive()
-    if cfg.ddp.use_distributed_optimizer and cfg.ddp.comm_hook == "allreduce":
-        # ZeRO-1 needs each rank's shard of the reduced grads only: reduce-scatter is the matching hook.
-        cfg.ddp.comm_hook = "reduce_scatter"
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -373,8 +420,8 @@ def config_record(cfg: ExperimentConfig) -> dict:
     """The resolved tree as JSON-able data: {section: {key: value}}, without the per-invocation `resume`."""
     out = {}
     for name, section in cfg.sections().items():
-        values = {k: v for k, v in dataclasses.asdict(section).items() if k not in PER_INVOCATION}
-        out[name] = values
+        out[name] = {f.name: getattr(section, f.name) for f in _key_fields(type(section))
+                     if f.name not in PER_INVOCATION}
     return out
 
 

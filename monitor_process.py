@@ -30,7 +30,7 @@ Example:
      for k = 1..max_restarts failures in a row. An attempt that wrote a new checkpoint made progress: the
      count (and the backoff) starts again from zero, so a job of weeks is not ended by rare crashes.
 5. The resume command is the original with `--resume` appended once. For train.py, which reads its config from
-   <out_dir>/exp_config.py on resume, a positional CONFIG.py after train.py is dropped, and so are
+   <out_dir>/exp_config.json on resume, a positional CONFIG.py after train.py is dropped, and so are
    --resume_step and --skip_data_to (a restart resumes from the newest checkpoint). If <out_dir> holds no
    complete checkpoint yet, the original command is rerun instead (there is nothing to resume from).
 6. A rollback moves the checkpoints written at or after the spike's start_iter out of <out_dir>/ckpt into
@@ -62,7 +62,9 @@ from pathlib import Path
 from utils import exit_codes as ec
 from utils.cli import ArgumentParser
 from utils.proctree import become_subreaper, descendants, kill_descendants
-from utils.heartbeat import CHECKPOINT, HEARTBEAT_NAME, STARTUP, read_heartbeat
+from utils.heartbeat import CHECKPOINT, STARTUP, read_heartbeat
+from utils.run_layout import (COMPLETE_NAME, EXP_CONFIG_NAME, HEARTBEAT_NAME, MONITOR_LOG_NAME, ROLLED_BACK_DIRNAME,
+                              ckpt_root, published_steps, step_dirs)
 from utils.run_status import ExitStatus, SpikeWindow, read_exit_status
 
 USAGE = "python monitor_process.py [options] -- <training command...>"
@@ -112,7 +114,7 @@ class Monitor:
         if opts.heartbeat is None and self.out_dir is not None:
             opts.heartbeat = os.path.join(self.out_dir, HEARTBEAT_NAME)
         if opts.log_file is None and self.out_dir is not None:
-            opts.log_file = os.path.join(self.out_dir, "monitor.log")
+            opts.log_file = os.path.join(self.out_dir, MONITOR_LOG_NAME)
         self.host = socket.gethostname()
         self.stop_signal: int | None = None
         self.kill_now = False
@@ -343,7 +345,7 @@ class Monitor:
 
     def resume_command(self) -> list[str]:
         """The command for a restart (steps 5 and 7)."""
-        if self.out_dir is not None and not _has_complete_checkpoint(self.out_dir):
+        if self.out_dir is not None and not published_steps(self.out_dir):
             self.log(f"no complete checkpoint in {self.out_dir}/ckpt yet: rerunning the original command")
             return list(self.cmd)
         cmd = [a for a in self.cmd if _flag_name(a) not in ROLLBACK_FLAGS]
@@ -351,7 +353,7 @@ class Monitor:
         if script is not None:
             dropped = [a for a in cmd[script + 1:] if a.endswith(".py") and not a.startswith("-")]
             if dropped:
-                self.log(f"resume: dropping {dropped} (train.py --resume reads <out_dir>/exp_config.py)")
+                self.log(f"resume: dropping {dropped} (train.py --resume reads <out_dir>/{EXP_CONFIG_NAME})")
             cmd = cmd[:script + 1] + [a for a in cmd[script + 1:] if a not in dropped]
             if self.out_dir is None:
                 self.log("warning: the command has no --out_dir=RUN; train.py --resume needs it")
@@ -398,7 +400,7 @@ class Monitor:
         """(step, its data position if recorded) of the newest checkpoint before start_iter that verifies
         (sizes and sha256 against its COMPLETE, as train.py checks them); None if there is none."""
         from utils.checkpoint import load_trainer_state, verify_checkpoint  # torch: only a rollback pays for it
-        for step, path in _step_dirs(self.out_dir):
+        for step, path in step_dirs(ckpt_root(self.out_dir)):
             if step >= start_iter:
                 continue
             if not verify_checkpoint(path):
@@ -414,8 +416,8 @@ class Monitor:
     def _set_aside(self, spike: SpikeWindow) -> bool:
         """Move the step dirs written at or after the spike's start out of ckpt/ (step 6), logging each.
         False (logged) if one cannot be moved: a later --resume could pick it."""
-        dest = Path(self.out_dir) / "rolled_back" / f"rollback_{self.rollbacks}"
-        for step, path in _step_dirs(self.out_dir):
+        dest = Path(self.out_dir) / ROLLED_BACK_DIRNAME / f"rollback_{self.rollbacks}"
+        for step, path in step_dirs(ckpt_root(self.out_dir)):
             if step < spike.start_iter:
                 continue
             dest.mkdir(parents=True, exist_ok=True)
@@ -433,7 +435,7 @@ class Monitor:
         """Whether a complete step checkpoint was written at or after `since` (its COMPLETE's mtime)."""
         if self.out_dir is None:
             return False
-        return any(p.stat().st_mtime >= since for p in Path(self.out_dir).glob("ckpt/step_*/COMPLETE"))
+        return any((p / COMPLETE_NAME).stat().st_mtime >= since for _, p in published_steps(self.out_dir))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -463,23 +465,6 @@ def _flag_value(cmd: list[str], flag: str) -> str | None:
         elif arg == flag and i + 1 < len(cmd):
             value = cmd[i + 1]
     return value
-
-
-def _has_complete_checkpoint(out_dir: str) -> bool:
-    return any(Path(out_dir).glob("ckpt/step_*/COMPLETE"))
-
-
-def _step_of(path: Path) -> int | None:
-    """The step of a published step dir, named by utils/checkpoint.step_dir_name (`step_` + the zero-padded
-    step; a save in flight or a pruned dir is named .tmp-*, so it never matches)."""
-    digits = path.name[len("step_"):]
-    return int(digits) if path.name.startswith("step_") and digits.isdigit() else None
-
-
-def _step_dirs(out_dir: str) -> list[tuple[int, Path]]:
-    """(step, path) of every step dir under <out_dir>/ckpt, newest first."""
-    found = [(_step_of(p), p) for p in Path(out_dir).glob("ckpt/step_*") if p.is_dir()]
-    return sorted(((s, p) for s, p in found if s is not None), reverse=True)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -20,6 +20,8 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,13 +30,18 @@ from configurator import ExperimentConfig
 from model import Z2allForCausalLM
 from model.weights import load_pretrained_into
 from optimizer import build_optimizer
+from optimizer.mixed_precision import MixedPrecisionOptimizer
 from optimizer.lr_schedule import get_lr
 from parallel.ddp import DistributedDataParallel
 from parallel.dist import DistContext, destroy, init_distributed
 from tasks import TASKS, lifecycle
+from tasks.base import Task, TaskInputs
+from tasks.faults import Fault, FaultInjectingTask
 from tasks.lifecycle import StopSignal
-from tasks.setup import check_attention_impl, check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
+from tasks.setup import (check_attention_impl, check_fp8_support, check_memory, describe_run, find_resume_checkpoint,
+                         load_tokenizer, resolve_dtype)
 from tasks.trainer import Trainer
+from tokenizer import HFTokenizer, Z2allTokenizer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
 from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_rank_state,
@@ -43,15 +50,30 @@ from utils.fileio import check_writable
 from utils.logging import MetricsLogger, print0
 
 
-def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir) -> Z2allForCausalLM:
+def _turn_end_id(tokenizer: Z2allTokenizer | HFTokenizer) -> int:
+    """The end-of-turn id of the tokenizer's chat format, -1 for a tokenizer without one (pretraining needs none;
+    SFT and DPO refuse it where they render their data)."""
+    try:
+        return tokenizer.chat.turn_end_id
+    except ValueError:
+        return -1
+
+
+def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir,
+                tokenizer: Z2allTokenizer | HFTokenizer | None) -> Z2allForCausalLM:
     """The model with a seeded init (the same on every rank) in the param dtype on the device, then the weights
-    of the resumed checkpoint or of --init_from.
+    of the resumed checkpoint or of --init_from (a run, or a Hugging Face model dir). Its config is the run's model
+    section with the tokenizer's special ids and end-of-turn id (recorded for generation and the HF export).
 
     Order matters: weights are loaded before the DDP copies them into its buffer and before the optimizer takes
     its fp32 main copies of them.
     """
+    model_cfg = cfg.model
+    if tokenizer is not None:
+        model_cfg = model_cfg.with_special_ids(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+                                               _turn_end_id(tokenizer))
     torch.manual_seed(cfg.train.seed)
-    model = Z2allForCausalLM(cfg.model).to(device=ctx.device, dtype=dtype)
+    model = Z2allForCausalLM(model_cfg).to(device=ctx.device, dtype=dtype)
     if resume_dir is not None:
         load_pretrained_into(model, resume_dir, fix="drop the changed --keys: a resumed run keeps its shape")
     elif cfg.train.init_from:
@@ -69,11 +91,11 @@ class Run:
 
     model: Z2allForCausalLM
     ddp: DistributedDataParallel
-    optimizer: object
-    task: object
+    optimizer: MixedPrecisionOptimizer
+    task: Task
     ckpt: CheckpointManager
-    tokenizer: object  # Z2allTokenizer or None
-    resume_dir: object
+    tokenizer: Z2allTokenizer | HFTokenizer | None
+    resume_dir: Path | None
     resume_state: dict | None
 
 
@@ -83,6 +105,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     check_writable(t.out_dir)
     dtype = resolve_dtype(t.dtype, ctx.device)
     check_attention_impl(cfg.model, ctx.device)
+    check_fp8_support(cfg.model, ctx.device, dtype)
     if t.memory_check:
         check_memory(cfg, ctx, dtype)
     spec = TASKS[t.task_type]
@@ -92,10 +115,11 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
                              barrier=ctx.barrier)
     resume_dir = find_resume_checkpoint(cfg, ckpt)
     resume_state = load_trainer_state(resume_dir) if resume_dir is not None else None
-    model = build_model(cfg, ctx, dtype, resume_dir)
+    model = build_model(cfg, ctx, dtype, resume_dir, tokenizer)
     ddp = DistributedDataParallel(model, cfg.ddp, ctx)
     ddp.broadcast_params()
     optimizer = build_optimizer(cfg.optim, ddp, dtype, ctx)
+    ddp.register_post_reduce(optimizer.post_reduce_callback)  # grad norms (or the step) per reduced bucket
     if resume_dir is not None:
         optimizer.load_state_dict(load_optim_states(resume_dir))
         hook_state = load_rank_state(resume_dir, ctx.rank)
@@ -103,21 +127,26 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
             ddp.comm_hook.state.load_state_dict(hook_state)
     if t.compile:
         model.compile()
-    task = spec.build(cfg, ctx, tokenizer, data, dtype)
+    task = spec.build(TaskInputs(t, cfg.model, cfg.finetune, data, ctx, tokenizer, dtype))
     if resume_state is not None:  # e.g. a mix whose current stage changed: refused before anything is written
         task.stream.check_resume(resume_state["sampler"])
+    if t.fault_injection and not t.resume:  # tests only: the seam that keeps fault branches out of the step
+        task = FaultInjectingTask(task, Fault.parse(t.fault_injection), t.gradient_accumulation_steps // ctx.world_size,
+                                  ctx.rank, cfg.model.vocab_size)
     print0(describe_run(cfg, ctx, model, dtype), rank=ctx.rank)
     return Run(model, ddp, optimizer, task, ckpt, tokenizer, resume_dir, resume_state)
 
 
-def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
+def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
+              stop_requested: Callable[[], bool] = lambda: False) -> Trainer:
     """Every check has passed: write the run dir (config, tokenizer, metrics.jsonl) and make the Trainer."""
     t = cfg.train
     if ctx.is_main:
         r.ckpt.remove_stale_tmp()
         configurator.save_config(cfg, t.out_dir)
         if r.tokenizer is not None:
-            # saved afresh, not copied: the run's tokenizer/ carries today's chat template (BOS first, as trained)
+            # saved afresh, not copied: a z2all tokenizer/ carries today's chat template (BOS first, as trained); a
+            # Hugging Face tokenizer writes the files it was read from, its own template included
             with tempfile.TemporaryDirectory() as tmp:
                 r.tokenizer.save_pretrained(tmp)
                 copy_tokenizer(tmp, t.out_dir)
@@ -126,7 +155,7 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run) -> Trainer:
     logger = MetricsLogger(t.out_dir if ctx.is_main else None, enabled=ctx.is_main, tensorboard=t.tensorboard,
                            resume_iter=r.resume_state["iter"] if r.resume_state else 0)
     trainer = Trainer(t, ctx, r.model, r.ddp, r.optimizer, r.task, lambda it: get_lr(it, cfg.optim, t.max_iters),
-                      r.ckpt, logger)
+                      r.ckpt, logger, stop_requested)
     if r.resume_state is not None:
         trainer.load_trainer_state(r.resume_state)
         print0(f"resumed from {r.resume_dir} at iter {trainer.iter}", rank=ctx.rank)
@@ -144,8 +173,8 @@ def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer | 
     if cfg.train.dry_run:
         dry_run(cfg, ctx)
         return None
-    trainer = start_run(cfg, ctx, build_run(cfg, ctx))
-    trainer.stop_requested = stop.requested
+    trainer = start_run(cfg, ctx, build_run(cfg, ctx), stop.requested)
+    stop.arm(trainer)
     try:
         if trainer.iter >= cfg.train.max_iters:
             print0(f"nothing to train: {cfg.train.out_dir} is at iter {trainer.iter}, its --max_iters; resume with "
@@ -166,21 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         print(configurator.help_text(), end="")
         return 0
     rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0  # one error line, from rank 0
-    stop, cfg, trainer, error = StopSignal(), None, None, None
+    stop, cfg, error = StopSignal(rank), None, None
     try:
         cfg = configurator.build_config(argv)
         ctx = init_distributed(cfg.train.device, timeout_s=cfg.ddp.dist_timeout_s)
         configurator.check_world_size(cfg, ctx.world_size)
-        trainer = run(cfg, ctx, stop)
-    except Exception as e:  # every ending gets its code and its record; a crash keeps its traceback
+        run(cfg, ctx, stop)
+    except (Exception, KeyboardInterrupt) as e:  # every ending gets its code and its record; a crash its traceback
         error = e
     finally:
         destroy()
         stop.restore()
-    code, reason, spike = lifecycle.outcome(error)
+    code, reason, spike = lifecycle.outcome(error, stop.iteration)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
     if not (cfg is not None and cfg.train.dry_run):  # a dry run leaves out_dir as it was
-        lifecycle.record(out_dir, rank, code, reason, trainer.iter if trainer is not None else 0, spike,
+        lifecycle.record(out_dir, rank, code, reason, stop.iteration, spike,
                          under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     if code == CRASH or (code == USER_ERROR and debug_enabled()):
         raise error

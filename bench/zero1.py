@@ -89,6 +89,7 @@ def build(case: str, args, ctx):
     if case == "zero1_overlap_optim":
         ocfg.overlap_optim_step, ocfg.grad_clip = True, 0.0
     opt = build_optimizer(ocfg, ddp, torch.bfloat16, ctx)
+    ddp.register_post_reduce(opt.post_reduce_callback)
     opt.set_lr(ocfg.learning_rate)
     return model, ddp, opt
 

@@ -157,7 +157,7 @@ def build_demo_corpus(out_dir: str, shard_bytes: int = 8 << 20, show_progress: b
     3. Write shards as they fill, remove shards left over from an earlier, larger build.
     4. Write manifest.json last.
     """
-    from tqdm import tqdm
+    from utils.progress import progress_bar
 
     root = root or stdlib_root()
     os.makedirs(out_dir, exist_ok=True)
@@ -165,7 +165,7 @@ def build_demo_corpus(out_dir: str, shard_bytes: int = 8 << 20, show_progress: b
     writer = _ShardWriter(out_dir, shard_bytes)
     counts = {"code_documents": 0, "prose_documents": 0, "characters": 0}
     skipped = []
-    for rel in tqdm(files, desc="demo corpus (stdlib files)", unit="file", disable=not show_progress):
+    for rel in progress_bar(files, enabled=show_progress, desc="demo corpus (stdlib files)", unit="file"):
         parsed = read_python_source(os.path.join(root, rel))
         if parsed is None or not parsed[0].strip():
             skipped.append(rel)

@@ -7,8 +7,8 @@ Output (out_dir):
   Every shard but the last holds exactly --shard_tokens tokens, so shards are bounded and a document may
   continue in the next shard (training windows cross shard ends anyway). A shard's header counts the
   documents that end in it.
-- tokenizer/: a copy of the tokenizer, so the data directory says how to decode it (train.py can use it
-  when --tokenizer_dir is not given).
+- tokenizer/: a copy of the tokenizer (a z2all one, or a Hugging Face one's files as they are), so the data
+  directory says how to decode it (train.py can use it when --tokenizer_dir is not given).
 - pretokenize.json: input files, tokenizer sizes, shard list and counts; written last, it marks a complete
   run. It holds no timings, so two runs on the same input write byte-identical directories.
 The shards are written into out_dir/.pretokenize.partial/ and moved into place only when the whole input has
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from data_preprocess.readers import TXT_MODES, ReadStats, iter_all_documents, list_input_files
 from dataset.format import BinWriter, tmp_sibling, token_dtype
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer, load_tokenizer
 from utils.cli import ArgumentParser, UserError, run_main
+from utils.progress import progress_bar
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
@@ -47,7 +47,7 @@ BATCH_CHARS = 1_000_000  # ... or fewer, so one task holds a bounded amount of t
 SUMMARY_FILE = "pretokenize.json"
 STAGE_DIR = ".pretokenize.partial"  # hidden: no *.bin glob of a reader sees the shards of an unfinished run
 
-_WORKER_TOK: Z2allTokenizer | None = None
+_WORKER_TOK: Z2allTokenizer | HFTokenizer | None = None
 
 
 def _init_worker(tokenizer_dir: str) -> None:
@@ -55,10 +55,10 @@ def _init_worker(tokenizer_dir: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     global _WORKER_TOK
-    _WORKER_TOK = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    _WORKER_TOK = load_tokenizer(tokenizer_dir)
 
 
-def encode_documents(tok: Z2allTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_documents(tok: Z2allTokenizer | HFTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """BOS+ids+EOS of each text, concatenated in the file's dtype, and the cumulative document ends."""
     ids = tok.encode_batch(texts, add_bos=True, add_eos=True)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -83,7 +83,7 @@ def batch_documents(docs: Iterable[str]) -> Iterator[list[str]]:
 
 
 def encoded_batches(batches: Iterator[list[str]], tokenizer_dir: str, num_workers: int,
-                    tok: Z2allTokenizer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                    tok: Z2allTokenizer | HFTokenizer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(num_docs, tokens, doc_ends) per batch, in input order.
 
     num_workers <= 1 encodes in this process. Otherwise a pool of spawned processes encodes; at most
@@ -176,7 +176,8 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     stage.rmdir()
 
 
-def _commit(out: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer, summary: dict) -> None:
+def _commit(out: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer | HFTokenizer,
+            summary: dict) -> None:
     """Replace the old data by the staged shards, copy the tokenizer, and write the summary last."""
     for path in old:
         path.unlink()
@@ -192,7 +193,7 @@ def _encode_into(sink: ShardSink, batches: Iterator, progress: bool) -> tuple[in
     """Feed the encoded batches to the sink; returns (documents, tokens)."""
     num_docs = num_tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(unit="doc", desc="pretokenize", disable=None if progress else True, mininterval=1.0)
+    bar = progress_bar(enabled=progress, unit="doc", desc="pretokenize")
     try:
         for n, tokens, doc_ends in batches:
             sink.add(tokens, doc_ends)
@@ -224,7 +225,7 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
     if txt_mode not in TXT_MODES:
         raise UserError(f"--txt_mode must be one of {', '.join(TXT_MODES)}, got {txt_mode!r}")
     files = list_input_files(input)
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     old = check_out_dir(out, overwrite)
     stats = ReadStats()
@@ -309,7 +310,7 @@ def ensure_pretokenized(inputs: str, tokenizer_dir: str, out_dir: str, num_worke
 def main(argv: list[str] | None = None) -> dict:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="files or directories, comma-separated (.txt .json .jsonl .parquet)")
-    p.add_argument("--tokenizer_dir", required=True, help="a directory written by data_preprocess.train_tokenizer")
+    p.add_argument("--tokenizer_dir", required=True, help="a z2all tokenizer dir (data_preprocess.train_tokenizer), or a Hugging Face one (tokenizer.json)")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--text_field", default="text", help="record field with the text (or title+content)")

@@ -72,19 +72,9 @@ class ReadStats:
         self.empty += 1
         self._file(path).empty += 1
 
-    def merge(self, other: "ReadStats") -> None:
-        """Add another run's counts (e.g. from a worker process) into this one."""
-        self.documents += other.documents
-        self.bad_records += other.bad_records
-        self.empty += other.empty
-        for path, fs in other.per_file.items():
-            mine = self._file(path)
-            mine.documents += fs.documents
-            mine.bad_records += fs.bad_records
-            mine.empty += fs.empty
-
     def summary(self) -> str:
-        text = f"read {self.documents} documents from {len(self.per_file)} files"
+        n = len(self.per_file)
+        text = f"read {self.documents} documents from {n} file{'s' if n != 1 else ''}"
         if self.empty:
             text += f", skipped {self.empty} empty documents"
         if self.bad_records:

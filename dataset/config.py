@@ -6,7 +6,7 @@ from dataclasses import dataclass
 DATA_FORMATS = ("z2all", "raw_uint16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the pretokenized data lives (one directory, or a mix of corpora) and how it is read."""
 

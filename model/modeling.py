@@ -18,8 +18,15 @@ q/k rows is needed on import or export.
 
 The residual stream: each block does `normed, residual = add_rms_norm(h, residual)` (residual kept in fp32
 when residual_in_fp32), then the sublayer on `normed`; the final norm adds the last sublayer output.
+
+FP8 (config.fp8 != "off", in training mode only: eval and generation run the bf16 weights as they are): the
+qkv, o, gate_up and down projections run their GEMMs through model/ops/fp8_linear.py; the block's two norms and
+the SwiGLU emit their outputs already quantized (ops.Fp8Input) instead of in bf16; the weights' FP8 copies live
+in one Fp8WeightCache, made again at their first use after the weights changed (new_weight_step).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import math
 import os
@@ -32,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 import model.ops as ops
 from model.config import Z2allConfig
+from model.ops.fp8_linear import Fp8WeightCache
 from model.ops.rope import rope_qkv
 from model.weights import read_pretrained, save_pretrained
 
@@ -47,18 +55,29 @@ class Z2allOutput(NamedTuple):
 
 
 class Z2allRMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm fused with the residual add before it (one kernel, ops.add_rms_norm):
+    forward(h, residual) = (rmsnorm(residual + dropout(h)) * weight, residual + dropout(h)); with residual None, h
+    is the stream itself (the embeddings: no dropout). The new residual is fp32 with residual_in_fp32. With fp8_out
+    (the blocks' norms under --fp8) the normed output comes in training as an ops.Fp8Input for an FP8 projection."""
+
+    def __init__(self, dim: int, eps: float, impl: str = "auto", dropout: float = 0.0, residual_in_fp32: bool = True,
+                 fp8_out: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.impl, self.dropout, self.residual_in_fp32 = eps, impl, dropout, residual_in_fp32
+        self.fp8_out = fp8_out
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dropout > 0.0 and residual is not None:
+            h = F.dropout(h, self.dropout, self.training)
+        # with FP8 in training the normed output only feeds an FP8 projection (qkv, gate_up): emit that form only
+        return ops.add_rms_norm(h, residual, self.weight, self.eps, impl=ops.resolve_impl(self.impl, h.device),
+                                residual_in_fp32=self.residual_in_fp32, fp8_out=self.fp8_out and self.training)
 
 
-def add_norm(h, residual, norm: Z2allRMSNorm, dropout_p: float, training: bool, flag: str, residual_in_fp32: bool):
-    """(normed, new_residual) = rmsnorm(residual + dropout(h)), residual None → h (the embeddings: no dropout)."""
-    if dropout_p > 0.0 and residual is not None:
-        h = F.dropout(h, dropout_p, training)
-    return ops.add_rms_norm(h, residual, norm.weight, norm.eps, impl=ops.resolve_impl(flag, h.device),
-                            residual_in_fp32=residual_in_fp32)
+def _norm(cfg: Z2allConfig, fp8_out: bool = False) -> Z2allRMSNorm:
+    return Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps, cfg.use_fused_rmsnorm, cfg.residual_dropout,
+                        cfg.residual_in_fp32, fp8_out)
 
 
 class Z2allLinear(nn.Linear):
@@ -66,11 +85,24 @@ class Z2allLinear(nn.Linear):
 
     `grad_sink` is set by Z2allForCausalLM.set_weight_grad_sink (the DDP does it when it wraps the model): the
     weight-grad GEMM then accumulates straight into the DDP's main_grad (model/ops/linear.py).
+    `fp8_weights` is the model's Fp8WeightCache when config.fp8 is on: in training mode the layer then runs
+    fp8_linear (its input a tensor or an ops.Fp8Input from a fused norm or SwiGLU).
     """
 
     grad_sink = None
+    fp8_weights: Fp8WeightCache | None = None
+
+    def fp8_weight(self):
+        """This layer's FP8 copies when it runs in FP8 now (FP8 on and training mode), else None."""
+        if self.fp8_weights is None or not self.training:
+            return None
+        return self.fp8_weights.get(self.weight)
 
     def forward(self, x):
+        w8 = self.fp8_weight()
+        if w8 is not None:
+            return ops.fp8_linear(x, self.weight, self.bias, w8, self.grad_sink)
+        assert not isinstance(x, ops.Fp8Input), "an FP8 input reached a bf16 layer: the block and the layer disagree"
         return ops.linear(x, self.weight, self.bias, self.grad_sink)
 
 
@@ -110,21 +142,21 @@ class SwiGLUDownProj(Z2allLinear):
     overlapped param gather waits there) and the state dict key down_proj.weight are unchanged.
     """
 
-    def __init__(self, cfg: Z2allConfig):
-        super().__init__(cfg.intermediate_size, cfg.hidden_dim, bias=False)
-        self.cfg = cfg  # the model's config object: the mode is read per call, as the block loop reads it
+    def __init__(self, intermediate_size: int, hidden_dim: int, impl: str = "auto", recompute: bool = False):
+        super().__init__(intermediate_size, hidden_dim, bias=False)
+        self.impl, self.recompute = impl, recompute
 
     def forward(self, gate_up):
-        c = self.cfg
-        return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(c.use_fused_swiglu, gate_up.device),
-                               recompute=c.activation_checkpointing == "selective", sink=self.grad_sink)
+        return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(self.impl, gate_up.device),
+                               recompute=self.recompute, sink=self.grad_sink, w8=self.fp8_weight())
 
 
 class Z2allMLP(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
         self.gate_up_proj = Z2allLinear(cfg.hidden_dim, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = SwiGLUDownProj(cfg)
+        self.down_proj = SwiGLUDownProj(cfg.intermediate_size, cfg.hidden_dim, cfg.use_fused_swiglu,
+                                        recompute=cfg.activation_checkpointing == "selective")
 
     def forward(self, x):
         return self.down_proj(self.gate_up_proj(x))
@@ -133,22 +165,17 @@ class Z2allMLP(nn.Module):
 class Z2allBlock(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
-        self.attn_norm = Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps)
+        fp8 = cfg.fp8 != "off"
+        self.attn_norm = _norm(cfg, fp8_out=fp8)
         self.attn = Z2allAttention(cfg)
-        self.mlp_norm = Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps)
+        self.mlp_norm = _norm(cfg, fp8_out=fp8)
         self.mlp = Z2allMLP(cfg)
-        self.residual_dropout = cfg.residual_dropout
-        self.residual_in_fp32 = cfg.residual_in_fp32
-        self.norm_flag = cfg.use_fused_rmsnorm
-
-    def _add_norm(self, h, residual, norm: Z2allRMSNorm):
-        return add_norm(h, residual, norm, self.residual_dropout, self.training, self.norm_flag, self.residual_in_fp32)
 
     def forward(self, hidden, residual, cos, sin, packed, kv_cache=None, layer_idx=0):
         """hidden (B,T,d): the previous sublayer's output, not yet added; residual (B,T,d) or None."""
-        normed, residual = self._add_norm(hidden, residual, self.attn_norm)
+        normed, residual = self.attn_norm(hidden, residual)
         hidden = self.attn(normed, cos, sin, packed, kv_cache, layer_idx)
-        normed, residual = self._add_norm(hidden, residual, self.mlp_norm)
+        normed, residual = self.mlp_norm(hidden, residual)
         return self.mlp(normed), residual
 
 
@@ -163,9 +190,13 @@ class Z2allForCausalLM(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_dim)
         self.layers = nn.ModuleList(Z2allBlock(config) for _ in range(config.n_layers))
-        self.norm = Z2allRMSNorm(config.hidden_dim, config.rms_norm_eps)
+        self.norm = _norm(config)
         self.lm_head = nn.Linear(config.hidden_dim, config.vocab_size, bias=False)
         self._rope_tables: dict = {}
+        self.fp8_weights = Fp8WeightCache() if config.fp8 != "off" else None
+        for module in self.layers.modules():
+            if isinstance(module, Z2allLinear):
+                module.fp8_weights = self.fp8_weights
         self._tie()
         self.reset_parameters()
         self.register_state_dict_post_hook(_drop_tied_head)
@@ -205,6 +236,19 @@ class Z2allForCausalLM(nn.Module):
                 module.grad_sink = sink
                 routed += 1
         return routed
+
+    def new_weight_step(self) -> None:
+        """The weights may have changed since the last forward (the optimizer, ZeRO-1's gather, a checkpoint load),
+        so the FP8 copies are made again at their next use. The DDP calls it (weights_changed: after each optimizer
+        step and when a step begins); a no-op without FP8."""
+        if self.fp8_weights is not None:
+            self.fp8_weights.new_step()
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() re-point the weights: copies of the old ones would only hold memory
+        if self.fp8_weights is not None:
+            self.fp8_weights.clear()
+        return super()._apply(fn, recurse)
 
     # -- sizes ---------------------------------------------------------------------------------
 
@@ -281,9 +325,7 @@ class Z2allForCausalLM(nn.Module):
                 hidden, residual = layer(*args)
         if kv_cache is not None:
             kv_cache.advance(T)
-        c = self.config
-        normed, _ = add_norm(hidden, residual, self.norm, c.residual_dropout, self.training, c.use_fused_rmsnorm,
-                             c.residual_in_fp32)
+        normed, _ = self.norm(hidden, residual)
         return normed
 
     def forward(self, input_ids, labels=None, targets=None, position_ids=None, cu_seqlens=None,
@@ -354,10 +396,10 @@ class Z2allForCausalLM(nn.Module):
         config_overrides replace config fields that do not change the shape (e.g. op impls, dropout).
         """
         config, state, _ = read_pretrained(path)
-        for key, value in (config_overrides or {}).items():
-            if not hasattr(config, key):
-                raise ValueError(f"config_overrides: unknown Z2allConfig field {key!r}")
-            setattr(config, key, value)
+        unknown = [k for k in (config_overrides or {}) if not hasattr(config, k)]
+        if unknown:
+            raise ValueError(f"config_overrides: unknown Z2allConfig field {unknown[0]!r}")
+        config = dataclasses.replace(config, **(config_overrides or {}))
         with torch.device("meta"):
             model = cls(config)
         model.load_state_dict(state, strict=True, assign=True)

@@ -32,7 +32,6 @@ forward/backward.)
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -41,7 +40,7 @@ from optimizer.clip import clip_coefficient, norm_from_squared, squared_norm, te
 from optimizer.config import OptimizerConfig
 from optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from optimizer.regions import Region, StepScales, make_region
-from parallel.comm_hooks.bucket import GradBucket
+from parallel.comm_hooks.bucket import GradBucket, PostReduce
 from utils.triton_env import triton_available
 
 STATE_FORMAT = "z2all.optimizer.v1"
@@ -100,13 +99,8 @@ class MixedPrecisionOptimizer:
         self._overlap_stepped: set[int] = set()
         self._bucket_norms: dict[int, torch.Tensor] = {}
         self.overlap_optim_step = cfg.overlap_optim_step
-        if self.overlap_optim_step:
-            # a bucket steps before later buckets are reduced: no global inf check (configurator.validate())
-            assert self.grad_scaler is None, "--overlap_optim_step with fp16 loss scaling"
-            self._install_post_reduce_hook(self.step_bucket)
-        elif self.grad_scaler is None:
-            # fp16 keeps computing its norm in step(): its inf check must see the grads as they are then
-            self._install_post_reduce_hook(self.record_bucket_norms)
+        # a bucket steps before later buckets are reduced: no global inf check (configurator.validate())
+        assert not (self.overlap_optim_step and self.grad_scaler is not None), "--overlap_optim_step with fp16"
 
     # ----- subclass points -----
     def _region_range(self, bucket: GradBucket) -> tuple[int, int]:
@@ -195,6 +189,7 @@ class MixedPrecisionOptimizer:
         if self.grad_scaler is not None:
             self.grad_scaler.update(False)
         self._after_update()
+        self.ddp.weights_changed()
         return True, norm
 
     def _nonfinite_norm(self, norm: torch.Tensor) -> bool:
@@ -221,13 +216,17 @@ class MixedPrecisionOptimizer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
-    # ----- per-bucket work as soon as a bucket is reduced (parallel/comm_hooks/post_reduce.py) -----
-    def _install_post_reduce_hook(self, callback: Callable[[GradBucket], None]) -> None:
-        """Wrap the DDP's comm hook so ``callback(bucket)`` runs as soon as each bucket is reduced."""
-        from parallel.comm_hooks.post_reduce import PostReduceState, post_reduce_hook
-
-        inner_state, inner_hook = self.ddp.comm_hook
-        self.ddp.register_comm_hook(PostReduceState(inner_hook, inner_state, callback), post_reduce_hook)
+    # ----- per-bucket work as soon as a bucket is reduced (DistributedDataParallel.register_post_reduce) -----
+    @property
+    def post_reduce_callback(self) -> PostReduce | None:
+        """What to run on each bucket as soon as its reduction is done; the caller hands it to
+        ``ddp.register_post_reduce`` (train.py does). --overlap_optim_step: step the bucket (required: step()
+        refuses buckets that did not step). Otherwise, bf16/fp32: take its grad norms, so step() only sums them
+        (optional: step() computes them itself when none were recorded). fp16: None, its inf check must see the
+        grads as they are at step()."""
+        if self.overlap_optim_step:
+            return self.step_bucket
+        return self.record_bucket_norms if self.grad_scaler is None else None
 
     def record_bucket_norms(self, bucket: GradBucket) -> None:
         """Comm-hook callback: the bucket's grads are reduced; take the norm of each of its grads now.
@@ -263,14 +262,16 @@ class MixedPrecisionOptimizer:
         missing = [r.index for r in self.regions if r.index not in self._overlap_stepped]
         if missing:
             raise RuntimeError(
-                f"--overlap_optim_step: buckets {missing} were not reduced this iteration; call "
-                f"ddp.finish_grad_sync() after the last backward and before optimizer.step()"
+                f"--overlap_optim_step: buckets {missing} were not stepped this iteration; register the optimizer's "
+                f"post_reduce_callback with ddp.register_post_reduce() and call ddp.finish_grad_sync() after the "
+                f"last backward, before optimizer.step()"
             )
         sq = torch.stack(self._overlap_sq_norms).sum() if self._overlap_sq_norms else torch.zeros((), device=self.device)
         if self.sharded and self.world_size > 1:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.group)
         self._overlap_sq_norms, self._overlap_stepped = [], set()
         self._after_update()  # the buckets stepped as they were reduced: nothing left to skip
+        self.ddp.weights_changed()
         return True, sq.sqrt()
 
     # ----- checkpoint -----
@@ -326,6 +327,7 @@ class MixedPrecisionOptimizer:
         self.iteration = int(meta["iteration"])
         if self.grad_scaler is not None and meta.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(meta["grad_scaler"])
+        self.ddp.weights_changed()  # split main params hold their high half in the model's params
 
     @staticmethod
     def _load_slice(r: Region, i: int, name: str, pieces: list[dict]) -> None:

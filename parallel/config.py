@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce", "powersgd")
+COMM_HOOKS = ("allreduce", "reduce_scatter", "bf16_allreduce", "powersgd")  # what "auto" resolves among
 FUSION_MODES = ("auto", "on", "off")
 
 
@@ -20,13 +20,16 @@ def check_powersgd(rank: int, start_iter: int, min_compression_rate: float, seed
         raise ValueError(f"--powersgd_seed must be in [0, 2**63), got {seed}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DDPConfig:
+    """The hand-written data parallelism: buffers, buckets, the comm hook (PowerSGD's settings included)."""
+
     grad_reduce_in_fp32: bool = True  # main_grad dtype: fp32 (True) or the param dtype (False)
     overlap_grad_reduce: bool = True  # launch a bucket's reduction in backward as soon as it is ready
     bucket_size: int = 40_000_000  # elements per bucket (about; padded to lcm(world, 128))
     disable_bucketing: bool = False  # one bucket for the whole buffer
-    comm_hook: str = "allreduce"  # allreduce | reduce_scatter | bf16_allreduce | powersgd
+    # auto = allreduce, or reduce_scatter with --use_distributed_optimizer (each rank needs only its shard)
+    comm_hook: str = "auto"  # auto | allreduce | reduce_scatter | bf16_allreduce | powersgd
     use_distributed_optimizer: bool = False  # ZeRO-1: shard fp32 main params and Adam state over ranks
     dist_timeout_s: int = 600  # seconds before a hung collective becomes an error
     check_for_unused_params: bool = True  # fail when a trainable param never receives a gradient
@@ -41,6 +44,12 @@ class DDPConfig:
     powersgd_error_feedback: bool = True  # carry what the approximation missed into the next step (per rank)
     powersgd_warm_start: bool = True  # start each step's power iteration from the last step's Q
     powersgd_seed: int = 0  # seed of the random Q, the same on every rank (independent of --seed)
+
+    def __post_init__(self) -> None:
+        # "auto" is resolved at construction (the config is frozen afterwards); a hook the user named stays, and
+        # configurator.validate() refuses one that does not fit ZeRO-1
+        if self.comm_hook == "auto":
+            object.__setattr__(self, "comm_hook", "reduce_scatter" if self.use_distributed_optimizer else "allreduce")
 
     def validate(self) -> None:
         if self.comm_hook not in COMM_HOOKS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
 import weakref
 
@@ -18,36 +17,12 @@ import torch
 from torch import nn
 
 from parallel.collectives import all_gather
-from parallel.comm_hooks.bucket import BucketParam, CommHook, GradBucket, Hook
+from parallel.bucket_sync import BucketSync, SyncStatus
+from parallel.comm_hooks.bucket import BucketParam, CommHook, GradBucket, Hook, HookState, PostReduce
 from parallel.comm_hooks.registry import build_hook
 from parallel.config import DDPConfig
 from parallel.dist import DistContext
 from parallel.param_and_grad_buffer import ParamAndGradBuffer
-
-
-class BucketStatus(enum.IntEnum):
-    RESET = 0  # grads being accumulated (or nothing yet)
-    READY = 1  # every param of the bucket reported its grad in the last micro-batch (or finish_grad_sync forced it)
-    STARTED = 2  # comm hook launched, future pending
-    FINISHED = 3  # future waited; grad_data holds the reduced grads
-
-
-class _BucketState:
-    """Per-bucket bookkeeping of the DDP (the GradBucket of the same gid is what hooks and the optimizer see)."""
-
-    __slots__ = ("n_params", "gid", "status", "ready", "future", "gather")
-
-    def __init__(self, n_params: int, gid: int):
-        self.n_params, self.gid = n_params, gid
-        self.status = BucketStatus.RESET
-        self.ready: set = set()
-        self.future = None
-        self.gather = None
-
-    def expect(self, *allowed: BucketStatus, action: str) -> None:
-        assert self.status in allowed, (
-            f"bucket {self.gid}: cannot {action} in state {self.status.name} "
-            f"(allowed: {', '.join(s.name for s in allowed)})")
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,15 +102,15 @@ class DistributedDataParallel(nn.Module):
         self.buffers = self._build_buffers(trainable)
         self.grad_scale: float | torch.Tensor = 1.0 / ctx.world_size
         self._buckets = self._build_grad_buckets()
-        self._states = [_BucketState(len(b.params), b.index) for b in self._buckets]
+        self._syncs = [BucketSync(b.index, len(b.params)) for b in self._buckets]
         self._main_grads: dict[nn.Parameter, torch.Tensor] = {}
-        self._param_state: dict[nn.Parameter, _BucketState] = {}
+        self._sync_of: dict[nn.Parameter, BucketSync] = {}
         for buf in self.buffers:
             for p in buf.params:
                 self._main_grads[p] = buf.main_grad(p)
-        for b, state in zip(self._buckets, self._states):
+        for b, sync in zip(self._buckets, self._syncs):
             for bp in b.params:
-                self._param_state[bp.param] = state
+                self._sync_of[bp.param] = sync
         self._sync_enabled = True
         self._next_launch = 0
         self._seen: set = set()
@@ -144,6 +119,7 @@ class DistributedDataParallel(nn.Module):
         self._gather_pending = False
         self._prehooks_installed = False
         self._comm_hook = CommHook(*build_hook(ddp_config))
+        self._post_reduce: PostReduce | None = None
         grad_hook = self._make_grad_hook()
         self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
         self._install_weight_grad_sink()
@@ -211,7 +187,8 @@ class DistributedDataParallel(nn.Module):
 
     @property
     def comm_hook(self) -> CommHook:
-        """The registered (state, hook); a wrapper calls it from its own hook, registered with register_comm_hook."""
+        """The registered (state, hook); a wrapper calls it from its own hook, registered with register_comm_hook.
+        Its state is what a checkpoint saves per rank (state_dict/load_state_dict) and the log reports (metrics)."""
         return self._comm_hook
 
     def set_grad_scale(self, scale: float | torch.Tensor) -> None:
@@ -219,15 +196,30 @@ class DistributedDataParallel(nn.Module):
         self.grad_scale = scale
         self._buckets = tuple(dataclasses.replace(b, grad_scale=scale) for b in self._buckets)
 
-    def register_comm_hook(self, state, hook: Hook) -> None:
+    def register_comm_hook(self, state: HookState, hook: Hook) -> None:
         """Use `hook(state, bucket) -> Future[Tensor]` for every bucket from now on (not during a sync)."""
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
-        busy = [s.gid for s in self._states if s.status == BucketStatus.STARTED]
-        if busy:
-            raise RuntimeError(f"register_comm_hook during a grad sync (buckets {busy} in flight); "
-                               "call finish_grad_sync() first")
+        if not isinstance(state, HookState):
+            raise TypeError(f"a comm hook state needs state_dict(), load_state_dict() and metrics() (the checkpoint "
+                            f"and the log read them); {type(state).__name__} lacks some")
+        self._refuse_during_sync("register_comm_hook")
         self._comm_hook = CommHook(state, hook)
+
+    def register_post_reduce(self, callback: PostReduce | None) -> None:
+        """Call `callback(bucket)` as soon as each bucket's reduction is done, on the stream the hook ran on (the
+        comm stream on CUDA), overlapping the rest of the backward; finish_grad_sync() waits for it. The optimizer
+        offers one (its post_reduce_callback: the bucket's grad norms, or its step with --overlap_optim_step) and
+        train.py wires it. None removes it."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+        self._refuse_during_sync("register_post_reduce")
+        self._post_reduce = callback
+
+    def _refuse_during_sync(self, what: str) -> None:
+        busy = [s.index for s in self._syncs if s.in_flight]
+        if busy:
+            raise RuntimeError(f"{what} during a grad sync (buckets {busy} in flight); call finish_grad_sync() first")
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -238,14 +230,24 @@ class DistributedDataParallel(nn.Module):
         finally:
             self._sync_enabled = previous
 
+    def weights_changed(self) -> None:
+        """Tell the module its weights may have been written outside autograd (an optimizer step, ZeRO-1's gather, a
+        load), through its `new_weight_step()` when it has one: caches derived from them (Z2all's FP8 weight
+        copies) are then made again at their next use. The optimizer calls it after writing the params."""
+        new_step = getattr(self.module, "new_weight_step", None)
+        if new_step is not None:
+            new_step()
+
     def zero_grad_buffer(self) -> None:
-        """Zero every main_grad and reset the buckets for a new step."""
-        for s in self._states:
-            if s.status == BucketStatus.STARTED:
-                raise RuntimeError(f"zero_grad_buffer() while bucket {s.gid}'s reduction is in flight; "
-                                   "call finish_grad_sync() first")
-            s.status, s.future = BucketStatus.RESET, None
-            s.ready.clear()
+        """Zero every main_grad and reset the buckets for a new step.
+
+        A new step also means weights_changed(): whatever wrote the weights since the last step (a checkpoint
+        load, a broadcast, a driver's own update) is seen by the step's first forward.
+        """
+        self._refuse_during_sync("zero_grad_buffer()")
+        self.weights_changed()
+        for s in self._syncs:
+            s.reset()
         self._zero_grad_data()
         for p in self._main_grads:
             p.grad = None
@@ -288,15 +290,11 @@ class DistributedDataParallel(nn.Module):
         self._wait_zeroed()
         if self.config.check_for_unused_params and len(self._seen) != len(self._main_grads):
             self._raise_unused()
-        for s in self._states[self._next_launch:]:
-            if s.status == BucketStatus.RESET:
-                s.status = BucketStatus.READY
+        for s in self._syncs[self._next_launch:]:
+            s.force_ready()
         self._launch_ready()
-        for s in self._states:
-            s.expect(BucketStatus.STARTED, BucketStatus.FINISHED, action="finish its grad sync")
-            if s.status == BucketStatus.STARTED:
-                s.future.wait()
-                s.status, s.future = BucketStatus.FINISHED, None
+        for s in self._syncs:
+            s.finish()
         if self._comm_stream is not None:
             torch.cuda.current_stream(self.ctx.device).wait_stream(self._comm_stream)
         self._seen.clear()
@@ -355,39 +353,47 @@ class DistributedDataParallel(nn.Module):
         return True
 
     def _check_bucket_open(self, p: nn.Parameter) -> None:
-        state = self._param_state[p]
-        if state.status >= BucketStatus.STARTED:
+        sync = self._sync_of[p]
+        if sync.reduced:
             raise RuntimeError(
-                f"{self.param_to_name[p]} got a gradient after its bucket {state.gid} was reduced "
-                f"({state.status.name}); run extra micro-batches under ddp.no_sync() and call "
+                f"{self.param_to_name[p]} got a gradient after its bucket {sync.index} was reduced "
+                f"({sync.status.name}); run extra micro-batches under ddp.no_sync() and call "
                 "zero_grad_buffer() before the next step")
 
     def _mark_grad_done(self, p: nn.Parameter) -> None:
-        state = self._param_state[p]
         self._seen.add(p)
-        if self.config.overlap_grad_reduce and self._sync_enabled:
-            state.ready.add(p)
-            if len(state.ready) == state.n_params:
-                state.status = BucketStatus.READY
-                self._launch_ready()
+        if self.config.overlap_grad_reduce and self._sync_enabled and self._sync_of[p].grad_ready(p):
+            self._launch_ready()
 
     def _launch_ready(self) -> None:
         """Launch consecutive READY buckets starting at the next unlaunched one (same order on every rank)."""
-        while self._next_launch < len(self._states) and self._states[self._next_launch].status == BucketStatus.READY:
-            self._launch(self._states[self._next_launch])
+        while self._next_launch < len(self._syncs) and self._syncs[self._next_launch].status == SyncStatus.READY:
+            self._launch(self._syncs[self._next_launch])
             self._next_launch += 1
 
-    def _launch(self, s: _BucketState) -> None:
-        s.expect(BucketStatus.READY, action="launch its comm hook")
-        state, hook = self._comm_hook
+    def _launch(self, sync: BucketSync) -> None:
         if self._comm_stream is None:
-            s.future = hook(state, self._buckets[s.gid])
-        else:
-            # the comm stream must see the finished grads of this backward: wait on the compute stream first
-            self._comm_stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
-            with torch.cuda.stream(self._comm_stream):
-                s.future = hook(state, self._buckets[s.gid])
-        s.status = BucketStatus.STARTED
+            sync.start(self._run_hook(self._buckets[sync.index]))
+            return
+        # the comm stream must see the finished grads of this backward: wait on the compute stream first
+        self._comm_stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
+        with torch.cuda.stream(self._comm_stream):
+            sync.start(self._run_hook(self._buckets[sync.index]))
+
+    def _run_hook(self, bucket: GradBucket) -> torch.futures.Future:
+        """The comm hook on `bucket`, then the post-reduce callback once its value is there (not on an error)."""
+        state, hook = self._comm_hook
+        fut = hook(state, bucket)
+        callback = self._post_reduce
+        if callback is None:
+            return fut
+
+        def call_then_pass(f: torch.futures.Future):
+            value = f.value()
+            callback(bucket)
+            return value
+
+        return fut.then(call_then_pass)
 
     def _raise_unused(self) -> None:
         missing = [self.param_to_name[p] for p in self._main_grads if p not in self._seen]
@@ -408,10 +414,10 @@ class DistributedDataParallel(nn.Module):
         self.finish_param_sync()
         if self.ctx.group is None or self.ctx.world_size == 1:
             return
-        for s in reversed(self._states):
-            b = self._buckets[s.gid]
+        for s in reversed(self._syncs):
+            b = self._buckets[s.index]
             start, end = b.shard_range()
-            s.gather = all_gather(b.param_data, b.param_data[start:end], group=b.group, async_op=True)
+            s.start_gather(all_gather(b.param_data, b.param_data[start:end], group=b.group, async_op=True))
         self._gather_pending = True
         if overlap:
             self._install_prehooks()
@@ -422,28 +428,22 @@ class DistributedDataParallel(nn.Module):
         """Wait for every pending param gather (a no-op when none is pending)."""
         if not self._gather_pending:
             return
-        for s in reversed(self._states):
-            self._wait_gather(s)
+        for s in reversed(self._syncs):
+            s.wait_gather()
         self._gather_pending = False
-
-    def _wait_gather(self, s: _BucketState) -> None:
-        if s.gather is not None:
-            s.gather.wait()
-            s.gather = None
 
     def _install_prehooks(self) -> None:
         if self._prehooks_installed:
             return
         for m in self.module.modules():
-            states = {self._param_state[p].gid: self._param_state[p]
-                      for p in m.parameters(recurse=False) if p in self._param_state}
-            if states:
-                m.register_forward_pre_hook(self._make_prehook([states[g] for g in sorted(states)]))
+            syncs = {self._sync_of[p].index: self._sync_of[p] for p in m.parameters(recurse=False) if p in self._sync_of}
+            if syncs:
+                m.register_forward_pre_hook(self._make_prehook([syncs[i] for i in sorted(syncs)]))
         self._prehooks_installed = True
 
-    def _make_prehook(self, states: list[_BucketState]):
+    def _make_prehook(self, syncs: list[BucketSync]):
         def prehook(module, args):
             if self._gather_pending:
-                for s in states:
-                    self._wait_gather(s)
+                for s in syncs:
+                    s.wait_gather()
         return prehook

@@ -4,7 +4,7 @@ A task supplies its data stream, the loss of one micro-batch, its eval and its e
 trainer owns everything else: the optimizer steps, gradient accumulation, normalisation, logging,
 checkpoints, the heartbeat and the data position.
 
-Normalisation (DESIGN.md: the loss of a step is normalised by the tokens of the whole step, all
+Normalisation (ARCHITECTURE.md, "The training step": the loss of a step is normalised by the tokens of the whole step, all
 micro-batches and all ranks), chosen by the task's `normalization`:
 - "mean": every micro-batch carries the same number of loss tokens (pretraining windows, DPO pairs). The
   task returns the micro-batch's mean; the trainer divides it by the number of micro-batches of the step
@@ -22,7 +22,25 @@ from typing import Protocol
 import torch
 from torch import nn
 
-NORMALIZATIONS = ("mean", "sum")
+from dataset.config import DataConfig
+from model.config import Z2allConfig
+from parallel.dist import DistContext
+from tasks.config import FinetuneConfig, TrainConfig
+from tokenizer import HFTokenizer, Z2allTokenizer
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What every task is built from (the same for each): the config sections a task reads, its located data
+    (data_dir and tokenizer_dir resolved by the task's locate_data), and the run's objects."""
+
+    train: TrainConfig
+    model: Z2allConfig
+    finetune: FinetuneConfig
+    data: DataConfig
+    ctx: DistContext
+    tokenizer: Z2allTokenizer | HFTokenizer | None
+    dtype: torch.dtype
 
 
 @dataclass
@@ -56,6 +74,7 @@ class Task(Protocol):
 
     name: str
     normalization: str  # "mean" | "sum"
+    shown_metrics: tuple[str, ...]  # of its metrics, those the terminal's log line shows besides the loss
     stream: DataStream
     seq_len: int  # tokens per row, for the FLOPs per token of MFU
 

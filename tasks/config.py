@@ -13,7 +13,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 PER_INVOCATION = ("resume", "auto_resume", "resume_step", "skip_data_to", "fault_injection", "dry_run")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """The run itself: where it writes, how long it trains, how it logs and saves."""
 
@@ -81,7 +81,7 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """SFT and DPO (--task_type=sft|dpo): how records become examples, and the DPO objective."""
 

@@ -22,15 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.config import DataConfig
 from dataset.loader import BatchStream
 from dataset.prefetch import move_batch
 from dataset.sampler import ResumableBatchSampler
 from dataset.sft import DPOBatch, DPODataset, collate_dpo
-from model import Z2allForCausalLM
-from model.weights import resolve_model_dir
+from model import Z2allConfig, Z2allForCausalLM
+from model.weights import weight_files
 from tasks import finetune
-from tasks.base import MicroBatchLoss
+from tasks.base import MicroBatchLoss, TaskInputs
 from tasks.dpo_loss import dpo_loss, sequence_logps
 from utils.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -69,13 +68,14 @@ class DPOTask:
 
     name = "dpo"
     normalization = "mean"
+    shown_metrics = ("rewards/accuracy", "rewards/margin")
 
-    def __init__(self, cfg, ctx, tokenizer, data: DataConfig, dtype: torch.dtype):
-        t, self.f = cfg.train, cfg.finetune
-        self.cfg, self.ctx, self.tokenizer = t, ctx, tokenizer
-        self.seq_len = cfg.model.max_seq_len
+    def __init__(self, inputs: TaskInputs):
+        t, self.f, ctx, data = inputs.train, inputs.finetune, inputs.ctx, inputs.data
+        self.cfg, self.ctx, self.tokenizer = t, ctx, inputs.tokenizer
+        self.seq_len = inputs.model.max_seq_len
         self.average = self.f.dpo_loss_type == "ipo"  # IPO is defined on per-token mean log-probs
-        self.ds = DPODataset(finetune.pretokenized(cfg, ctx, data, "dpo"))
+        self.ds = DPODataset(finetune.pretokenized(inputs, "dpo"))
         train_ids, self.valid_ids = finetune.split(len(self.ds), data.valid_ratio)
         self.collate = functools.partial(collate_indexed, pad_id=self.ds.pad_id)
         sampler = ResumableBatchSampler(len(train_ids), t.batch_size, ctx.rank, ctx.world_size, data.data_seed)
@@ -86,17 +86,17 @@ class DPOTask:
                              "and it is the reference) or --ref_from=RUN")
         self.ref, self.ref_table = None, None
         if self.f.precompute_ref_logps:
-            self.ref_table = self._precomputed_table(ref_path, cfg, dtype)
+            self.ref_table = self._precomputed_table(ref_path, inputs.model, inputs.dtype)
         else:
-            self.ref = self._load_reference(ref_path, cfg, dtype)
+            self.ref = self._load_reference(ref_path, inputs.model, inputs.dtype)
 
     # -- the reference ----------------------------------------------------------------------
 
-    def _load_reference(self, path: str, cfg, dtype: torch.dtype) -> Z2allForCausalLM:
-        overrides = {k: getattr(cfg.model, k) for k in _REF_OPTIONS}
+    def _load_reference(self, path: str, model_cfg: Z2allConfig, dtype: torch.dtype) -> Z2allForCausalLM:
+        overrides = {k: getattr(model_cfg, k) for k in _REF_OPTIONS}
         overrides.update(attention_dropout=0.0, residual_dropout=0.0)
         ref = Z2allForCausalLM.from_pretrained(path, device=self.ctx.device, dtype=dtype, config_overrides=overrides)
-        cfg.model.check_same_shape(ref.config, where=f"of the DPO reference {path}",
+        model_cfg.check_same_shape(ref.config, where=f"of the DPO reference {path}",
                                    fix="pass a --ref_from with the policy's shape")
         return ref.eval().requires_grad_(False)
 
@@ -113,20 +113,21 @@ class DPOTask:
         with torch.no_grad():
             return self._logps(self.ref, b)
 
-    def _precomputed_table(self, ref_path: str, cfg, dtype: torch.dtype) -> torch.Tensor:
+    def _precomputed_table(self, ref_path: str, model_cfg: Z2allConfig, dtype: torch.dtype) -> torch.Tensor:
         """(pairs, 2) reference log-probs: read from beside the data when they match, else computed with the
         reference model, stored, and the model freed.
 
         The file name holds a key of the reference weights, the data's manifest and the averaging, so a
         changed reference, data set or loss type never reuses a stale table.
         """
-        weights = os.path.join(resolve_model_dir(ref_path), "model.safetensors")
-        key = {"ref_sha256": sha256_file(weights), "data": self.ds.manifest["key"], "average": self.average}
+        hashes = [sha256_file(f) for f in weight_files(ref_path)]  # one file, or an HF model's shards
+        ref = hashes[0] if len(hashes) == 1 else finetune.key_digest({"shards": hashes})
+        key = {"ref_sha256": ref, "data": self.ds.manifest["key"], "average": self.average}
         path = os.path.join(self.ds.data_dir, f"ref_logps-{finetune.key_digest(key)}.npy")
         exists = os.path.isfile(path)
         self.ctx.barrier()  # every rank has looked before rank 0 may write it: all take the same branch
         if not exists:
-            self.ref = self._load_reference(ref_path, cfg, dtype)
+            self.ref = self._load_reference(ref_path, model_cfg, dtype)
             table = self._compute_table()
             self.ref = None  # freed: the table replaces it
             if self.ctx.device.type == "cuda":

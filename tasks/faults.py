@@ -1,7 +1,9 @@
 """--fault_injection: faults on purpose, for the tests of monitor_process.py and the trainer's fault policy.
 
-They fire only in the first process of a run (not after --resume), so a supervised run that restarts once gets
-past them, as it would past a real transient fault:
+The seam: train.py wraps the task in a FaultInjectingTask when the flag is given, so the Trainer's step has no
+fault branch; the wrapper's stream makes the fault happen as the trainer pulls micro-batches. Faults fire only in
+the first process of a run (train.py does not wrap on --resume), so a supervised run that restarts once gets past
+them, as it would past a real transient fault:
 - ``sleep:rank=R,iter=I,seconds=S``: rank R sleeps S seconds before the forward of iteration I (1-based), so
   the other ranks' next collective times out (--dist_timeout_s) or the heartbeat goes stale;
 - ``spike:from=I,to=J``: iterations I..J train on corrupted targets (a random permutation of the vocabulary
@@ -9,12 +11,12 @@ past them, as it would past a real transient fault:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
-KINDS = ("sleep", "spike")
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,64 @@ class Fault:
         g = torch.Generator().manual_seed(iteration)
         perm = torch.randperm(vocab_size, generator=g).to(targets.device)
         return torch.where(targets >= 0, perm[targets.clamp(min=0)], targets)
+
+
+class _FaultyStream:
+    """The task's stream (a tasks.base.DataStream), with the fault applied as micro-batches are pulled (a run's
+    first process starts at micro-batch 0, so the k-th pull belongs to iteration k // micro_batches_per_step + 1)."""
+
+    def __init__(self, inner, fault: Fault, micro_batches_per_step: int, rank: int, vocab_size: int):
+        self.inner, self.fault, self.rank, self.vocab_size = inner, fault, rank, vocab_size
+        self.per_step, self.pulled = micro_batches_per_step, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        iteration = self.pulled // self.per_step + 1
+        if self.pulled % self.per_step == 0:
+            self.fault.before_step(iteration, self.rank)
+        self.pulled += 1
+        batch = next(self.inner)
+        return self._corrupted(batch, iteration) if self.fault.corrupts(iteration) else batch
+
+    def _corrupted(self, batch, iteration: int):
+        if isinstance(batch, tuple):  # pretraining's (x, y)
+            return (batch[0], Fault.corrupt_targets(batch[1], self.vocab_size, iteration), *batch[2:])
+        return dataclasses.replace(batch, targets=Fault.corrupt_targets(batch.targets, self.vocab_size, iteration))
+
+    def seek(self, consumed_micro_batches: int) -> None:
+        self.inner.seek(consumed_micro_batches)
+
+    def state_at(self, consumed_micro_batches: int) -> dict:
+        return self.inner.state_at(consumed_micro_batches)
+
+    def metrics_at(self, consumed_micro_batches: int) -> dict[str, float]:
+        return self.inner.metrics_at(consumed_micro_batches)
+
+    def check_resume(self, saved: dict) -> None:
+        self.inner.check_resume(saved)
+
+
+class FaultInjectingTask:
+    """`task` (a tasks.base.Task) with `fault` injected into its stream (see the module docstring); everything else
+    is the task's. (tasks/config.py validates the flag with Fault.parse, so this module imports no other part of
+    tasks/: that keeps tasks.config -> tasks.faults free of a cycle.)"""
+
+    def __init__(self, task, fault: Fault, micro_batches_per_step: int, rank: int, vocab_size: int):
+        self.task = task
+        self.name, self.normalization, self.seq_len = task.name, task.normalization, task.seq_len
+        self.shown_metrics = task.shown_metrics
+        self.stream = _FaultyStream(task.stream, fault, micro_batches_per_step, rank, vocab_size)
+
+    def loss(self, model, batch):
+        return self.task.loss(model, batch)
+
+    def tokens_in(self, batch) -> int:
+        return self.task.tokens_in(batch)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return self.task.evaluate(model)
+
+    def sample(self, model) -> str | None:
+        return self.task.sample(model)

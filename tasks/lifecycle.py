@@ -2,6 +2,9 @@
 
 1. `StopSignal` turns SIGTERM into a request the Trainer polls after each iteration: the ranks agree, save and
    stop with PREEMPTED. A second SIGTERM changes nothing (Slurm signals the workers and torchrun's agent both).
+   Ctrl-C (SIGINT) once training runs is the same request, said in one line; a second Ctrl-C stops at once
+   (KeyboardInterrupt: exit 130, one line, no traceback, nothing saved since the last checkpoint). Before
+   training starts, Ctrl-C stops at once: there is nothing to save.
 2. `outcome(exc)` maps how the run ended to (exit code, one-line reason, spike window): a RunStop carries its
    own; a user error (bad config, missing data, a full disk, a read-only dir) is USER_ERROR; anything else CRASH.
 3. `record(...)` writes exit_status.json on rank 0 (monitor_process.py reads it: under torchrun the process exit
@@ -15,31 +18,55 @@ import sys
 
 from tasks.guards import RunStop
 from utils.cli import error_line, is_user_error
-from utils.exit_codes import CRASH, OK, USER_ERROR
+from utils.exit_codes import CRASH, INTERRUPTED, OK, USER_ERROR
 from utils.run_status import write_exit_status
 
 
 class StopSignal:
-    """SIGTERM sets a flag instead of killing the process (installed by train.py's main, the entry point)."""
+    """SIGTERM (and Ctrl-C once training runs) sets a flag instead of killing the process; installed by train.py's
+    main, the entry point (see the module docstring)."""
 
-    def __init__(self):
-        self.received = False
+    def __init__(self, rank: int = 0):
+        self.received, self.rank = False, rank
+        self.training = False  # set by arm(): from then on the first Ctrl-C saves instead of stopping at once
+        self.trainer = None  # the run's Trainer once it exists: its iteration goes into exit_status.json
         self._previous = signal.signal(signal.SIGTERM, self._on_term)
+        self._previous_int = signal.signal(signal.SIGINT, self._on_int)
 
     def _on_term(self, signum, frame) -> None:
         self.received = True
+
+    def _on_int(self, signum, frame) -> None:
+        if not self.training or self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        if self.rank == 0:
+            print("\nCtrl-C: finishing this iteration, then saving a checkpoint and stopping (exit 5); "
+                  "press Ctrl-C again to stop at once without saving", file=sys.stderr, flush=True)
+
+    def arm(self, trainer) -> None:
+        """Training starts: a Ctrl-C from now on finishes the iteration and saves (the Trainer polls `requested`)."""
+        self.trainer, self.training = trainer, True
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.iter if self.trainer is not None else 0
 
     def requested(self) -> bool:
         return self.received
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+        signal.signal(signal.SIGINT, self._previous_int)
 
 
-def outcome(exc: BaseException | None) -> tuple[int, str, object]:
+def outcome(exc: BaseException | None, iteration: int = 0) -> tuple[int, str, object]:
     """(exit code, reason, spike window or None) for a run that ended with `exc` (None: it finished)."""
     if exc is None:
         return OK, "the run finished", None
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED, (f"interrupted by Ctrl-C at iter {iteration}, without saving; --resume continues from "
+                             f"the last checkpoint"), None
     if isinstance(exc, RunStop):
         return exc.code, exc.reason, exc.spike
     if is_user_error(exc):

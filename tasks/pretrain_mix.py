@@ -25,6 +25,7 @@ from dataset.mixture import BlendSchedule, MixSpec, Stage, describe_shares, pars
 from dataset.mixture_sampler import MixtureBatchSampler, MixtureDataset
 from dataset.pretrain import PretrainDataset
 from dataset.sample_index import list_shards
+from tasks.base import TaskInputs
 from tasks.config import TrainConfig
 from tasks.pretrain import PretrainTask, locate_data
 from utils.logging import print0
@@ -171,8 +172,10 @@ class MixPretrainTask(PretrainTask):
     """Pretraining on a mix: PretrainTask's loss, tokens_in and sample over a blended stream (module docstring).
     `data` comes from locate_mix."""
 
-    def __init__(self, train: TrainConfig, data: DataConfig, max_seq_len: int, vocab_size: int, ctx, tokenizer):
-        self.cfg, self.ctx, self.tokenizer = train, ctx, tokenizer
+    def __init__(self, inputs: TaskInputs):
+        train, data, ctx = inputs.train, inputs.data, inputs.ctx
+        max_seq_len, vocab_size = inputs.model.max_seq_len, inputs.model.vocab_size
+        self.cfg, self.ctx, self.tokenizer = train, ctx, inputs.tokenizer
         self.seq_len = max_seq_len
         self.spec = parse_mix(data.data_mix, data.data_stages)
         if data.data_format == "z2all":
@@ -238,7 +241,7 @@ def plan_run(cfg, ctx) -> str:
         spec = parse_mix(data.data_mix, data.data_stages)
         train_sets = source_datasets(spec, data, max_seq_len, vocab_size, "train")
         return data_plan(spec, train_sets, [len(d) for d in train_sets], t, max_seq_len)
-    data = locate_data(cfg.data, ctx)
+    data = locate_data(cfg.data, ctx, t.init_from)
     spec = MixSpec((("data", data.data_dir),), (Stage(0, (("data", Fraction(1)),)),))
     ds = PretrainDataset(data, max_seq_len, vocab_size, split="train")
     # one directory's sampler (ResumableBatchSampler) drops each epoch's last partial micro-batch

@@ -15,13 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.config import DataConfig
 from dataset.loader import BatchStream
 from dataset.prefetch import move_batch
 from dataset.sampler import ResumableBatchSampler
 from dataset.sft import PackedSFTDataset, SFTDataset, collate_packed, collate_padded
 from tasks import finetune
-from tasks.base import MicroBatchLoss
+from tasks.base import MicroBatchLoss, TaskInputs
 
 
 class _Subset(Dataset):
@@ -48,14 +47,15 @@ class SFTTask:
 
     name = "sft"
     normalization = "sum"
+    shown_metrics = ()
 
-    def __init__(self, cfg, ctx, tokenizer, data: DataConfig):
-        t = cfg.train
-        self.cfg, self.ctx, self.tokenizer = t, ctx, tokenizer
-        self.seq_len = cfg.model.max_seq_len
-        self.ds = SFTDataset(finetune.pretokenized(cfg, ctx, data, "sft"), vocab_size=cfg.model.vocab_size)
+    def __init__(self, inputs: TaskInputs):
+        t, ctx, data = inputs.train, inputs.ctx, inputs.data
+        self.cfg, self.ctx, self.tokenizer = t, ctx, inputs.tokenizer
+        self.seq_len = inputs.model.max_seq_len
+        self.ds = SFTDataset(finetune.pretokenized(inputs, "sft"), vocab_size=inputs.model.vocab_size)
         train_ids, self.valid_ids = finetune.split(len(self.ds), data.valid_ratio)
-        if cfg.finetune.pack_sequences:
+        if inputs.finetune.pack_sequences:
             rows = PackedSFTDataset(self.ds, self.seq_len, seed=data.data_seed, indices=train_ids)
             collate = functools.partial(collate_packed, seq_len=self.seq_len, pad_id=self.ds.pad_id)
         else:

@@ -16,7 +16,6 @@ run resumed any number of times reads exactly the data of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -25,9 +24,12 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from model import Z2allForCausalLM
+from optimizer.mixed_precision import MixedPrecisionOptimizer
+from parallel.ddp import DistributedDataParallel
+from parallel.dist import DistContext
 from tasks.base import Task
 from tasks.config import TrainConfig
-from tasks.faults import Fault
 from tasks.guards import NonFiniteGuard, RunStop, SpikeDetector, weights_finite
 from utils.checkpoint import CheckpointManager, get_rng_state, set_rng_state
 from utils.exit_codes import NAN, PREEMPTED
@@ -35,6 +37,7 @@ from utils.heartbeat import CHECKPOINT, EVAL, STARTUP, STEP, Heartbeat
 from utils.logging import MetricsLogger, print0
 from utils.mfu import compute_mfu, device_peak_flops
 from utils.plot import plot_metrics
+from utils.run_layout import HEARTBEAT_NAME, METRICS_NAME, PLOT_NAME, step_dir_name
 
 HEARTBEAT_INTERVAL_S = 5.0  # seconds between heartbeat writes (monitor_process.py's --hang_timeout_s is far longer)
 
@@ -58,14 +61,14 @@ class Trainer:
     stops it on a loss spike (SPIKE).
     """
 
-    def __init__(self, cfg: TrainConfig, ctx, model, ddp, optimizer, task: Task, lr_at: Callable[[int], float],
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, model: Z2allForCausalLM, ddp: DistributedDataParallel,
+                 optimizer: MixedPrecisionOptimizer, task: Task, lr_at: Callable[[int], float],
                  ckpt: CheckpointManager, logger: MetricsLogger, stop_requested: Callable[[], bool] = lambda: False):
         self.cfg, self.ctx, self.model, self.ddp, self.optimizer = cfg, ctx, model, ddp, optimizer
         self.task, self.lr_at, self.ckpt, self.logger = task, lr_at, ckpt, logger
         self.stop_requested = stop_requested
         self.nonfinite = NonFiniteGuard(cfg.max_skipped_steps)
         self.spikes = SpikeDetector(cfg.spike_factor, cfg.spike_patience) if cfg.spike_rollback else None
-        self.fault = Fault.parse(cfg.fault_injection) if cfg.fault_injection and not cfg.resume else None
         self.data_skips: list[list[int]] = []  # [iter, from, to] of every data window skipped on a rollback
         assert cfg.gradient_accumulation_steps % ctx.world_size == 0, "configurator.check_world_size owns this rule"
         self.ga_local = cfg.gradient_accumulation_steps // ctx.world_size
@@ -77,7 +80,7 @@ class Trainer:
         self.flops_per_token = model.flops_per_token(task.seq_len)
         # At most one heartbeat file write every few seconds: the monitor's hang timeout is minutes, and a
         # write-and-rename per step would put file I/O on the hot path of fast steps.
-        self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, "heartbeat.json"), min_interval_s=HEARTBEAT_INTERVAL_S)
+        self.heartbeat = (Heartbeat(os.path.join(cfg.out_dir, HEARTBEAT_NAME), min_interval_s=HEARTBEAT_INTERVAL_S)
                           if ctx.is_main else None)
         self.beat(STARTUP)
         self._tokens_since_log = 0
@@ -100,6 +103,7 @@ class Trainer:
             "sampler": self.task.stream.state_at(self.consumed_micro_batches),
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "world_size": self.ctx.world_size,
+            "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
             "rng": all_rng,
             "skipped_steps": self.nonfinite.total,
             "data_skips": self.data_skips,
@@ -121,6 +125,7 @@ class Trainer:
             self.data_skips.append([self.iter, self.consumed_micro_batches, self.cfg.skip_data_to])
             self.consumed_micro_batches = self.cfg.skip_data_to
         self.task.stream.seek(self.consumed_micro_batches)
+        print0(self._data_position_note(state), rank=self.ctx.rank)
         if state["world_size"] == self.ctx.world_size:
             set_rng_state(state["rng"][self.ctx.rank])
         else:
@@ -128,6 +133,18 @@ class Trainer:
             print0(f"note: resuming on {self.ctx.world_size} ranks from {state['world_size']}; RNG streams are reseeded",
                    rank=self.ctx.rank)
             torch.manual_seed(self.cfg.seed + self.iter * 1000 + self.ctx.rank)
+
+    def _data_position_note(self, state: dict) -> str:
+        """What a resume does to the data: the position is one global stream of micro-batches, so another world size
+        or accumulation continues it without repeating or skipping a sample (configurator refuses a batch size
+        or sequence length that would change what a micro-batch is)."""
+        world, ga = self.ctx.world_size, self.cfg.gradient_accumulation_steps
+        was_world, was_ga = state["world_size"], state.get("gradient_accumulation_steps", ga)
+        change = "" if (world, ga) == (was_world, was_ga) else \
+            f" (was {was_world} rank(s) x {was_ga // was_world} per step)"
+        return (f"data: continuing at micro-batch {self.consumed_micro_batches} of the global stream "
+                f"({self.cfg.batch_size} samples each); {world} rank(s) x {self.ga_local} micro-batches per step"
+                f"{change}: no sample is repeated or skipped")
 
     def beat(self, section: str) -> None:
         if self.heartbeat is not None:
@@ -155,9 +172,9 @@ class Trainer:
             rank_state=self.ddp.comm_hook.state.state_dict(),  # per rank: PowerSGD's error feedback is this rank's
         )
         if self.ctx.is_main:
-            metrics = os.path.join(self.cfg.out_dir, "metrics.jsonl")
+            metrics = os.path.join(self.cfg.out_dir, METRICS_NAME)
             if os.path.isfile(metrics):
-                plot_metrics(metrics, os.path.join(self.cfg.out_dir, "loss.png"))
+                plot_metrics(metrics, os.path.join(self.cfg.out_dir, PLOT_NAME))
         print0(f"saved checkpoint step {self.iter} to {self.ckpt.ckpt_root} in {time.perf_counter() - t0:.1f}s"
                f"{' (the best valid loss so far: also ckpt/best)' if is_best else ''}", rank=self.ctx.rank)
         self.beat(STEP)
@@ -170,8 +187,6 @@ class Trainer:
         Returns (this rank's share of the step loss, the grad norm, the task's metrics summed over micro-batches,
         whether the optimizer stepped: False when it skipped a non-finite step).
         """
-        if self.fault is not None:
-            self.fault.before_step(self.iter + 1, self.ctx.rank)
         self.optimizer.set_lr(self.lr_at(self.iter))
         self.ddp.zero_grad_buffer()
         loss_sum = torch.zeros((), device=self.ctx.device, dtype=torch.float32)
@@ -179,8 +194,6 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         for micro in range(self.ga_local):
             batch = next(self.task.stream)
-            if self.fault is not None and self.fault.corrupts(self.iter + 1):
-                batch = _with_corrupt_targets(batch, self.model.config.vocab_size, self.iter + 1)
             self._tokens_since_log += self.task.tokens_in(batch)
             last = micro == self.ga_local - 1
             # Only the last micro-batch launches the gradient reduction; the others accumulate locally.
@@ -239,7 +252,8 @@ class Trainer:
         if self.ctx.is_main:
             self.logger.log(rec)
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-        print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f} | lr {rec['lr']:.2e} | grad_norm "
+        shown = "".join(f" | {k.rsplit('/', 1)[-1]} {rec[k]:.3f}" for k in self.task.shown_metrics if k in rec)
+        print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f}{shown} | lr {rec['lr']:.2e} | grad_norm "
                f"{rec['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | mfu {mfu_text} | mem {rec['peak_mem_gb']:.2f} GB"
                f" | {self._clock()}", rank=self.ctx.rank)
         self._tokens_since_log = 0
@@ -296,7 +310,8 @@ class Trainer:
         if self._stop_agreed():
             if not saved:
                 self.save()
-            raise RunStop(PREEMPTED, f"stopped by SIGTERM at iter {self.iter}; saved, resume with --resume")
+            raise RunStop(PREEMPTED, f"stopped on request (SIGTERM or Ctrl-C) at iter {self.iter}, saved; continue "
+                                     f"with: python train.py --resume --out_dir={self.cfg.out_dir}")
 
     def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop: a MAX all-reduce, so every rank saves and stops at the same step."""
@@ -311,7 +326,7 @@ class Trainer:
         """Where the run's outputs are and what to do with them (the end of a run)."""
         out, t = self.cfg.out_dir, self.cfg
         lines = [f"done: {t.task_type} to iter {self.iter} in {_hms(time.perf_counter() - self._started)}; outputs in "
-                 f"{out}/ (metrics.jsonl, loss.png, tb/, ckpt/step_{self.iter:09d}"
+                 f"{out}/ ({METRICS_NAME}, {PLOT_NAME}, tb/, ckpt/{step_dir_name(self.iter)}"
                  f"{', ckpt/best' if math.isfinite(self.best_val_loss) else ''})",
                  *_data_lines(self.task.stream.metrics_at(self.consumed_micro_batches)),
                  f"  train further:  python train.py --resume --out_dir={out} --max_iters={2 * t.max_iters}",
@@ -328,13 +343,6 @@ class Trainer:
         text = self.task.sample(self.model)
         if text is not None:
             print(f"--- sample ({self.cfg.sample_tokens} tokens) ---\n{text}\n---", flush=True)
-
-
-def _with_corrupt_targets(batch, vocab_size: int, iteration: int):
-    """--fault_injection=spike: the batch with its targets scrambled (a (x, y) tuple or a batch dataclass)."""
-    if isinstance(batch, tuple):
-        return (batch[0], Fault.corrupt_targets(batch[1], vocab_size, iteration), *batch[2:])
-    return dataclasses.replace(batch, targets=Fault.corrupt_targets(batch.targets, vocab_size, iteration))
 
 
 def _data_lines(metrics: dict[str, float]) -> list[str]:

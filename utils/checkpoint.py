@@ -23,7 +23,6 @@ import errno
 import json
 import os
 import random
-import re
 import secrets
 import shutil
 import warnings
@@ -34,27 +33,11 @@ import numpy as np
 import torch
 
 from utils.fileio import follow_umask, fsync_path, sha256_file, write_file_durable
+from utils.run_layout import (BEST_NAME, CKPT_DIRNAME, COMPLETE_NAME, MODEL_NAME, OPTIM_DIRNAME, RANK_STATE_DIRNAME,
+                              TMP_PREFIX, TRAINER_STATE_NAME, rank_file_name, rank_of, step_dir_name, step_dirs)
 
-CKPT_DIRNAME = "ckpt"
-COMPLETE_NAME = "COMPLETE"
-MODEL_NAME = "model.safetensors"
-TRAINER_STATE_NAME = "trainer_state.json"
-OPTIM_DIRNAME = "optim"
-RANK_STATE_DIRNAME = "comm"  # per-rank state that is not the optimizer's: the comm hook's (PowerSGD error feedback)
-BEST_NAME = "best"
-TMP_PREFIX = ".tmp-"
 COMPLETE_FORMAT = 1
-_STEP_RE = re.compile(r"^step_(\d{9,})$")
-_OPTIM_RE = re.compile(r"^rank_(\d{5,})\.pt$")
 _RESERVED = {COMPLETE_NAME, MODEL_NAME, TRAINER_STATE_NAME, OPTIM_DIRNAME, RANK_STATE_DIRNAME}
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:09d}"
-
-
-def optim_file_name(rank: int) -> str:
-    return f"rank_{rank:05d}.pt"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,21 +92,9 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
     return Path(ckpt_dir).is_dir() and _check_checkpoint(Path(ckpt_dir)) is None
 
 
-def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step_* dir under ckpt_root, newest first."""
-    if not ckpt_root.is_dir():
-        return []
-    found = []
-    for entry in ckpt_root.iterdir():
-        m = _STEP_RE.match(entry.name)
-        if m and entry.is_dir():
-            found.append((int(m.group(1)), entry))
-    return sorted(found, reverse=True)
-
-
 def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
     """Newest step dir under `ckpt_root` that verifies; each one skipped is reported with one warning line."""
-    for _, path in _step_dirs(Path(ckpt_root)):
+    for _, path in step_dirs(Path(ckpt_root)):
         reason = _check_checkpoint(path)
         if reason is None:
             return path
@@ -148,7 +119,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             raise ValueError(f"checkpoint {str(p)!r} is not loadable: {reason}; pick another checkpoint dir")
         return p
     root = p / CKPT_DIRNAME if (p / CKPT_DIRNAME).is_dir() else p
-    if not _step_dirs(root):
+    if not step_dirs(root):
         raise ValueError(f"no checkpoint found at {str(p)!r}; expected {expected}")
     found = latest_checkpoint(root)
     if found is None:
@@ -161,16 +132,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 # Loading
 # ----------------------------------------------------------------------------------------------------------
 
-def load_model_state(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The model state dict saved in `ckpt_dir` (safetensors, so no pickle is ever run)."""
-    from safetensors.torch import load_file
-
-    path = Path(ckpt_dir) / MODEL_NAME
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} does not exist; pass a checkpoint dir (see resolve_checkpoint)")
-    return load_file(str(path), device=str(device))
-
-
 def load_trainer_state(ckpt_dir: str | os.PathLike) -> dict:
     """The trainer_state.json saved in `ckpt_dir` ({} if the save had none)."""
     path = Path(ckpt_dir) / TRAINER_STATE_NAME
@@ -181,7 +142,7 @@ def load_trainer_state(ckpt_dir: str | os.PathLike) -> dict:
 
 def load_rank_state(ckpt_dir: str | os.PathLike, rank: int) -> dict | None:
     """This rank's comm/rank_*.pt (weights_only), or None when that rank saved none (e.g. another world size)."""
-    path = Path(ckpt_dir) / RANK_STATE_DIRNAME / optim_file_name(rank)
+    path = Path(ckpt_dir) / RANK_STATE_DIRNAME / rank_file_name(rank)
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
@@ -194,11 +155,7 @@ def load_optim_states(ckpt_dir: str | os.PathLike) -> list[dict]:
     optim_dir = Path(ckpt_dir) / OPTIM_DIRNAME
     if not optim_dir.is_dir():
         return []
-    ranked = []
-    for entry in optim_dir.iterdir():
-        m = _OPTIM_RE.match(entry.name)
-        if m:
-            ranked.append((int(m.group(1)), entry))
+    ranked = [(rank_of(entry.name), entry) for entry in optim_dir.iterdir() if rank_of(entry.name) is not None]
     return [torch.load(path, map_location="cpu", weights_only=True) for _, path in sorted(ranked)]
 
 
@@ -234,7 +191,7 @@ def _prepare_model_state(model_state: Mapping[str, torch.Tensor], drop_keys: Ite
 def _write_optim(tmp: Path, rank: int, optim_state: dict, dirname: str = OPTIM_DIRNAME) -> None:
     optim_dir = tmp / dirname
     optim_dir.mkdir(exist_ok=True)
-    with open(optim_dir / optim_file_name(rank), "wb") as fh:
+    with open(optim_dir / rank_file_name(rank), "wb") as fh:
         torch.save(optim_state, fh)
         fh.flush()
         os.fsync(fh.fileno())
@@ -476,7 +433,7 @@ class CheckpointManager:
         of every kept checkpoint on each save would cost more than the save.
         """
         kept = 0
-        for step, path in _step_dirs(self.ckpt_root):
+        for step, path in step_dirs(self.ckpt_root):
             if step > current_step:
                 warnings.warn(f"checkpoint {path} is newer than the step just saved ({current_step}); resume "
                               f"would pick it. Delete it if it belongs to an abandoned run", RuntimeWarning)

@@ -7,7 +7,8 @@
 | 2    | USER_ERROR     | the config or the data is wrong (bad key, missing file)     | stops at once, exit 2          |
 | 3    | NAN            | the loss stayed non-finite (last finite checkpoint kept)    | stops at once, exit 3          |
 | 4    | SPIKE          | --spike_rollback saw a loss spike (see exit_status.json)    | rolls back, skips the window   |
-| 5    | PREEMPTED      | SIGTERM: it finished the iteration, saved and exited        | resumes at once                |
+| 5    | PREEMPTED      | SIGTERM or Ctrl-C: it finished the iteration, saved, exited | resumes at once                |
+| 130  | INTERRUPTED    | a second Ctrl-C (or one before training): stopped unsaved   | stops at once                  |
 | 126  | CANNOT_EXECUTE | (the shell) the command exists but cannot be executed       | stops at once, never --resume  |
 | 127  | NOT_FOUND      | (the shell) the command does not exist                      | stops at once, never --resume  |
 
@@ -18,7 +19,8 @@ Why these values:
    that never reaches our own exit path still reads as CRASH, and a CLI error as USER_ERROR.
 2. 3, 4 and 5 are used by neither Python, torchrun, bash nor Slurm, and stay far below 126-165, where the shell
    reports "cannot execute", "not found" and 128+N ("killed by signal N": 137 is SIGKILL, 143 SIGTERM). A child
-   killed by a signal therefore never looks like one of ours. sysexits.h (64-78) is not used: the project's
+   killed by a signal therefore never looks like one of ours. 130 is the shell's code for Ctrl-C (128 + SIGINT),
+   which train.py exits with when a user interrupts it at once: a person asked it to stop, so nothing retries. sysexits.h (64-78) is not used: the project's
    CLIs already answer 2 for user errors.
 3. torchrun's agent turns every worker failure into 1, so under torchrun the real code travels in
    <out_dir>/exit_status.json (utils/run_status.py); the process exit code alone is enough without torchrun.
@@ -35,6 +37,7 @@ USER_ERROR = 2
 NAN = 3
 SPIKE = 4
 PREEMPTED = 5
+INTERRUPTED = 128 + signal.SIGINT
 CANNOT_EXECUTE = 126
 NOT_FOUND = 127
 
@@ -45,13 +48,14 @@ _MEANING = {
     USER_ERROR: ("USER_ERROR", "config or data error"),
     NAN: ("NAN", "the loss stayed non-finite"),
     SPIKE: ("SPIKE", "loss spike"),
-    PREEMPTED: ("PREEMPTED", "preempted (SIGTERM) and saved"),
+    PREEMPTED: ("PREEMPTED", "preempted (SIGTERM or Ctrl-C) and saved"),
+    INTERRUPTED: ("INTERRUPTED", "interrupted by Ctrl-C, not saved"),
     CANNOT_EXECUTE: ("CANNOT_EXECUTE", "the command cannot be executed"),
     NOT_FOUND: ("NOT_FOUND", "the command was not found"),
 }
 
 # A restart would fail the same way: the monitor stops at once on these.
-STOP_AT_ONCE = frozenset({USER_ERROR, NAN, CANNOT_EXECUTE, NOT_FOUND})
+STOP_AT_ONCE = frozenset({USER_ERROR, NAN, INTERRUPTED, CANNOT_EXECUTE, NOT_FOUND})
 
 
 def describe(code: int) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from utils.fileio import atomic_write_text
+from utils.run_layout import HEARTBEAT_NAME
 
-HEARTBEAT_NAME = "heartbeat.json"
 STARTUP = "startup"
 STEP = "step"
 EVAL = "eval"

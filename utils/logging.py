@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from utils.fileio import atomic_write_text
+from utils.run_layout import METRICS_NAME, TB_DIRNAME
 
-METRICS_NAME = "metrics.jsonl"
-TB_DIRNAME = "tb"
 
 
 def print0(*args: Any, rank: int, **kwargs: Any) -> None:

@@ -33,16 +33,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def signal_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Send sig to pid and everything below it; the tree is read first, so no child escapes by a late fork
-    of its parent... except one forked after the read (rare: a worker spawning while it is killed)."""
-    for p in [pid, *descendants(pid)]:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux prctl PR_SET_CHILD_SUBREAPER), so workers
     whose parent died stay below it, where descendants() finds them; False where the call is unavailable."""

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from utils.exit_codes import SPIKE
 from utils.fileio import atomic_write_json
+from utils.run_layout import EXIT_STATUS_NAME
 
-EXIT_STATUS_NAME = "exit_status.json"
 _MAX_REASON_CHARS = 500
 
 

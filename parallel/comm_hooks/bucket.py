@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -73,11 +73,24 @@ class GradBucket:
         return dataclasses.replace(self, grad_data=grad_data, grad_scale=grad_scale)
 
 
+@runtime_checkable
+class HookState(Protocol):
+    """What every comm hook's state offers: the checkpoint saves it per rank, the log reports its metrics."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
 Hook = Callable[[Any, GradBucket], torch.futures.Future]
+# Called with a bucket as soon as its reduction is done (DistributedDataParallel.register_post_reduce).
+PostReduce = Callable[[GradBucket], None]
 
 
 class CommHook(NamedTuple):
     """A registered comm hook: `hook(state, bucket) -> Future[Tensor]` and the state it is called with."""
 
-    state: Any
+    state: HookState
     hook: Hook

@@ -200,8 +200,9 @@ def _scatter(src: torch.Tensor, params: tuple[BucketParam, ...], flat: torch.Ten
         offset += p.numel
 
 
-class _BucketState:
-    """What PowerSGD keeps of one bucket between steps."""
+class PowerSGDMemory:
+    """What PowerSGD remembers of one bucket between steps: its plan, step count, warm-start Q and error feedback
+    (not the bucket's sync status, which parallel/bucket_sync.BucketSync owns)."""
 
     __slots__ = ("plan", "step", "q", "error")
 
@@ -215,7 +216,7 @@ class _BucketState:
 class _Compression:
     """One bucket's steps 1–6 in one step: the buffers the steps share and the math of each (no collectives)."""
 
-    def __init__(self, state: PowerSGDState, bs: _BucketState, bucket: GradBucket):
+    def __init__(self, state: PowerSGDState, bs: PowerSGDMemory, bucket: GradBucket):
         self.state, self.bs, self.bucket, self.plan = state, bs, bucket, bs.plan
         self.step = bs.step
         # fp16 params mean loss scaling: an overflow step is skipped, and must not poison the steps after it
@@ -340,7 +341,7 @@ class PowerSGDState:
         self.rank, self.start_iter, self.min_compression_rate = rank, start_iter, min_compression_rate
         self.use_error_feedback, self.warm_start = use_error_feedback, warm_start
         self.orthogonalization_epsilon, self.seed = orthogonalization_epsilon, seed
-        self._buckets: dict[int, _BucketState] = {}
+        self._buckets: dict[int, PowerSGDMemory] = {}
         self._sources: dict[int, tuple[BucketParam, ...]] = {}  # the params each plan was made from
         self._where: tuple[int, int] | None = None  # (world size, rank) of the buckets seen
         self._loaded: dict[int, dict] = {}  # checkpointed buckets not seen since load_state_dict
@@ -399,7 +400,7 @@ class PowerSGDState:
         self._where, self._warned_where = None, False
 
     # ----- per bucket -----
-    def _bucket_state(self, bucket: GradBucket) -> _BucketState:
+    def _bucket_state(self, bucket: GradBucket) -> PowerSGDMemory:
         """The bucket's state: made on first sight (from the checkpoint, if one was loaded), then reused."""
         self._where = (bucket.world_size, bucket.rank)
         bs = self._buckets.get(bucket.index)
@@ -411,18 +412,18 @@ class PowerSGDState:
         elif bs is not None:
             warnings.warn(f"PowerSGD bucket {bucket.index}: its params changed (another DDP on this state?); its "
                           f"Q and error restart", RuntimeWarning, stacklevel=3)
-            bs = _BucketState(plan, bs.step)
+            bs = PowerSGDMemory(plan, bs.step)
         else:
             bs = self._adopt(bucket, plan)
         self._buckets[bucket.index], self._sources[bucket.index] = bs, bucket.params
         return bs
 
-    def _adopt(self, bucket: GradBucket, plan: Plan) -> _BucketState:
+    def _adopt(self, bucket: GradBucket, plan: Plan) -> PowerSGDMemory:
         """A new bucket state, from the loaded checkpoint's entry for this bucket where it fits (class docstring)."""
         saved = self._loaded.pop(bucket.index, None)
         if saved is None:
-            return _BucketState(plan)
-        bs = _BucketState(plan, int(saved["step"]))
+            return PowerSGDMemory(plan)
+        bs = PowerSGDMemory(plan, int(saved["step"]))
         if [list(x) for x in saved["layout"]] != plan.layout:
             warnings.warn(f"PowerSGD bucket {bucket.index}: its compressed params differ from the checkpoint's "
                           f"(another model, --bucket_size or --powersgd_rank); its Q and error restart",

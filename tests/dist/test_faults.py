@@ -38,6 +38,27 @@ def test_a_rejected_resume_override_leaves_the_run_intact(tmp_path, capsys):
     assert train.main([*args, "--resume", "--max_iters=3"]) == 0  # the plain resume still works
 
 
+def test_a_resume_keeps_the_data_position_under_other_accumulation_and_refuses_another_batch_size(tmp_path, capsys):
+    """--gradient_accumulation_steps (and the world size) may change on --resume: the position counts micro-batches of
+    one global stream, so the run continues it, says so, and reads each micro-batch once. --batch_size may not."""
+    cfg_file, args, out = make_run(tmp_path)
+    common = ["--save_interval=2", "--eval_interval=0", "--sample_tokens=0"]
+    assert train.main([cfg_file, *args, *common, "--max_iters=2", "--gradient_accumulation_steps=2"]) == 0
+    capsys.readouterr()
+    before = (out / "exp_config.json").read_bytes()
+    assert train.main([*args, "--resume", "--batch_size=3"]) == ec.USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch_size=3 on --resume: the run's data position counts micro-batches made with " \
+        "batch_size=4" in err[0] and "drop --batch_size" in err[0], err
+    assert (out / "exp_config.json").read_bytes() == before and _steps(out) == ["step_000000002"]
+    assert train.main([*args, "--resume", "--max_iters=4", "--gradient_accumulation_steps=4"]) == 0
+    text = capsys.readouterr().out
+    assert ("data: continuing at micro-batch 4 of the global stream (4 samples each); 1 rank(s) x 4 micro-batches "
+            "per step (was 1 rank(s) x 2 per step): no sample is repeated or skipped") in text, text
+    state = json.loads((out / "ckpt" / "step_000000004" / "trainer_state.json").read_text())
+    assert state["consumed_micro_batches"] == 2 * 2 + 2 * 4 and state["gradient_accumulation_steps"] == 4
+
+
 NAN_ARGS = ["--learning_rate=1e4", "--grad_clip=0", "--warmup_iters=0", "--max_iters=40", "--save_interval=2",
             "--max_skipped_steps=3"]
 
@@ -91,9 +112,47 @@ def test_sigterm_saves_at_once_and_the_resume_is_exact(tmp_path):
     assert proc.wait(timeout=120) == ec.PREEMPTED, proc.stderr.read()
     stopped = _steps(out)
     assert len(stopped) == 1 and int(stopped[0][5:]) >= 4  # saved where it stopped, not at save_interval
-    assert json.loads((out / "exit_status.json").read_text())["code"] == ec.PREEMPTED
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.PREEMPTED and status["iter"] == int(stopped[0][5:])  # the real iteration
     assert run_cli([*args, "--resume"]).returncode == 0
     assert read_losses(out) == read_losses(ref_out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_iteration_saves_and_says_how_to_resume(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    proc = start(command(1, [cfg_file, *args, "--max_iters=400", "--save_interval=1000"]))
+    _wait_iter(out, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == ec.PREEMPTED
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err and "Ctrl-C: finishing this iteration, then saving" in err, err
+    assert f"continue with: python train.py --resume --out_dir={out}" in err.strip().splitlines()[-1], err
+    (step,) = _steps(out)
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.PREEMPTED and status["iter"] == int(step[5:]) >= 3
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+    cfg_file, args, out = make_run(tmp_path)
+    # rank 0 sleeps inside iteration 4 (before its forward), so both Ctrl-Cs land in the same iteration
+    proc = start(command(1, [cfg_file, *args, "--max_iters=400", "--save_interval=2",
+                             "--fault_injection=sleep:rank=0,iter=4,seconds=60"]))
+    _wait_iter(out, 3, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    line = proc.stderr.readline().decode()
+    while "Ctrl-C" not in line:
+        line = proc.stderr.readline().decode()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == ec.INTERRUPTED
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and len(err) == 1, err
+    assert err[0].startswith("stopped: interrupted by Ctrl-C at iter 3, without saving"), err
+    assert _steps(out) == ["step_000000002"]  # the last checkpoint is kept, nothing newer was written
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["code"] == ec.INTERRUPTED and status["iter"] == 3
 
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, capsys, monkeypatch):

@@ -70,6 +70,7 @@ def _train(impl: str, grad_reduce_in_fp32: bool, steps: int = 3, main_params: st
     cfg = OptimizerConfig(learning_rate=2e-2, min_lr=2e-3, warmup_iters=0, weight_decay=0.5, grad_clip=0.05,
                           optimizer_impl=impl, main_params=main_params)
     opt = build_optimizer(cfg, ddp, torch.bfloat16, ctx)
+    ddp.register_post_reduce(opt.post_reduce_callback)
     norms = []
     for it in range(steps):
         ddp.zero_grad_buffer()

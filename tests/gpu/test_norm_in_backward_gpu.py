@@ -21,6 +21,7 @@ def test_recorded_norm_equals_norm_after_sync(fp32_grads):
     ddp = DistributedDataParallel(make_model(torch.bfloat16).cuda(),
                                   DDPConfig(bucket_size=100, grad_reduce_in_fp32=fp32_grads), ctx)
     opt = build_optimizer(OptimizerConfig(warmup_iters=0, grad_clip=0.05), ddp, torch.bfloat16, ctx)
+    ddp.register_post_reduce(opt.post_reduce_callback)
     for it in range(3):
         ddp.zero_grad_buffer()
         x, y = batch(it, torch.bfloat16)

@@ -83,7 +83,9 @@ def _setup(ctx, case):
     ddp = DistributedDataParallel(model, dcfg, ctx)
     ddp.broadcast_params()
     ocfg = case.optimizer_config()
-    return model, ddp, build_optimizer(ocfg, ddp, case.dtype, ctx), ocfg
+    opt = build_optimizer(ocfg, ddp, case.dtype, ctx)
+    ddp.register_post_reduce(opt.post_reduce_callback)
+    return model, ddp, opt, ocfg
 
 
 def _single(name: str) -> dict:

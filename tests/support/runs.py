@@ -5,12 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from dataset.format import write_bin
+from dataset.format import BinWriter
 from tests.conftest import ROOT
-from utils.proctree import signal_tree
+from utils.proctree import descendants
 
 VOCAB = 128
 TINY = """
@@ -36,6 +37,23 @@ sample_tokens = 0
 attention_dropout = 0.1
 residual_dropout = 0.1
 """
+
+
+def write_bin(path, tokens: np.ndarray, vocab_size: int, num_docs: int = 0) -> Path:
+    """Write one whole .bin shard atomically (dataset.format.BinWriter: temporary file, then rename)."""
+    with BinWriter(path, vocab_size) as writer:
+        writer.write(tokens, num_docs)
+    return Path(path)
+
+
+def signal_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send sig to pid and everything below it; the tree is read first, so no child escapes by a late fork of
+    its parent (except one forked after the read: a worker spawning while it is killed)."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
 
 
 def make_run(tmp_path, name="run"):

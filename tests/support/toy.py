@@ -88,7 +88,9 @@ def setup(ctx: DistContext, case: Case, use_zero: bool | None = None):
                      comm_hook="reduce_scatter" if use_zero else "allreduce", use_distributed_optimizer=use_zero)
     ddp = DistributedDataParallel(model, dcfg, ctx)
     ocfg = case.optimizer_config()
-    return model, ddp, build_optimizer(ocfg, ddp, case.dtype, ctx), ocfg
+    opt = build_optimizer(ocfg, ddp, case.dtype, ctx)
+    ddp.register_post_reduce(opt.post_reduce_callback)
+    return model, ddp, opt, ocfg
 
 
 def train_steps(ctx, case: Case, model, ddp, opt, ocfg, start: int, stop: int, parts: int) -> list[dict]:

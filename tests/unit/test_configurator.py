@@ -100,8 +100,27 @@ def test_exp_config_round_trip_and_resume_overrides(tmp_path):
     assert resumed.train.max_iters == 7  # the command line wins over exp_config.json
     assert resumed.train.batch_size == 3 and resumed.model.hidden_dim == 128
     assert resumed.train.sample_prompt == "it's \"x\""
-    resumed.train.resume, resumed.train.max_iters = False, cfg.train.max_iters
-    assert resumed.flat() == cfg.flat()
+    assert {**resumed.flat(), "resume": False, "max_iters": cfg.train.max_iters} == cfg.flat()
+
+
+def test_the_tree_is_frozen_and_resolved_once():
+    """Nothing changes the config after build_config: each section is frozen, derived fields are filled in at
+    construction, and the tokenizer's special ids are not keys (the model takes them from the tokenizer)."""
+    import dataclasses
+
+    cfg = c.build_config(["--use_distributed_optimizer", "--hidden_dim=96", "--n_heads=4"])
+    for section in cfg.sections().values():
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, dataclasses.fields(section)[0].name, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.shape_source = "x"
+    assert cfg.ddp.comm_hook == "reduce_scatter" and cfg.model.intermediate_size == 256
+    assert "bos_token_id" not in c.KEYS and "bos_token_id" not in cfg.flat()
+    with pytest.raises(ValueError, match="unknown config key 'eos_token_id'"):
+        c.build_config(["--eos_token_id=3"])
+    with_ids = cfg.model.with_special_ids(5, 6, 7)
+    assert (with_ids.bos_token_id, with_ids.eos_token_id, with_ids.pad_token_id) == (5, 6, 7)
+    assert cfg.model.bos_token_id == 1  # the tree's section is untouched
 
 
 def test_resume_rejects_a_config_file(tmp_path):
@@ -114,7 +133,7 @@ def test_every_key_has_a_comment():
 
     for section in c.ExperimentConfig().sections().values():
         source = inspect.getsource(type(section))
-        for key in c.dataclasses.asdict(section):
+        for key in (f.name for f in c._key_fields(type(section))):
             line = next(l for l in source.splitlines() if l.strip().startswith(f"{key}:"))
             assert "#" in line, f"{key} has no comment with its meaning/unit"
 
@@ -138,15 +157,28 @@ def test_run_config_is_data_never_code(tmp_path):
 
 
 def test_help_lists_every_key_with_its_type_default_and_meaning(capsys):
+    """Each key once, with its type, its declared default, what `python train.py` runs where that differs (the
+    recipe's value or a derived one), and its meaning; section headers are the sections' docstrings; a comment
+    above a field is its own note line, never run into the field's meaning."""
+    import re
+
     import train
 
     assert train.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for section in c.ExperimentConfig().sections().values():
-        for key, value in c.dataclasses.asdict(section).items():
-            line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
-            assert line is not None, key
-            assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line
+    for key, (_, typ) in c.KEYS.items():
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")]
+        m = re.match(rf"  --{key}=(.*?) \(({typ.__name__})(; python train.py: (.*?))?\)  (.+)$", line)
+        assert m and len(m.group(5)) > 3, line
+    assert "  --max_iters=1000 (int; python train.py: 400)  optimizer steps of the whole run" in text
+    assert "  --hidden_dim=2048 (int; python train.py: 256)  model width d" in text
+    assert "  --intermediate_size=0 (int; python train.py: 704)" in text  # derived from the recipe's width
+    assert "  --comm_hook='auto' (str; python train.py: 'allreduce')" in text
+    assert "  --log_interval=10 (int)  optimizer steps between log lines" in text  # same in both: one value
+    assert "[data] Where the pretokenized data lives (one directory, or a mix of corpora) and how it is read." in text
+    assert "DataConfig(" not in text
+    note = text.index("  # bf16/fp32: one host read of the grad norm per step")
+    assert text[note:].splitlines()[1].startswith("  --skip_nonfinite=True (bool)  skip the update on every rank")
 
 
 def test_auto_resume_resumes_only_a_run_with_a_checkpoint(tmp_path, monkeypatch):

@@ -34,7 +34,8 @@ def test_bf16_input_fp32_weight_and_strided_input():
 @pytest.mark.parametrize("rows,cols", [(1, 5), (3, 37), (65, 33), (130, 100)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_colsum_matches_torch(rows, cols, dtype):
-    # the dW reduction of the backward: rows not a multiple of the 64-row tile, columns not of the 32-column block
+    # the dW reduction of the backward: rows not a multiple of its 128-row tile (COLSUM_BLOCK_R), columns not of its
+    # 16-column block (COLSUM_BLOCK_C)
     from model.ops.rmsnorm import colsum_triton
 
     partial = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * cols))

@@ -38,6 +38,7 @@ def _run_and_drop(dtype, opt_kw=None, prehooks=False):
         from optimizer.config import OptimizerConfig
 
         opt = build_optimizer(OptimizerConfig(learning_rate=1e-3, **opt_kw), ddp, dtype, ctx)
+        ddp.register_post_reduce(opt.post_reduce_callback)
     if prehooks:
         ddp._install_prehooks()  # with world 1 start_param_sync never installs them; they must not leak either
     x = torch.randn(3, 6).to(dtype)

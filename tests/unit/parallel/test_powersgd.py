@@ -9,7 +9,6 @@ from torch import nn
 
 from configurator import build_config
 from parallel.comm_hooks.bucket import BucketParam, GradBucket
-from parallel.comm_hooks.post_reduce import PostReduceState
 from parallel.comm_hooks.powersgd import STATE_FORMAT, PowerSGDState, make_plan, orthogonalize_, powersgd_hook
 from parallel.comm_hooks.registry import build_hook
 from parallel.config import DDPConfig
@@ -97,18 +96,28 @@ def test_a_loaded_bucket_is_passed_on_until_it_is_reduced():
     assert torch.equal(again["buckets"][3]["q"], q) and torch.equal(again["buckets"][3]["error"], err)
 
 
-def test_post_reduce_state_forwards_the_inner_state():
-    inner = PowerSGDState(rank=3)
-    wrapped = PostReduceState(powersgd_hook, inner, lambda bucket: None)
-    assert wrapped.state_dict() == inner.state_dict()
-    assert wrapped.metrics() == {}
-    powersgd_hook(inner, _bucket())
-    assert wrapped.metrics() == inner.metrics() != {}
-    with pytest.warns(RuntimeWarning, match="settings differ"):
-        wrapped.load_state_dict(PowerSGDState(rank=3, seed=9).state_dict())
-    assert inner.seed == 0  # the run's own settings win; buckets came from the checkpoint
-    assert build_hook(DDPConfig())[0].metrics() == {}
+def test_post_reduce_callback_sees_each_reduced_bucket_and_the_state_stays_the_hooks():
+    """The optimizer's seam: the DDP calls the registered callback once per bucket, after that bucket's hook ran;
+    ddp.comm_hook.state is the hook's own state (no forwarding wrapper), so checkpoints and metrics read it."""
+    from parallel.ddp import DistributedDataParallel
+    from tests.support.toy import batch, loss_fn, make_model, single_ctx
 
+    ddp = DistributedDataParallel(make_model(torch.float32), DDPConfig(bucket_size=100, comm_hook="powersgd",
+                                                                       powersgd_start_iter=0), single_ctx())
+    seen = []
+    ddp.register_post_reduce(lambda bucket: seen.append((bucket.index, ddp.comm_hook.state.metrics() != {})))
+    ddp.zero_grad_buffer()
+    loss_fn(ddp, *batch(0, torch.float32)).backward()
+    ddp.finish_grad_sync()
+    assert sorted(i for i, _ in seen) == [b.index for b in ddp.buckets] and all(m for _, m in seen)
+    state = ddp.comm_hook.state
+    assert isinstance(state, PowerSGDState) and state.metrics() != {}
+    with pytest.warns(RuntimeWarning, match="settings differ"):
+        state.load_state_dict(PowerSGDState(rank=ddp.config.powersgd_rank, seed=9).state_dict())
+    assert state.seed == 0  # the run's own settings win; buckets came from the checkpoint
+    assert build_hook(DDPConfig())[0].metrics() == {}
+    with pytest.raises(TypeError, match="state_dict"):
+        ddp.register_comm_hook(object(), powersgd_hook)
 
 def test_build_hook_reads_the_powersgd_keys():
     cfg = DDPConfig(comm_hook="powersgd", powersgd_rank=2, powersgd_start_iter=0, powersgd_min_compression_rate=1.5,

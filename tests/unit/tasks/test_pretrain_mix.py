@@ -58,7 +58,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     (["--data_mix=a:0.5:{root}/a,b:0.5:{root}/b"], "would change the mix in force (the stage from step 0: a 0.7, "
                                                    "b 0.3) to the stage from step 0: a 0.5, b 0.5; keep the stages"),
     (["--data_stages=2:a:1,b:3"], "add a stage instead, from step 4 or later"),
-    (["--batch_size=2"], "keep --batch_size on --resume"),
+    (["--batch_size=2"], "--batch_size=2 on --resume: the run's data position counts micro-batches made with "
+                         "batch_size=4, so another value would repeat or skip samples; drop --batch_size (the number "
+                         "of ranks may change)"),
 ])
 def test_a_resume_that_would_change_the_mix_in_force_is_refused(tmp_path, capsys, change, match):
     cfg, args, out = make_mix_run(tmp_path)

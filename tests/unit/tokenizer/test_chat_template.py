@@ -1,7 +1,13 @@
 """ChatML rendering: layout, loss mask, injection safety and parity with HF's apply_chat_template."""
 import pytest
 
-from tokenizer.chat_template import render_chat, render_chat_text, render_generation_prompt
+from tokenizer.chat_template import render_chat, render_generation_prompt
+
+
+def render_chat_text(messages, add_generation_prompt=False, bos=""):
+    """The reference: ChatML as text (what the HF Jinja template must produce, given bos = the BOS string)."""
+    text = bos + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"},
             {"role": "assistant", "content": "hi there"}]

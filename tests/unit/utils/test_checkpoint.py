@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from utils import checkpoint as ck
-from utils.checkpoint import (CheckpointManager, copy_tokenizer, get_rng_state, load_model_state,
-                              load_optim_states, load_trainer_state, resolve_checkpoint, set_rng_state,
-                              verify_checkpoint)
+from utils.checkpoint import (CheckpointManager, copy_tokenizer, get_rng_state, load_optim_states, load_trainer_state,
+                              resolve_checkpoint, set_rng_state, verify_checkpoint)
+from utils.run_layout import MODEL_NAME
+
+
+def load_model_state(ckpt_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(ckpt_dir) / MODEL_NAME))
 
 def _save(m, step, value=None, best=False, **kw):
     value = float(step) if value is None else value

@@ -13,7 +13,8 @@ from utils.run_status import SpikeWindow, exit_status_path, read_exit_status, wr
 def test_exit_codes_are_distinct_and_described():
     codes = [ec.OK, ec.CRASH, ec.USER_ERROR, ec.NAN, ec.SPIKE, ec.PREEMPTED, ec.CANNOT_EXECUTE, ec.NOT_FOUND]
     assert len(set(codes)) == len(codes) and all(c < 128 for c in codes)
-    assert ec.STOP_AT_ONCE == {ec.USER_ERROR, ec.NAN, ec.CANNOT_EXECUTE, ec.NOT_FOUND}
+    assert ec.STOP_AT_ONCE == {ec.USER_ERROR, ec.NAN, ec.INTERRUPTED, ec.CANNOT_EXECUTE, ec.NOT_FOUND}
+    assert ec.INTERRUPTED == 130 and ec.describe(130) == "exit code 130 (INTERRUPTED: interrupted by Ctrl-C, not saved)"
     assert ec.describe(2) == "exit code 2 (USER_ERROR: config or data error)"
     assert ec.describe(137) == "exit code 137 (killed by SIGKILL)"
     assert ec.describe(42) == "exit code 42 (CRASH: the run crashed)"

@@ -90,7 +90,7 @@ CASES = [
          ("a.jsonl: line 41", "--skip_bad_records"), {"a.jsonl": GOOD + "{oops\n"}),
     # ---- pretokenize: tokenizer and output directory
     Case("tokenizer_dir_not_one", PRE, [*_pre("--input={d}/a.jsonl"), "--tokenizer_dir={d}/empty"],
-         ("empty", "not a z2all tokenizer directory", "train_tokenizer --input"),
+         ("empty", "holds no tokenizer", "train_tokenizer --input"),
          {"a.jsonl": GOOD, "empty/.keep": ""}),
     Case("tokenizer_meta_corrupt", PRE, [*_pre("--input={d}/a.jsonl"), "--tokenizer_dir={d}/tok"],
          ("z2all_tokenizer.json: not valid JSON", "retrain"),
