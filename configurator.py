@@ -25,6 +25,7 @@ import difflib
 import json
 import math
 import os
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,8 +103,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """{field: the comment after it} from a config dataclass's source (the one place each key is explained)."""
+def _field_comments(cls) -> dict[str, tuple[str, str]]:
+    """{field: (note, meaning)} from a config dataclass's source, the one place each key is explained: the meaning
+    is the comment after the field; the note, the comment lines just above it (a detail, or a group's header)."""
     import inspect
 
     out, pending = {}, []
@@ -114,25 +116,36 @@ def _field_comments(cls) -> dict[str, str]:
             continue
         name, colon, rest = text.partition(":")
         if colon and name.isidentifier() and "=" in rest:
-            comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
-            out[name] = " ".join(pending + [comment]).strip()
+            out[name] = (" ".join(pending), rest.split("#", 1)[1].strip() if "#" in rest else "")
         pending = []
     return out
 
 
 def help_text() -> str:
-    """`train.py --help`: every key, grouped by section, with its type, default and meaning (from the code)."""
+    """`train.py --help`: every key by section, with its type, its declared default, the value `python train.py`
+    runs with where that differs (the default recipe's, or derived from it), and its meaning (all read from the
+    code)."""
+    runs = assemble(read_config_file(DEFAULT_CONFIG_FILE)).flat()  # what python train.py resolves, derived fields too
     lines = ["usage: [torchrun ...] python train.py [CONFIG.py] [--key=value ...]", "",
              "CONFIG.py is a Python file of assignments (default: configs/default.py; configs/sft.py with",
              "--task_type=sft, configs/dpo.py with --task_type=dpo). --key=value wins over it; --flag means True.",
-             "--resume --out_dir=RUN continues a run from its exp_config.json. Keys by section:"]
+             "--resume --out_dir=RUN continues a run from its exp_config.json.",
+             "Each key: --key=DEFAULT (type; python train.py: the value it runs with, from configs/default.py, where it",
+             "differs).",
+             "Run from the repository root: relative paths (out/, data/, configs/) are taken from there."]
     for sec in _section_fields():
         cls = sec.default_factory
-        lines += ["", f"[{sec.name}] {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
-        comments, defaults = _field_comments(cls), cls()
+        lines += ["", f"[{sec.name}] {(cls.__doc__ or '').strip().splitlines()[0]}"]
+        comments = _field_comments(cls)
         for f in _key_fields(cls):
-            typ = KEYS[f.name][1].__name__
-            lines.append(f"  --{f.name}={getattr(defaults, f.name)!r} ({typ})  {comments.get(f.name, '')}".rstrip())
+            note, meaning = comments.get(f.name, ("", ""))
+            if note:
+                lines += textwrap.wrap(note, 118, initial_indent="  # ", subsequent_indent="  # ")
+            default = f.default  # as declared (0 and "auto" say "derive it"), not as one construction derives it
+            where = KEYS[f.name][1].__name__
+            if runs[f.name] != default:
+                where += f"; python train.py: {runs[f.name]!r}"
+            lines.append(f"  --{f.name}={default!r} ({where})  {meaning}".rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +222,9 @@ def parse_argv(argv: list[str]) -> ParsedArgs:
     overrides: dict[str, object] = {}
     for arg in argv:
         if not arg.startswith("--"):
+            key, eq, raw = arg.lstrip("-").partition("=")
+            if eq and key in KEYS and not arg.endswith(".py"):
+                raise ValueError(f"{arg!r} is not a config file: keys take two dashes, --{key}={raw}")
             if config_file is not None:
                 raise ValueError(f"two config files given ({config_file!r} and {arg!r}); pass one, then --key=value overrides")
             config_file = arg
@@ -260,6 +276,7 @@ def build_config(argv: list[str]) -> ExperimentConfig:
     if resume:
         _check_resume_args(args)
         file_values = read_run_config(str(args.overrides["out_dir"]))
+        _check_resume_overrides(file_values, args.overrides)
         source, user_file = f"the run's {EXP_CONFIG_NAME}", True
     else:
         task = str(args.overrides.get("task_type", "pretrain"))
@@ -276,7 +293,37 @@ def build_config(argv: list[str]) -> ExperimentConfig:
         shape_source = _inherit_architecture(values, user_set, shape_source)
     cfg = assemble(values, shape_source)
     validate(cfg)
+    _check_finetune_start(cfg, set(values))
     return cfg
+
+
+# Keys that define what the run's data position means (micro-batches of batch_size windows of max_seq_len + 1
+# tokens, in the order data_seed shuffles them, out of the split valid_ratio leaves): a resume keeps them.
+# gradient_accumulation_steps and the number of ranks may change: the position counts micro-batches of one global
+# stream, which every world size and accumulation reads in the same order.
+DATA_POSITION_KEYS = ("batch_size", "max_seq_len", "data_seed", "valid_ratio", "data_format")
+
+
+def _check_resume_overrides(saved: dict[str, object], overrides: dict[str, object]) -> None:
+    # a mix also fixes the accumulation (its stages start at steps): its stream's check_resume says so
+    free = "the number of ranks may change" if saved.get("data_mix") else \
+        "the number of ranks and --gradient_accumulation_steps may change"
+    for key in DATA_POSITION_KEYS:
+        if key in overrides and key in saved and overrides[key] != saved[key]:
+            raise ValueError(
+                f"--{key}={overrides[key]} on --resume: the run's data position counts micro-batches made with "
+                f"{key}={saved[key]!r}, so another value would repeat or skip samples; drop --{key} ({free}), or "
+                f"start a new run from this one with --init_from=RUN")
+
+
+def _check_finetune_start(cfg: ExperimentConfig, given: set[str]) -> None:
+    """SFT and DPO fine-tune a trained model; without --init_from and a shape of the user's, the run would build
+    the untrained 1.25B default shape (and fail the memory check on a small machine)."""
+    t = cfg.train
+    if t.task_type in ("sft", "dpo") and not t.resume and not t.init_from and "hidden_dim" not in given:
+        raise ValueError(f"--task_type={t.task_type} fine-tunes a trained model: add --init_from=RUN (a run dir, a "
+                         f"checkpoint dir or a Hugging Face model dir; e.g. --init_from=out/default after "
+                         f"`python train.py`), or give the model shape to train one from scratch")
 
 
 def _check_resume_args(args: ParsedArgs) -> None:
@@ -327,7 +374,8 @@ def _inherit_architecture(values: dict[str, object], user_set: set[str], shape_s
     taken = [k for k in ARCH_KEYS if k not in user_set]
     for k in taken:
         values[k] = getattr(saved, k)
-    return f"--init_from={init_from} ({where})" if "hidden_dim" in taken else shape_source
+    same = os.path.abspath(where) == os.path.abspath(init_from)  # an HF model dir or a saved dir is its own source
+    return (f"--init_from={init_from}" + ("" if same else f" ({where})")) if "hidden_dim" in taken else shape_source
 
 
 

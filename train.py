@@ -12,6 +12,7 @@ built on first use. ``main(argv)`` is importable; nothing runs at import time. T
    its state on --resume; build the task (tasks/: pretrain, ...).
 4. Only now, with every check passed, write the run dir (exp_config.json, tokenizer/, metrics.jsonl) and run
    the Trainer (tasks/trainer.py): optimizer steps, logging, evaluation and checkpoints; then the task's sample.
+With --dry_run it stops after step 1: it locates the data and prints its plan (tasks/pretrain_mix.py).
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ from tasks import TASKS, lifecycle
 from tasks.base import Task, TaskInputs
 from tasks.faults import Fault, FaultInjectingTask
 from tasks.lifecycle import StopSignal
-from tasks.setup import check_attention_impl, check_memory, describe_run, find_resume_checkpoint, load_tokenizer, resolve_dtype
+from tasks.setup import (check_attention_impl, check_fp8_support, check_memory, describe_run, find_resume_checkpoint,
+                         load_tokenizer, resolve_dtype)
 from tasks.trainer import Trainer
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer
 from utils.cli import debug_enabled
 from utils.exit_codes import CRASH, USER_ERROR
 from utils.checkpoint import (CheckpointManager, copy_tokenizer, load_optim_states, load_rank_state,
@@ -52,18 +54,28 @@ from utils.run_layout import EXIT_STATUS_RESERVE_NAME
 from utils.run_status import reserve_space
 
 
+def _turn_end_id(tokenizer: Z2allTokenizer | HFTokenizer) -> int:
+    """The end-of-turn id of the tokenizer's chat format, -1 for a tokenizer without one (pretraining needs none;
+    SFT and DPO refuse it where they render their data)."""
+    try:
+        return tokenizer.chat.turn_end_id
+    except ValueError:
+        return -1
+
+
 def build_model(cfg: ExperimentConfig, ctx: DistContext, dtype: torch.dtype, resume_dir,
-                tokenizer: Z2allTokenizer | None) -> Z2allForCausalLM:
+                tokenizer: Z2allTokenizer | HFTokenizer | None) -> Z2allForCausalLM:
     """The model with a seeded init (the same on every rank) in the param dtype on the device, then the weights
-    of the resumed checkpoint or of --init_from. Its config is the run's model section with the tokenizer's
-    special ids (recorded for generation and the HF export).
+    of the resumed checkpoint or of --init_from (a run, or a Hugging Face model dir). Its config is the run's model
+    section with the tokenizer's special ids and end-of-turn id (recorded for generation and the HF export).
 
     Order matters: weights are loaded before the DDP copies them into its buffer and before the optimizer takes
     its fp32 main copies of them.
     """
     model_cfg = cfg.model
     if tokenizer is not None:
-        model_cfg = model_cfg.with_special_ids(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        model_cfg = model_cfg.with_special_ids(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+                                               _turn_end_id(tokenizer))
     torch.manual_seed(cfg.train.seed)
     model = Z2allForCausalLM(model_cfg).to(device=ctx.device, dtype=dtype)
     if resume_dir is not None:
@@ -86,7 +98,7 @@ class Run:
     optimizer: MixedPrecisionOptimizer
     task: Task
     ckpt: CheckpointManager
-    tokenizer: Z2allTokenizer | None
+    tokenizer: Z2allTokenizer | HFTokenizer | None
     resume_dir: Path | None
     resume_state: dict | None
 
@@ -97,6 +109,7 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     check_writable(t.out_dir)
     dtype = resolve_dtype(t.dtype, ctx.device)
     check_attention_impl(cfg.model, ctx.device)
+    check_fp8_support(cfg.model, ctx.device, dtype)
     if t.memory_check:
         check_memory(cfg, ctx, dtype)
     spec = TASKS[t.task_type]
@@ -119,6 +132,8 @@ def build_run(cfg: ExperimentConfig, ctx: DistContext) -> Run:
     if t.compile:
         model.compile()
     task = spec.build(TaskInputs(t, cfg.model, cfg.finetune, data, ctx, tokenizer, dtype))
+    if resume_state is not None:  # e.g. a mix whose current stage changed: refused before anything is written
+        task.stream.check_resume(resume_state["sampler"])
     if t.fault_injection and not t.resume:  # tests only: the seam that keeps fault branches out of the step
         task = FaultInjectingTask(task, Fault.parse(t.fault_injection), t.gradient_accumulation_steps // ctx.world_size,
                                   ctx.rank, cfg.model.vocab_size)
@@ -134,7 +149,8 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
         r.ckpt.remove_stale_tmp()
         configurator.save_config(cfg, t.out_dir)
         if r.tokenizer is not None:
-            # saved afresh, not copied: the run's tokenizer/ carries today's chat template (BOS first, as trained)
+            # saved afresh, not copied: a z2all tokenizer/ carries today's chat template (BOS first, as trained); a
+            # Hugging Face tokenizer writes the files it was read from, its own template included
             with tempfile.TemporaryDirectory() as tmp:
                 r.tokenizer.save_pretrained(tmp)
                 copy_tokenizer(tmp, t.out_dir)
@@ -152,7 +168,17 @@ def start_run(cfg: ExperimentConfig, ctx: DistContext, r: Run,
     return trainer
 
 
-def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer:
+def dry_run(cfg: ExperimentConfig, ctx: DistContext) -> None:
+    """--dry_run: print the data plan (tasks/pretrain_mix.py) and return; nothing is trained or written in out_dir."""
+    from tasks.pretrain_mix import plan_run
+
+    print0(plan_run(cfg, ctx), rank=ctx.rank)
+
+
+def run(cfg: ExperimentConfig, ctx: DistContext, stop: StopSignal) -> Trainer | None:
+    if cfg.train.dry_run:
+        dry_run(cfg, ctx)
+        return None
     trainer = start_run(cfg, ctx, build_run(cfg, ctx), stop.requested)
     stop.arm(trainer)
     try:
@@ -204,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = show_warning
     code, reason, spike = lifecycle.outcome(error, stop.iteration)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
-    lifecycle.record(out_dir, rank, code, reason, stop.iteration, spike,
-                     under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
+    if not (cfg is not None and cfg.train.dry_run):  # a dry run leaves out_dir as it was
+        lifecycle.record(out_dir, rank, code, reason, stop.iteration, spike,
+                         under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     if code == CRASH or (code == USER_ERROR and debug_enabled()):
         raise error
     lifecycle.report(code, reason, rank)

@@ -11,6 +11,9 @@ random tokens, the same micro-batch:
 - hf_eager:   transformers LlamaForCausalLM, fp32 params, bf16 autocast, SDPA, torch fused AdamW.
 - hf_compile: the same under torch.compile.
 - hf_liger:   the same after liger_kernel.transformers.apply_liger_kernel_to_llama() (skipped if not importable).
+- hf_torchao_fp8: the same with torchao's float8 training (convert_to_float8_training, its "rowwise" recipe: e4m3
+              with row-wise scales for every GEMM of the decoder's linear layers, lm_head left in bf16) under
+              torch.compile, as torchao recommends (skipped if torchao is not importable).
 - hf_patch:   the same after our model.hf.patch_hf(model).
 - z2all_compile (only when listed in --cases): z2all with model.compile(), as train.py --compile does.
 One JSON line per case: name, micro_batch, tokens_per_s, mfu (PaLM: 6·N_non-embedding-input + 12·L·d·T
@@ -34,10 +37,10 @@ SHAPE_KEYS = ("vocab_size", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "
               "rope_theta", "rms_norm_eps", "tie_word_embeddings")
 DRY_SHAPE = dict(vocab_size=512, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128,
                  max_seq_len=64, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-PEERS = ("hf_eager", "hf_compile", "hf_liger", "hf_patch")
+PEERS = ("hf_eager", "hf_compile", "hf_liger", "hf_patch", "hf_torchao_fp8")
 # what a user can take off the shelf: the ratio's "best peer" is the fastest of these; hf_patch is HF running our
 # own kernels (model.hf.patch_hf), reported beside them but not a peer to beat
-OFF_THE_SHELF = ("hf_eager", "hf_compile", "hf_liger")
+OFF_THE_SHELF = ("hf_eager", "hf_compile", "hf_liger", "hf_torchao_fp8")
 OURS = ("z2all", "z2all_compile")
 CASES = OURS + PEERS
 DEFAULT_CASES = ("z2all",) + PEERS
@@ -133,7 +136,13 @@ def build_hf(shape: dict, device, lr: float, variant: str, dry_run: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type == "cuda")
     fwd = model
-    if variant == "hf_compile":
+    if variant == "hf_torchao_fp8":
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        # the decoder's linear layers, as z2all's --fp8: the LM head stays in bf16
+        convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("rowwise"),
+                                   module_filter_fn=lambda mod, fqn: fqn != "lm_head")
+    if variant in ("hf_compile", "hf_torchao_fp8"):
         fwd = torch.compile(model, backend="aot_eager" if dry_run else "inductor")
     return fwd, model, opt, flops
 
@@ -161,6 +170,8 @@ def _skip_reason(name: str) -> str | None:
 
     if name == "hf_liger" and importlib.util.find_spec("liger_kernel") is None:
         return "liger_kernel not importable (pip install liger-kernel)"
+    if name == "hf_torchao_fp8" and importlib.util.find_spec("torchao") is None:
+        return "torchao not importable (pip install torchao)"
     if name.startswith("hf_") and importlib.util.find_spec("transformers") is None:
         return "transformers not importable"
     return None

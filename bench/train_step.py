@@ -16,9 +16,10 @@ the spread:
 - z2all:key=value;key=value (e.g. `z2all:cross_entropy_chunk_size=512`, `z2all:compile=true`): the same with
   these train.py flags (--key=value) on top of --z2all_set; reported under the name as given. The ratio lines
   use plain `z2all`. (Quote the --cases value in a shell: `;` ends a shell command.)
-- hf_eager / hf_liger / hf_compile / hf_patch: transformers LlamaForCausalLM on the same shape (bench/mfu.py's
-  build_hf): fp32 params under bf16 autocast, SDPA, fused torch AdamW, the same micro-batches from the same
-  shards, loss / ga per micro-batch, clip_grad_norm_(1.0), and loss.item() every log_interval steps.
+- hf_eager / hf_liger / hf_compile / hf_patch / hf_torchao_fp8: transformers LlamaForCausalLM on the same shape
+  (bench/mfu.py's build_hf): fp32 params under bf16 autocast, SDPA, fused torch AdamW, the same micro-batches from
+  the same shards, loss / ga per micro-batch, clip_grad_norm_(1.0), and loss.item() every log_interval steps.
+  hf_torchao_fp8 converts the decoder's linear layers with torchao's float8 training ("rowwise") and compiles.
 - torchtitan (and torchtitan:key=value;... with bench/peer_torchtitan.py's OPTIONS): torchtitan 0.3's Llama3 at
   the same shape, FFN width included. Its own: the model and init, its SelectiveAC (the default of its
   Trainer.Config and llama3 recipes), its compile path (apply_compile: torch.compile per TransformerBlock,
@@ -60,7 +61,7 @@ if ROOT not in sys.path:
 
 from bench.mfu import DRY_SHAPE, OFF_THE_SHELF, SHAPE_FILE, build_hf, load_shape  # noqa: E402
 
-CASES = ("z2all", "hf_eager", "hf_compile", "hf_liger", "hf_patch", "torchtitan")
+CASES = ("z2all", "hf_eager", "hf_compile", "hf_liger", "hf_patch", "hf_torchao_fp8", "torchtitan")
 VARIANT_CASES = ("z2all", "torchtitan")  # the ones that take `name:key=value;key=value`
 DEFAULT_CASES = ("z2all", "hf_liger", "hf_compile")
 PEAK_TFLOPS = 989.4  # H100/H200 SXM dense bf16
@@ -76,7 +77,7 @@ def versions() -> dict:
            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None,
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "date": datetime.date.today().isoformat()}
-    for pkg in ("triton", "transformers", "liger-kernel", "torchtitan"):
+    for pkg in ("triton", "transformers", "liger-kernel", "torchao", "torchtitan"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -234,6 +235,10 @@ def _skip_reason(args, base: str) -> str | None:
 
     if base == "hf_liger" and importlib.util.find_spec("liger_kernel") is None:
         return "liger_kernel not importable"
+    if base == "hf_torchao_fp8" and importlib.util.find_spec("torchao") is None:
+        return "torchao not importable (pip install --no-deps .whl/*.whl)"
+    if base == "hf_torchao_fp8" and args.dry_run:
+        return "torchao's float8 GEMMs need a GPU with FP8 tensor cores (torch._scaled_mm): GPU only"
     if base == "torchtitan" and importlib.util.find_spec("torchtitan") is None:
         return "torchtitan not importable (pip install --no-deps .whl/*.whl)"
     if base == "torchtitan" and args.dry_run:

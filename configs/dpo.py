@@ -1,4 +1,5 @@
-# DPO of an SFT run on the demo preference pairs (the real docstring is chosen, another function's rejected):
+# DPO of an SFT run on the demo preference pairs (chosen: the real docstring; rejected: the same docstring with
+# its words shuffled within each line, a fluent answer over a garbled one):
 #   python train.py --task_type=dpo --init_from=out/sft              (this file is the default recipe of dpo)
 # The policy starts from --init_from, which is also the frozen reference unless --ref_from is given.
 task_type = "dpo"

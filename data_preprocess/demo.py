@@ -5,6 +5,8 @@
     sft/        the demo SFT/DPO set (data_preprocess.demo_corpus.build_demo_sft_dpo)
     tokenizer/  a byte-level BPE tokenizer trained on (a prefix of) the corpus
     bin/        the corpus pretokenized into .bin shards (with its own tokenizer/ copy)
+    mix/        code/ and prose/: the two halves of the corpus pretokenized apart, the demo mix's sources
+                (`ensure_demo_mix`, built on first use of configs/mix_demo.py or a demo:code / demo:prose source)
     DEMO_COMPLETE  written last (JSON: version, vocab_size, counts); while it is missing or does not match
                 the request, the tokenizer and the shards are rebuilt, so a crash mid-build never leaves a
                 half-built set in use. The corpus has its own marker and is kept across vocab changes.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,8 +31,12 @@ from utils.disk_faults import writing
 from utils.fileio import atomic_write_text
 
 DEMO_VERSION = 1
+CORPUS_VERSION = 2  # of the corpus stage; 2: every record names its kind (code | prose), for the demo mix
 MARKER = "DEMO_COMPLETE"
 CORPUS_MARKER = "CORPUS_COMPLETE"
+MIX_MARKER = "MIX_COMPLETE"
+MIX_VERSION = 1
+MIX_KINDS = ("code", "prose")
 TOKENIZER_MAX_CHARS = 8_000_000  # BPE merges settle on a few MB of text; training on all of it only costs time
 
 
@@ -96,12 +103,12 @@ def _corpus(cache: Path, log) -> list[str]:
 
     marker = cache / CORPUS_MARKER
     meta = _read_json(marker)
-    if meta and meta.get("version") == DEMO_VERSION and all(os.path.isfile(f) for f in meta["files"]):
+    if meta and meta.get("version") == CORPUS_VERSION and all(os.path.isfile(f) for f in meta["files"]):
         return meta["files"]
     t0 = time.perf_counter()
     log(f"demo data: building the corpus from the Python standard library into {cache / 'corpus'}")
     files = [str(f) for f in build_demo_corpus(str(cache / "corpus"))]
-    _write_json(marker, {"version": DEMO_VERSION, "files": files})
+    _write_json(marker, {"version": CORPUS_VERSION, "files": files})
     log(f"demo data: corpus done ({len(files)} files, {time.perf_counter() - t0:.1f}s)")
     return files
 
@@ -152,6 +159,71 @@ def ensure_demo_data(cache_dir: str = "data/demo", vocab_size: int = 4096, num_w
                 log(f"demo data: ready in {time.perf_counter() - t0:.1f}s ({meta['documents']} documents, "
                     f"{meta['tokens']} tokens) at {cache}")
             _ensure_sft(cache, log)
+    return paths
+
+
+def _mix_is_complete(cache: Path, vocab_size: int) -> bool:
+    meta = _read_json(cache / "mix" / MIX_MARKER)
+    return bool(meta) and meta.get("version") == MIX_VERSION and meta.get("vocab_size") == vocab_size
+
+
+def _kind_and_text(record) -> tuple[str, str]:
+    if not (isinstance(record, dict) and record.get("kind") in MIX_KINDS and isinstance(record.get("text"), str)):
+        raise ValueError(f"a demo corpus record needs a text and a kind in {MIX_KINDS}")
+    return record["kind"], record["text"]
+
+
+def _build_mix(cache: Path, tokenizer_dir: str, num_workers: int, log) -> dict:
+    """Split the corpus by kind into two jsonl files, pretokenize each into mix/<kind>/, then drop the split."""
+    from data_preprocess.pretokenize import pretokenize
+    from data_preprocess.readers import iter_records
+
+    mix = cache / "mix"
+    split = mix / ".split"
+    shutil.rmtree(split, ignore_errors=True)
+    split.mkdir(parents=True)
+    counts = {}
+    try:
+        outs = {kind: open(split / f"{kind}.jsonl", "w", encoding="utf-8") for kind in MIX_KINDS}
+        with contextlib.ExitStack() as stack:
+            for f in outs.values():
+                stack.enter_context(f)
+            for path in _corpus(cache, log):  # a corpus of CORPUS_VERSION: each record names its kind
+                for kind, text in iter_records(path, _kind_and_text):
+                    outs[kind].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        for kind in MIX_KINDS:
+            log(f"demo data: pretokenizing the {kind} half of the corpus into {mix / kind}")
+            summary = pretokenize(str(split / f"{kind}.jsonl"), tokenizer_dir, str(mix / kind),
+                                  num_workers=num_workers, overwrite=True, progress=False, log=log)
+            counts[kind] = {"documents": summary["documents"], "tokens": summary["tokens"]}
+    finally:
+        shutil.rmtree(split, ignore_errors=True)
+    return counts
+
+
+def ensure_demo_mix(cache_dir: str = "data/demo", vocab_size: int = 4096, num_workers: int | None = None,
+                    log=print) -> dict[str, str]:
+    """The demo mix's two sources, {"code": DIR, "prose": DIR}: the demo corpus's source files and its docstrings
+    and comments, each pretokenized on its own (with the demo tokenizer) under cache_dir/mix/, built on first use.
+
+    The demo data comes first (ensure_demo_data: the tokenizer); mix/MIX_COMPLETE is written last and the build
+    holds the same lock, so a crash mid-build is rebuilt and concurrent callers build once.
+    """
+    demo = ensure_demo_data(cache_dir, vocab_size, num_workers, log)
+    cache = Path(cache_dir)
+    paths = {kind: str(cache / "mix" / kind) for kind in MIX_KINDS}
+    if _mix_is_complete(cache, vocab_size):
+        return paths
+    with _file_lock(cache / ".lock"):
+        if not _mix_is_complete(cache, vocab_size):
+            (cache / "mix" / MIX_MARKER).unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            workers = num_workers if num_workers is not None else min(2, os.cpu_count() or 1)
+            counts = _build_mix(cache, demo.tokenizer_dir, workers, log)
+            _write_json(cache / "mix" / MIX_MARKER, {"version": MIX_VERSION, "vocab_size": vocab_size,
+                                                     "sources": counts})
+            sizes = ", ".join(f"{kind} {c['tokens']:,} tokens" for kind, c in counts.items())
+            log(f"demo data: the mix's sources are ready in {time.perf_counter() - t0:.1f}s ({sizes})")
     return paths
 
 

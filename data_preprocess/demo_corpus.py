@@ -6,7 +6,8 @@ No download: every Python installation has ``sysconfig.get_paths()["stdlib"]``. 
 (in sorted path order, ``site-packages`` excluded) gives
 - a code document: the source text as it is;
 - a prose document: its docstrings and full-line comment blocks, in source order (English prose).
-Documents go to ``demo_00000.jsonl``... shards (``{"text": ...}`` per line, about ``shard_bytes`` each) and
+Documents go to ``demo_00000.jsonl``... shards (``{"text": ..., "kind": "code" | "prose"}`` per line, about
+``shard_bytes`` each; the kind makes the two halves of the demo mix, data_preprocess/demo.py) and
 ``manifest.json`` (counts, skipped files, shard sizes and sha256) is written last. About 35-45 MB; the output
 is byte-identical across runs on the same Python installation (no timestamps, sorted walks, sorted JSON keys).
 
@@ -130,8 +131,8 @@ class _ShardWriter:
         self._buf: list[bytes] = []
         self._size = 0
 
-    def add(self, text: str) -> None:
-        line = (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+    def add(self, text: str, kind: str) -> None:
+        line = (json.dumps({"text": text, "kind": kind}, ensure_ascii=False) + "\n").encode("utf-8")
         self._buf.append(line)
         self._size += len(line)
         if self._size >= self.shard_bytes:
@@ -157,7 +158,7 @@ def build_demo_corpus(out_dir: str, shard_bytes: int = 8 << 20, show_progress: b
     3. Write shards as they fill, remove shards left over from an earlier, larger build.
     4. Write manifest.json last.
     """
-    from tqdm import tqdm
+    from utils.progress import progress_bar
 
     root = root or stdlib_root()
     os.makedirs(out_dir, exist_ok=True)
@@ -165,18 +166,18 @@ def build_demo_corpus(out_dir: str, shard_bytes: int = 8 << 20, show_progress: b
     writer = _ShardWriter(out_dir, shard_bytes)
     counts = {"code_documents": 0, "prose_documents": 0, "characters": 0}
     skipped = []
-    for rel in tqdm(files, desc="demo corpus (stdlib files)", unit="file", disable=not show_progress):
+    for rel in progress_bar(files, enabled=show_progress, desc="demo corpus (stdlib files)", unit="file"):
         parsed = read_python_source(os.path.join(root, rel))
         if parsed is None or not parsed[0].strip():
             skipped.append(rel)
             continue
         source, tree = parsed
-        writer.add(source)
+        writer.add(source, "code")
         counts["code_documents"] += 1
         counts["characters"] += len(source)
         prose = extract_prose(source, tree)
         if prose:
-            writer.add(prose)
+            writer.add(prose, "prose")
             counts["prose_documents"] += 1
             counts["characters"] += len(prose)
     writer.flush()

@@ -7,8 +7,8 @@ Output (out_dir):
   Every shard but the last holds exactly --shard_tokens tokens, so shards are bounded and a document may
   continue in the next shard (training windows cross shard ends anyway). A shard's header counts the
   documents that end in it.
-- tokenizer/: a copy of the tokenizer, so the data directory says how to decode it (train.py can use it
-  when --tokenizer_dir is not given).
+- tokenizer/: a copy of the tokenizer (a z2all one, or a Hugging Face one's files as they are), so the data
+  directory says how to decode it (train.py can use it when --tokenizer_dir is not given).
 - pretokenize.json: input files, tokenizer sizes, shard list and counts; written last, it marks a complete
   run. It holds no timings, so two runs on the same input write byte-identical directories.
 The shards, the tokenizer and the summary are written into out_dir/.pretokenize.partial/ and moved into place
@@ -31,17 +31,18 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from data_preprocess.readers import TXT_MODES, ReadStats, iter_all_documents, list_input_files
 from dataset.format import BinWriter, token_dtype
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer, load_tokenizer
 from utils.cli import ArgumentParser, UserError, run_main
 from utils.disk_faults import writing
+from utils.progress import progress_bar
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 BATCH_DOCS = 64  # documents per task sent to a worker (small tasks balance the workers)
@@ -49,7 +50,7 @@ BATCH_CHARS = 1_000_000  # ... or fewer, so one task holds a bounded amount of t
 SUMMARY_FILE = "pretokenize.json"
 STAGE_DIR = ".pretokenize.partial"  # hidden: no *.bin glob of a reader sees the shards of an unfinished run
 
-_WORKER_TOK: Z2allTokenizer | None = None
+_WORKER_TOK: Z2allTokenizer | HFTokenizer | None = None
 
 
 def _init_worker(tokenizer_dir: str) -> None:
@@ -57,10 +58,10 @@ def _init_worker(tokenizer_dir: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     global _WORKER_TOK
-    _WORKER_TOK = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    _WORKER_TOK = load_tokenizer(tokenizer_dir)
 
 
-def encode_documents(tok: Z2allTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_documents(tok: Z2allTokenizer | HFTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """BOS+ids+EOS of each text, concatenated in the file's dtype, and the cumulative document ends."""
     ids = tok.encode_batch(texts, add_bos=True, add_eos=True)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -85,7 +86,7 @@ def batch_documents(docs: Iterable[str]) -> Iterator[list[str]]:
 
 
 def encoded_batches(batches: Iterator[list[str]], tokenizer_dir: str, num_workers: int,
-                    tok: Z2allTokenizer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                    tok: Z2allTokenizer | HFTokenizer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(num_docs, tokens, doc_ends) per batch, in input order.
 
     num_workers <= 1 encodes in this process. Otherwise a pool of spawned processes encodes; at most
@@ -178,7 +179,8 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     stage.rmdir()
 
 
-def _commit(out: Path, stage: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer, summary: dict) -> None:
+def _commit(out: Path, stage: Path, shards: list[Path], old: list[Path], tok: Z2allTokenizer | HFTokenizer,
+            summary: dict) -> None:
     """Write the tokenizer and the summary into the stage (the last writes that need space), then move everything
     into place by renames, drop the earlier run's files that were not replaced, and publish the summary last."""
     tok.save_pretrained(str(stage / "tokenizer"))
@@ -201,7 +203,7 @@ def _encode_into(sink: ShardSink, batches: Iterator, progress: bool) -> tuple[in
     """Feed the encoded batches to the sink; returns (documents, tokens)."""
     num_docs = num_tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(unit="doc", desc="pretokenize", disable=None if progress else True, mininterval=1.0)
+    bar = progress_bar(enabled=progress, unit="doc", desc="pretokenize")
     try:
         for n, tokens, doc_ends in batches:
             sink.add(tokens, doc_ends)
@@ -233,7 +235,7 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
     if txt_mode not in TXT_MODES:
         raise UserError(f"--txt_mode must be one of {', '.join(TXT_MODES)}, got {txt_mode!r}")
     files = list_input_files(input)
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     old = check_out_dir(out, overwrite)
     stats = ReadStats()
@@ -260,10 +262,66 @@ def pretokenize(input: str | list[str], tokenizer_dir: str, out_dir: str, num_wo
     return {**summary, "seconds": elapsed, "tokens_per_s": num_tokens / max(elapsed, 1e-9)}
 
 
+ENSURE_VERSION = 1  # of ensure_pretokenized's staleness key
+
+
+def ensure_pretokenized(inputs: str, tokenizer_dir: str, out_dir: str, num_workers: int = 1, progress: bool = False,
+                        log=print) -> str:
+    """Return out_dir holding `inputs` (raw text files or a directory of them) pretokenized with tokenizer_dir,
+    building it first when it is missing or stale: the pretraining counterpart of the SFT path's
+    pretokenize_sft.ensure_pretokenized, for a mix's raw sources (train.py --data_mix=NAME:WEIGHT:corpus.jsonl).
+
+    1. The key: every input file's absolute path and fingerprint (size, mtime, sha256 of its first and last MiB, as
+       the sample index checks its shards: a rewrite is seen without reading a TB corpus on every start) and the
+       tokenizer's hash. out_dir/pretokenize.json holding the same key is reused.
+    2. Else pretokenize into a hidden temporary directory beside out_dir, add the key to its pretokenize.json, and
+       rename it into place (a stale out_dir is moved aside, then removed). A non-empty out_dir that is no build of
+       this function is refused, never replaced.
+    Several processes may call it at once; calling it on one rank before a barrier saves the work.
+    """
+    from data_preprocess.pretokenize_sft import tokenizer_hash
+    from dataset.sample_index import fingerprint
+
+    files = list_input_files(inputs)
+    out = Path(out_dir)
+    key = {"version": ENSURE_VERSION, "tokenizer_sha256": tokenizer_hash(tokenizer_dir), "text_field": "text",
+           "inputs": [{**fingerprint(Path(f)), "path": os.path.abspath(f)} for f in files]}
+    summary = out / SUMMARY_FILE
+    old = None
+    if summary.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(summary.read_text())
+    if isinstance(old, dict) and old.get("key") == key:
+        return str(out)
+    if not isinstance(old, dict) or "key" not in old:
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a pretokenized copy of {inputs}: move it away, or pretokenize "
+                            f"{inputs} yourself (python -m data_preprocess.pretokenize --out_dir=DIR) and use DIR")
+    log(f"pretokenize: {'rebuilding the stale' if out.exists() else 'building'} {out} from {len(files)} file(s)")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pretokenize(files, tokenizer_dir, str(tmp), num_workers=num_workers, progress=progress, log=log)
+        meta = json.loads((tmp / SUMMARY_FILE).read_text())
+        (tmp / SUMMARY_FILE).write_text(json.dumps({**meta, "key": key}, indent=1))
+        stale = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
+        if stale is not None:
+            os.rename(out, stale)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process published it meanwhile: keep theirs when it has this key
+            if json.loads(summary.read_text()).get("key") != key:
+                raise
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="files or directories, comma-separated (.txt .json .jsonl .parquet)")
-    p.add_argument("--tokenizer_dir", required=True, help="a directory written by data_preprocess.train_tokenizer")
+    p.add_argument("--tokenizer_dir", required=True, help="a z2all tokenizer dir (data_preprocess.train_tokenizer), or a Hugging Face one (tokenizer.json)")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--text_field", default="text", help="record field with the text (or title+content)")

@@ -4,8 +4,9 @@
 
 Input: .jsonl/.json/.parquet records in the formats of data_preprocess.chat_formats, read through
 data_preprocess.readers.iter_records (a malformed record fails with its file and line, or is skipped and
-counted with --skip_bad_records). Every record is rendered with tokenizer.chat_template.render_chat (ChatML,
-BOS first), the ids the exported HF chat_template also gives.
+counted with --skip_bad_records). Every record is rendered with the tokenizer's chat format (`tok.chat`): z2all's
+ChatML (tokenizer.chat_template.render_chat, BOS first) for a z2all tokenizer, the tokenizer's own template for a
+Hugging Face one (tokenizer/template_chat.py); either way the ids its chat_template gives through transformers.
 
 Output (out_dir, published whole: built in a hidden temporary directory beside it, then renamed into place,
 so a crash never leaves a half dataset under the final name, and a failed build, a full disk included, removes
@@ -14,10 +15,11 @@ the temporary directory and keeps an earlier build; a disk fault is one line and
   conversation. DPO: three per pair, in order: the prompt (with the generation prompt
   ``<|im_start|>assistant\\n``), the chosen response, the rejected response.
 - loss_mask.u8: one uint8 per token of input_ids.bin, 1 where the token is trained on (SFT: assistant contents
-  and their <|im_end|>; DPO: the responses and their <|im_end|>), 0 elsewhere.
+  and their end-of-turn token, <|im_end|> in ChatML; DPO: the responses and theirs), 0 elsewhere.
 - offsets.npy: int64 (num_segments + 1,), segment i is tokens [offsets[i], offsets[i + 1]).
-- tokenizer/: the tokenizer (saved afresh, so its chat_template is the current one).
-- manifest.json: the staleness key (format version, task, options, input names/sizes/sha256, tokenizer hash),
+- tokenizer/: the tokenizer (a z2all one saved afresh, so its chat_template is the current one).
+- manifest.json: the staleness key (format version, task, options, input names/sizes/sha256, tokenizer hash, the
+  chat format's fingerprint: z2all's ChatML, or the tokenizer's own template and the token names it reads),
   the input mtimes and the counts. It holds no timings and no worker count.
 
 Truncation (SFT, encode_sft): conversations longer than max_seq_len keep their longest prefix of whole turns
@@ -50,14 +52,17 @@ from data_preprocess.chat_formats import SFT_FORMATS, Preference, to_messages, t
 from data_preprocess.readers import ReadStats, iter_records, list_input_files
 from dataset.format import BinWriter
 from dataset.sft import IDS_FILE, MANIFEST_FILE, MASK_FILE, OFFSETS_FILE, SFT_FORMAT_VERSION, TASKS
-from tokenizer import Z2allTokenizer, render_chat, render_generation_prompt
+from tokenizer import HFTokenizer, Z2allTokenizer, load_tokenizer
 from utils.cli import ArgumentParser, run_main
 from utils.disk_faults import writing
 from utils.fileio import sha256_file
+from utils.progress import progress_bar
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 BATCH_RECORDS = 256  # records per task sent to a worker (fixed: the output must not depend on the workers)
+# the files that decide the ids; a Hugging Face tokenizer's names (BOS, EOS, PAD) and template are in its config
 _TOKENIZER_FILES = ("tokenizer.json", "z2all_tokenizer.json", "tokenizer.model")
+_HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +95,17 @@ class SFTOptions:
 
 # ---- encoding ------------------------------------------------------------------------------------------------
 
-def encode_sft(tok: Z2allTokenizer, messages: list[dict], max_seq_len: int) -> tuple[list[int], list[int], str]:
+def encode_sft(tok: Z2allTokenizer | HFTokenizer, messages: list[dict], max_seq_len: int
+               ) -> tuple[list[int], list[int], str]:
     """(ids, mask, status) of one conversation; status is "ok", "truncated" or "dropped".
 
-    1. Render it (render_chat: BOS, the turns, mask 1 on the replies). If it fits in max_seq_len: "ok".
+    1. Render it (tok.chat.render: the turns, mask 1 on the replies). If it fits in max_seq_len: "ok".
     2. Else keep the longest prefix of whole turns that fits and ends with an assistant turn: "truncated".
     3. Else (the first reply alone runs past max_seq_len) cut at max_seq_len tokens: "truncated", as long as
        a trained token survives (position >= 1: something must predict it).
     4. Else "dropped" (with empty ids): the caller counts it and writes nothing.
     """
-    enc = render_chat(tok, messages)
+    enc = tok.chat.render(messages)
     ids, mask = enc.input_ids, enc.loss_mask
     if len(ids) <= max_seq_len:
         return ids, mask, "ok"
@@ -119,24 +125,20 @@ def _cut_prompt(prompt: list[int], keep: int, mode: str, bos_id: int) -> list[in
     return head + (prompt[len(prompt) - tail:] if tail > 0 else [])
 
 
-def encode_dpo(tok: Z2allTokenizer, pair: Preference, max_seq_len: int, max_prompt_len: int,
+def encode_dpo(tok: Z2allTokenizer | HFTokenizer, pair: Preference, max_seq_len: int, max_prompt_len: int,
                truncation_mode: str) -> tuple[list[tuple[list[int], list[int]]], bool]:
     """([(prompt ids, mask), (chosen ids, mask), (rejected ids, mask)], truncated) of one pair.
 
-    1. Prompt: render_generation_prompt (BOS, the turns, ``<|im_start|>assistant\\n``), mask 0. Response:
-       encode(content) + <|im_end|> + "\\n", mask 1 but on the "\\n": the tokens a model served with the HF
-       template generates after that prompt.
+    1. Prompt: tok.chat.generation_prompt (ChatML: BOS, the turns, ``<|im_start|>assistant\\n``), mask 0.
+       Response: tok.chat.response (ChatML: encode(content) + <|im_end|> + "\\n"), mask 1 up to the end-of-turn
+       token: the tokens a model served with the HF template generates after that prompt.
     2. If the prompt plus the longer response exceeds max_seq_len, the prompt is cut to the larger of
        max_prompt_len and max_seq_len - the longer response (truncation_mode: keep_end drops its start but
        keeps BOS, keep_start drops its end); then each response is cut on the right to the room left, which
        is >= 1 token as max_prompt_len < max_seq_len, so no pair is ever dropped.
     """
-    prompt = render_generation_prompt(tok, pair.prompt)
-    newline = tok.encode("\n")
-    responses = []
-    for r in (pair.chosen, pair.rejected):
-        ids = tok.encode(r["content"]) + [tok.im_end_id] + newline
-        responses.append((ids, [1] * (len(ids) - len(newline)) + [0] * len(newline)))
+    prompt = tok.chat.generation_prompt(pair.prompt)
+    responses = [tok.chat.response(pair.prompt, r) for r in (pair.chosen, pair.rejected)]
     longest = max(len(ids) for ids, _ in responses)
     truncated = len(prompt) + longest > max_seq_len
     if truncated:
@@ -162,7 +164,7 @@ class _Encoder:
     """Encodes one batch of parsed records (message lists or Preference pairs) into an EncodedBatch."""
 
     def __init__(self, tokenizer_dir: str, opts: SFTOptions):
-        self.tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+        self.tok = load_tokenizer(tokenizer_dir)
         self.opts = opts
 
     def __call__(self, items: list) -> EncodedBatch:
@@ -246,9 +248,11 @@ def record_batches(files: list[str], opts: SFTOptions, skip_bad_records: bool, s
 # ---- manifest and staleness ---------------------------------------------------------------------------------
 
 def tokenizer_hash(tokenizer_dir: str) -> str:
-    """sha256 over the files that decide the ids (not tokenizer_config.json: the template lives in code)."""
+    """sha256 over the files that decide the ids: a z2all tokenizer's (not its tokenizer_config.json: the template
+    lives in code), and a Hugging Face tokenizer's config files too (its names and its template)."""
     h = hashlib.sha256()
-    for name in _TOKENIZER_FILES:
+    hf = not os.path.isfile(os.path.join(tokenizer_dir, "z2all_tokenizer.json"))
+    for name in _TOKENIZER_FILES + (_HF_TOKENIZER_FILES if hf else ()):
         path = os.path.join(tokenizer_dir, name)
         if os.path.isfile(path):
             h.update(f"{name}:{sha256_file(path)}\n".encode())
@@ -259,7 +263,8 @@ def manifest_key(files: list[str], tokenizer_dir: str, opts: SFTOptions) -> dict
     """Everything the output depends on; a directory whose manifest holds another key is stale."""
     inputs = [{"path": os.path.abspath(f), "size": os.path.getsize(f), "sha256": sha256_file(f)} for f in files]
     return {"format_version": SFT_FORMAT_VERSION, "options": dataclasses.asdict(opts), "inputs": inputs,
-            "tokenizer_sha256": tokenizer_hash(tokenizer_dir)}
+            "tokenizer_sha256": tokenizer_hash(tokenizer_dir),
+            "chat_format_sha256": load_tokenizer(tokenizer_dir).chat.fingerprint}
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
@@ -308,11 +313,11 @@ class _SegmentWriter:
 def _write_dataset(tmp: Path, files: list[str], tokenizer_dir: str, opts: SFTOptions, num_workers: int,
                    skip_bad_records: bool, progress: bool) -> dict:
     """Build every file of the output in `tmp`; returns the counts."""
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     per_example = 1 if opts.task == "sft" else 3
     writer = _SegmentWriter(tmp, tok.vocab_size, per_example)
     stats, truncated, dropped = ReadStats(), 0, 0
-    bar = tqdm(unit="rec", desc=f"pretokenize {opts.task}", disable=None if progress else True, mininterval=1.0)
+    bar = progress_bar(enabled=progress, unit="rec", desc=f"pretokenize {opts.task}")
     try:
         batches = record_batches(files, opts, skip_bad_records, stats, bar)
         for batch in encode_batches(batches, tokenizer_dir, opts, num_workers):
@@ -331,7 +336,7 @@ def _write_dataset(tmp: Path, files: list[str], tokenizer_dir: str, opts: SFTOpt
     tok.save_pretrained(str(tmp / "tokenizer"))
     return {"records": stats.documents, "examples": examples, "tokens": tokens, "label_tokens": writer.label_tokens,
             "truncated": truncated, "dropped_too_long": dropped, "bad_records": stats.bad_records,
-            "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "bos_id": tok.bos_id, "im_end_id": tok.im_end_id}
+            "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "bos_id": tok.bos_id, "turn_end_id": tok.chat.turn_end_id}
 
 
 def _publish(tmp: Path, out: Path, key: dict) -> None:
@@ -410,7 +415,7 @@ def ensure_pretokenized(inputs: str | list[str], tokenizer_dir: str, out_dir: st
 def main(argv: list[str] | None = None) -> str:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--input", required=True, help="files or directories, comma-separated (.jsonl .json .parquet)")
-    p.add_argument("--tokenizer_dir", required=True, help="a directory written by the tokenizer trainer")
+    p.add_argument("--tokenizer_dir", required=True, help="a z2all tokenizer dir, or a Hugging Face one (tokenizer.json)")
     p.add_argument("--out_dir", required=True, help="rebuilt when missing or stale, reused when fresh")
     p.add_argument("--task", default="sft", choices=TASKS)
     p.add_argument("--max_seq_len", type=int, default=2048)

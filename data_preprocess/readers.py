@@ -73,7 +73,8 @@ class ReadStats:
         self._file(path).empty += 1
 
     def summary(self) -> str:
-        text = f"read {self.documents} documents from {len(self.per_file)} files"
+        n = len(self.per_file)
+        text = f"read {self.documents} documents from {n} file{'s' if n != 1 else ''}"
         if self.empty:
             text += f", skipped {self.empty} empty documents"
         if self.bad_records:

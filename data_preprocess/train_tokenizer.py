@@ -33,7 +33,8 @@ def train_from_files(inputs: str | list[str], vocab_size: int, type: str, out_di
     shown = inputs if isinstance(inputs, str) else ",".join(inputs)
     tok = train_tokenizer(docs, vocab_size, type, out_dir, max_chars,
                           source=f"--input={shown} (--text_field={text_field})")
-    log(f"train_tokenizer: trained on {stats.summary()} (up to the character budget)")
+    budget = f" (the first {max_chars:,} characters)" if max_chars else ""
+    log(f"train_tokenizer: {stats.summary()}; trained on them{budget}")
     return tok
 
 

@@ -79,6 +79,18 @@ class ResumableBatchSampler:
         """The state after what this rank has yielded (a loader reading ahead: use state_at instead)."""
         return self.state_at(self.position)
 
+    def check_resume(self, saved: dict) -> None:
+        """Refuse a saved position of another kind of stream (a mix's): this one is the global micro-batch count
+        alone, so a checkpoint of the same data continues from any such state."""
+        if saved.get("kind") is not None:
+            raise ValueError(f"this run's checkpoint holds the data position of a mix (--data_mix, sources "
+                             f"{sorted(saved.get('sources', {}))}), which one --data_dir cannot take over: resume with "
+                             f"the run's own --data_mix, or start a new run from these weights with --init_from")
+
+    def metrics_at(self, consumed: int) -> dict[str, float]:
+        """Per-source data metrics of a log line: none for one source (its position is the step itself)."""
+        return {}
+
     @staticmethod
     def absolute_position(state: dict, batches_per_epoch: int) -> int:
         return int(state["epoch"]) * batches_per_epoch + int(state["consumed_micro_batches"])

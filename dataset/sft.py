@@ -115,7 +115,7 @@ class SFTDataset(_SegmentStore):
 
 @dataclass
 class DPOPair:
-    """One preference pair; each side is prompt + response, mask 1 on the response and its <|im_end|>."""
+    """One preference pair; each side is prompt + response, mask 1 on the response and its end-of-turn token."""
 
     chosen_ids: np.ndarray
     chosen_mask: np.ndarray

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from model.ops.attention import ATTN_IMPLS, SDPA_BACKENDS  # the op owns its choices
+from model.ops.fp8 import FP8_RECIPES
 
 OP_IMPLS = ("auto", "triton", "torch")
 ROPE_SCALING_TYPES = ("none", "linear", "dynamic")
@@ -52,6 +53,9 @@ class Z2allConfig:
     bos_token_id: int = field(default=1, metadata=TOKENIZER_OWNED)
     eos_token_id: int = field(default=2, metadata=TOKENIZER_OWNED)
     pad_token_id: int = field(default=0, metadata=TOKENIZER_OWNED)
+    # the end of an assistant turn in the tokenizer's chat format (<|im_end|> for ChatML, <|eot_id|> for Llama 3):
+    # the HF export stops generation there as well as at EOS; -1: none recorded (a checkpoint from before it)
+    eot_token_id: int = field(default=-1, metadata=TOKENIZER_OWNED)
     use_fused_rmsnorm: str = "auto"  # auto | triton | torch (auto: triton on CUDA, torch on CPU)
     use_fused_rope: str = "auto"  # auto | triton | torch
     use_fused_swiglu: str = "auto"  # auto | triton | torch
@@ -60,6 +64,7 @@ class Z2allConfig:
     sdpa_backend: str = "auto"  # auto | cudnn | flash | efficient | math
     cross_entropy_chunk_size: int = 4096  # tokens per chunk of the fused linear cross-entropy
     activation_checkpointing: str = "none"  # none | full (rerun each block) | selective (recompute the SwiGLU output)
+    fp8: str = "off"  # off | rowwise: FP8 (e4m3, row scales) GEMMs for qkv/o/gate_up/down in training; needs SM 8.9+
     debug_checks: bool = False  # host-syncing input checks on CUDA (always on for CPU)
 
     def __post_init__(self) -> None:
@@ -100,6 +105,7 @@ class Z2allConfig:
             "sdpa_backend": SDPA_BACKENDS,
             "rope_scaling_type": ROPE_SCALING_TYPES,
             "activation_checkpointing": ACTIVATION_CHECKPOINTING,
+            "fp8": FP8_RECIPES,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -108,9 +114,21 @@ class Z2allConfig:
         for name in ("attention_dropout", "residual_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.fp8 != "off":
+            self._check_fp8_widths()
         if self.attn_impl == "flex" and self.attention_dropout > 0:
             raise ValueError(f"--attn_impl=flex has no attention dropout, got --attention_dropout="
                              f"{self.attention_dropout}; use --attention_dropout=0 or --attn_impl=auto")
+
+    def _check_fp8_widths(self) -> None:
+        """FP8 GEMMs (torch._scaled_mm) need both dims of every weight to be multiples of 16."""
+        widths = {"hidden_dim": self.hidden_dim, "intermediate_size": self.intermediate_size,
+                  "(n_heads + 2*n_kv_heads) * head_dim": (self.n_heads + 2 * self.n_kv_heads) * self.head_dim}
+        bad = {k: v for k, v in widths.items() if v % 16}
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise ValueError(f"--fp8={self.fp8} needs the linear layers' widths to be multiples of 16 (FP8 tensor-core "
+                             f"GEMMs), got {shown}; change --hidden_dim/--intermediate_size/--n_heads, or --fp8=off")
 
     def shape_differences(self, saved: "Z2allConfig") -> dict[str, tuple]:
         """{key: (saved value, this value)} for every SHAPE_KEYS field where `saved` differs from this config."""
@@ -129,9 +147,9 @@ class Z2allConfig:
             keys = " ".join(f"--{k}={a}" for k, (a, _) in diff.items())
             raise ValueError(f"the model shape differs from the checkpoint {where} ({clashes}); {fix.format(keys=keys)}")
 
-    def with_special_ids(self, bos: int, eos: int, pad: int) -> "Z2allConfig":
+    def with_special_ids(self, bos: int, eos: int, pad: int, eot: int = -1) -> "Z2allConfig":
         """This config with a tokenizer's special ids (what a run's model records for generation and export)."""
-        return dataclasses.replace(self, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+        return dataclasses.replace(self, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, eot_token_id=eot)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

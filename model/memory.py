@@ -9,6 +9,8 @@
    residual (fp32 when residual_in_fp32), q/k/v and the attention output, the gate/up projection, the SwiGLU
    output and the MLP input; full checkpointing keeps only each block's input, selective drops the SwiGLU
    output; plus one chunk of the fused LM-head/cross-entropy logits.
+5. FP8 (cfg.fp8): the two FP8 copies of each decoder linear weight (2 bytes per param), and the norms' and the
+   SwiGLU outputs kept in FP8 (1 byte per element plus a 4-byte scale per row) instead of the param dtype.
 It is an estimate (allocator slack, workspaces and the data loader are not in it): it catches a shape that
 cannot fit, as the 1.25B default shape on a laptop, not a few percent.
 """
@@ -47,10 +49,16 @@ def training_bytes(cfg: Z2allConfig, tokens: int, param_bytes: int, main_grad_by
     d, kv, inter = cfg.hidden_dim, cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
     residual = 4 if cfg.residual_in_fp32 else param_bytes
     per_layer = (4 * d + 2 * kv + 3 * inter) * param_bytes + 2 * d * residual
+    fp8 = cfg.fp8 != "off"
+    if fp8:
+        static += 2 * cfg.n_layers * (d * (d + 2 * kv) + d * d + 3 * d * inter)
+        per_layer -= 2 * d * (param_bytes - 1) - 8  # the two norms' outputs: codes and a scale per row
     if cfg.activation_checkpointing == "full":
         per_layer = d * residual
     elif cfg.activation_checkpointing == "selective":
         per_layer -= inter * param_bytes
+    elif fp8:
+        per_layer -= inter * (param_bytes - 1) - 4  # the SwiGLU output: codes and a scale per row
     logits = 2 * min(tokens, cfg.cross_entropy_chunk_size) * cfg.vocab_size * 4
     return MemoryEstimate(n, static, tokens * cfg.n_layers * per_layer + tokens * d * 4 + logits)
 

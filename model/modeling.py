@@ -18,6 +18,11 @@ q/k rows is needed on import or export.
 
 The residual stream: each block does `normed, residual = add_rms_norm(h, residual)` (residual kept in fp32
 when residual_in_fp32), then the sublayer on `normed`; the final norm adds the last sublayer output.
+
+FP8 (config.fp8 != "off", in training mode only: eval and generation run the bf16 weights as they are): the
+qkv, o, gate_up and down projections run their GEMMs through model/ops/fp8_linear.py; the block's two norms and
+the SwiGLU emit their outputs already quantized (ops.Fp8Input) instead of in bf16; the weights' FP8 copies live
+in one Fp8WeightCache, made again at their first use after the weights changed (new_weight_step).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 import model.ops as ops
 from model.config import Z2allConfig
+from model.ops.fp8_linear import Fp8WeightCache
 from model.ops.rope import rope_qkv
 from model.weights import read_pretrained, save_pretrained
 
@@ -51,23 +57,27 @@ class Z2allOutput(NamedTuple):
 class Z2allRMSNorm(nn.Module):
     """RMSNorm fused with the residual add before it (one kernel, ops.add_rms_norm):
     forward(h, residual) = (rmsnorm(residual + dropout(h)) * weight, residual + dropout(h)); with residual None, h
-    is the stream itself (the embeddings: no dropout). The new residual is fp32 with residual_in_fp32."""
+    is the stream itself (the embeddings: no dropout). The new residual is fp32 with residual_in_fp32. With fp8_out
+    (the blocks' norms under --fp8) the normed output comes in training as an ops.Fp8Input for an FP8 projection."""
 
-    def __init__(self, dim: int, eps: float, impl: str = "auto", dropout: float = 0.0, residual_in_fp32: bool = True):
+    def __init__(self, dim: int, eps: float, impl: str = "auto", dropout: float = 0.0, residual_in_fp32: bool = True,
+                 fp8_out: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps, self.impl, self.dropout, self.residual_in_fp32 = eps, impl, dropout, residual_in_fp32
+        self.fp8_out = fp8_out
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dropout > 0.0 and residual is not None:
             h = F.dropout(h, self.dropout, self.training)
+        # with FP8 in training the normed output only feeds an FP8 projection (qkv, gate_up): emit that form only
         return ops.add_rms_norm(h, residual, self.weight, self.eps, impl=ops.resolve_impl(self.impl, h.device),
-                                residual_in_fp32=self.residual_in_fp32)
+                                residual_in_fp32=self.residual_in_fp32, fp8_out=self.fp8_out and self.training)
 
 
-def _norm(cfg: Z2allConfig) -> Z2allRMSNorm:
+def _norm(cfg: Z2allConfig, fp8_out: bool = False) -> Z2allRMSNorm:
     return Z2allRMSNorm(cfg.hidden_dim, cfg.rms_norm_eps, cfg.use_fused_rmsnorm, cfg.residual_dropout,
-                        cfg.residual_in_fp32)
+                        cfg.residual_in_fp32, fp8_out)
 
 
 class Z2allLinear(nn.Linear):
@@ -75,11 +85,24 @@ class Z2allLinear(nn.Linear):
 
     `grad_sink` is set by Z2allForCausalLM.set_weight_grad_sink (the DDP does it when it wraps the model): the
     weight-grad GEMM then accumulates straight into the DDP's main_grad (model/ops/linear.py).
+    `fp8_weights` is the model's Fp8WeightCache when config.fp8 is on: in training mode the layer then runs
+    fp8_linear (its input a tensor or an ops.Fp8Input from a fused norm or SwiGLU).
     """
 
     grad_sink = None
+    fp8_weights: Fp8WeightCache | None = None
+
+    def fp8_weight(self):
+        """This layer's FP8 copies when it runs in FP8 now (FP8 on and training mode), else None."""
+        if self.fp8_weights is None or not self.training:
+            return None
+        return self.fp8_weights.get(self.weight)
 
     def forward(self, x):
+        w8 = self.fp8_weight()
+        if w8 is not None:
+            return ops.fp8_linear(x, self.weight, self.bias, w8, self.grad_sink)
+        assert not isinstance(x, ops.Fp8Input), "an FP8 input reached a bf16 layer: the block and the layer disagree"
         return ops.linear(x, self.weight, self.bias, self.grad_sink)
 
 
@@ -125,7 +148,7 @@ class SwiGLUDownProj(Z2allLinear):
 
     def forward(self, gate_up):
         return ops.swiglu_down(gate_up, self.weight, impl=ops.resolve_impl(self.impl, gate_up.device),
-                               recompute=self.recompute, sink=self.grad_sink)
+                               recompute=self.recompute, sink=self.grad_sink, w8=self.fp8_weight())
 
 
 class Z2allMLP(nn.Module):
@@ -142,9 +165,10 @@ class Z2allMLP(nn.Module):
 class Z2allBlock(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
-        self.attn_norm = _norm(cfg)
+        fp8 = cfg.fp8 != "off"
+        self.attn_norm = _norm(cfg, fp8_out=fp8)
         self.attn = Z2allAttention(cfg)
-        self.mlp_norm = _norm(cfg)
+        self.mlp_norm = _norm(cfg, fp8_out=fp8)
         self.mlp = Z2allMLP(cfg)
 
     def forward(self, hidden, residual, cos, sin, packed, kv_cache=None, layer_idx=0):
@@ -169,6 +193,10 @@ class Z2allForCausalLM(nn.Module):
         self.norm = _norm(config)
         self.lm_head = nn.Linear(config.hidden_dim, config.vocab_size, bias=False)
         self._rope_tables: dict = {}
+        self.fp8_weights = Fp8WeightCache() if config.fp8 != "off" else None
+        for module in self.layers.modules():
+            if isinstance(module, Z2allLinear):
+                module.fp8_weights = self.fp8_weights
         self._tie()
         self.reset_parameters()
         self.register_state_dict_post_hook(_drop_tied_head)
@@ -208,6 +236,19 @@ class Z2allForCausalLM(nn.Module):
                 module.grad_sink = sink
                 routed += 1
         return routed
+
+    def new_weight_step(self) -> None:
+        """The weights may have changed since the last forward (the optimizer, ZeRO-1's gather, a checkpoint load),
+        so the FP8 copies are made again at their next use. The DDP calls it (weights_changed: after each optimizer
+        step and when a step begins); a no-op without FP8."""
+        if self.fp8_weights is not None:
+            self.fp8_weights.new_step()
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() re-point the weights: copies of the old ones would only hold memory
+        if self.fp8_weights is not None:
+            self.fp8_weights.clear()
+        return super()._apply(fn, recurse)
 
     # -- sizes ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Saving and loading Z2all weights: `save_pretrained` dirs, checkpoint step dirs and run dirs.
+"""Saving and loading Z2all weights: `save_pretrained` dirs, checkpoint step dirs and run dirs, and Hugging Face
+Llama / Qwen2 / Mistral model dirs (converted in memory by model.hf.import_hf.read_hf_dir; the dir is only read).
 
 One loader, `read_pretrained`, serves `Z2allForCausalLM.from_pretrained` (a new model from a dir) and
 `load_pretrained_into` (weights into a model that train.py built from its config, for --init_from and
@@ -35,11 +36,17 @@ def save_pretrained(model: nn.Module, save_dir: str | os.PathLike) -> None:
     atomic_write_text(save_dir / CONFIG_NAME, model.config.to_json() + "\n")  # a full disk leaves no half config
 
 
+def _is_hf(path: Path) -> bool:
+    from model.hf.import_hf import is_hf_model_dir
+
+    return is_hf_model_dir(path)
+
+
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A dir holding config.json + model.safetensors: a saved dir itself, or a checkpoint/run dir resolved to
-    its newest verified checkpoint."""
+    its newest verified checkpoint; a Hugging Face model dir is itself."""
     p = Path(path)
-    if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file() and not (p / "ckpt").is_dir():
+    if _is_hf(p) or ((p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file() and not (p / "ckpt").is_dir()):
         return p
     resolved = Path(resolve_checkpoint(p))
     if not (resolved / CONFIG_NAME).is_file() or not (resolved / WEIGHTS_NAME).is_file():
@@ -61,9 +68,24 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
-def read_config(path: str | os.PathLike) -> tuple[Z2allConfig, Path]:
-    """(config, the resolved dir) of a saved dir, a checkpoint step dir or a run dir; the weights are not read."""
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The files that hold the weights `read_pretrained(path)` loads (to key what is computed from them)."""
     model_dir = resolve_model_dir(path)
+    if _is_hf(model_dir):
+        from model.hf.import_hf import hf_weight_files
+
+        return hf_weight_files(model_dir)
+    return [model_dir / WEIGHTS_NAME]
+
+
+def read_config(path: str | os.PathLike) -> tuple[Z2allConfig, Path]:
+    """(config, the resolved dir) of a saved dir, a checkpoint step dir, a run dir or an HF model dir; the weights
+    are not read."""
+    model_dir = resolve_model_dir(path)
+    if _is_hf(model_dir):
+        from model.hf.import_hf import read_hf_config
+
+        return read_hf_config(model_dir), model_dir
     config_path = model_dir / CONFIG_NAME
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
@@ -75,9 +97,15 @@ def read_config(path: str | os.PathLike) -> tuple[Z2allConfig, Path]:
 
 
 def read_pretrained(path: str | os.PathLike) -> tuple[Z2allConfig, dict[str, torch.Tensor], Path]:
-    """(config, state dict on the CPU, the resolved dir) of a saved dir, a checkpoint step dir or a run dir."""
+    """(config, state dict on the CPU, the resolved dir) of a saved dir, a checkpoint step dir, a run dir or an HF
+    model dir."""
     from safetensors.torch import load_file
 
+    if _is_hf(Path(path)):
+        from model.hf.import_hf import read_hf_dir
+
+        config, state = read_hf_dir(path)
+        return config, state, Path(path)
     config, model_dir = read_config(path)
     return config, _strip_prefixes(load_file(str(model_dir / WEIGHTS_NAME))), model_dir
 

@@ -14,6 +14,8 @@ MAIN_PARAMS = ("auto", "fp32", "split")
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """AdamW, the LR schedule, clipping, loss scaling and the overlaps of the optimizer step."""
+
     learning_rate: float = 3e-4  # peak LR after warmup
     min_lr: float = 3e-5  # LR at the end of the cosine decay
     warmup_iters: int = 2000  # optimizer steps of linear warmup

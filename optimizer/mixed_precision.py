@@ -189,6 +189,7 @@ class MixedPrecisionOptimizer:
         if self.grad_scaler is not None:
             self.grad_scaler.update(False)
         self._after_update()
+        self.ddp.weights_changed()
         return True, norm
 
     def _nonfinite_norm(self, norm: torch.Tensor) -> bool:
@@ -270,6 +271,7 @@ class MixedPrecisionOptimizer:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.group)
         self._overlap_sq_norms, self._overlap_stepped = [], set()
         self._after_update()  # the buckets stepped as they were reduced: nothing left to skip
+        self.ddp.weights_changed()
         return True, sq.sqrt()
 
     # ----- checkpoint -----
@@ -325,6 +327,7 @@ class MixedPrecisionOptimizer:
         self.iteration = int(meta["iteration"])
         if self.grad_scaler is not None and meta.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(meta["grad_scaler"])
+        self.ddp.weights_changed()  # split main params hold their high half in the model's params
 
     @staticmethod
     def _load_slice(r: Region, i: int, name: str, pieces: list[dict]) -> None:

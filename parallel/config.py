@@ -22,6 +22,8 @@ def check_powersgd(rank: int, start_iter: int, min_compression_rate: float, seed
 
 @dataclass(frozen=True)
 class DDPConfig:
+    """The hand-written data parallelism: buffers, buckets, the comm hook (PowerSGD's settings included)."""
+
     grad_reduce_in_fp32: bool = True  # main_grad dtype: fp32 (True) or the param dtype (False)
     overlap_grad_reduce: bool = True  # launch a bucket's reduction in backward as soon as it is ready
     bucket_size: int = 40_000_000  # elements per bucket (about; padded to lcm(world, 128))

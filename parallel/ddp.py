@@ -230,9 +230,22 @@ class DistributedDataParallel(nn.Module):
         finally:
             self._sync_enabled = previous
 
+    def weights_changed(self) -> None:
+        """Tell the module its weights may have been written outside autograd (an optimizer step, ZeRO-1's gather, a
+        load), through its `new_weight_step()` when it has one: caches derived from them (Z2all's FP8 weight
+        copies) are then made again at their next use. The optimizer calls it after writing the params."""
+        new_step = getattr(self.module, "new_weight_step", None)
+        if new_step is not None:
+            new_step()
+
     def zero_grad_buffer(self) -> None:
-        """Zero every main_grad and reset the buckets for a new step."""
+        """Zero every main_grad and reset the buckets for a new step.
+
+        A new step also means weights_changed(): whatever wrote the weights since the last step (a checkpoint
+        load, a broadcast, a driver's own update) is seen by the step's first forward.
+        """
         self._refuse_during_sync("zero_grad_buffer()")
+        self.weights_changed()
         for s in self._syncs:
             s.reset()
         self._zero_grad_data()

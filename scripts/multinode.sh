@@ -45,8 +45,11 @@ TORCHRUN="${TORCHRUN:-torchrun}"
 
 if [[ -z "${MASTER_ADDR:-}" ]]; then
     if [[ -n "${SLURM_JOB_NODELIST:-}" ]]; then
-        # every node resolves the same first host of the allocation, so nothing is passed between nodes
-        MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+        # every node resolves the same first host of the allocation, so nothing is passed between nodes; read
+        # whole, not through `| head -n 1`: head closes the pipe after one line, scontrol's next write dies of
+        # SIGPIPE, and pipefail then ends the script with 141 (seen in the tests under load)
+        hosts="$(scontrol show hostnames "$SLURM_JOB_NODELIST")"
+        MASTER_ADDR="${hosts%%$'\n'*}"
     elif [[ "$NODE_RANK" == 0 ]]; then
         MASTER_ADDR="$(hostname -I 2>/dev/null | awk '{print $1}')"
         MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"

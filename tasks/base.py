@@ -26,7 +26,7 @@ from dataset.config import DataConfig
 from model.config import Z2allConfig
 from parallel.dist import DistContext
 from tasks.config import FinetuneConfig, TrainConfig
-from tokenizer import Z2allTokenizer
+from tokenizer import HFTokenizer, Z2allTokenizer
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class TaskInputs:
     finetune: FinetuneConfig
     data: DataConfig
     ctx: DistContext
-    tokenizer: Z2allTokenizer | None
+    tokenizer: Z2allTokenizer | HFTokenizer | None
     dtype: torch.dtype
 
 
@@ -61,12 +61,20 @@ class DataStream(Protocol):
 
     def state_at(self, consumed_micro_batches: int) -> dict: ...
 
+    def check_resume(self, saved_state: dict) -> None:
+        """Raise ValueError (one line: why, and the fix) when this stream cannot continue exactly the stream whose
+        state_at record `saved_state` is; train.py calls it before anything is written."""
+
+    def metrics_at(self, consumed_micro_batches: int) -> dict[str, float]:
+        """Data metrics for the log line after `consumed_micro_batches` (cumulative; {} when there are none)."""
+
 
 class Task(Protocol):
     """One way of training the model (see the module docstring)."""
 
     name: str
     normalization: str  # "mean" | "sum"
+    shown_metrics: tuple[str, ...]  # of its metrics, those the terminal's log line shows besides the loss
     stream: DataStream
     seq_len: int  # tokens per row, for the FLOPs per token of MFU
 

@@ -10,7 +10,7 @@ TASK_TYPES = ("pretrain", "sft", "dpo")  # each entry is one file in tasks/
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # keys of one invocation of train.py, not of the run: never written to exp_config.json
-PER_INVOCATION = ("resume", "auto_resume", "resume_step", "skip_data_to", "fault_injection")
+PER_INVOCATION = ("resume", "auto_resume", "resume_step", "skip_data_to", "fault_injection", "dry_run")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrainConfig:
     spike_patience: int = 5  # ... for this many steps in a row
     resume_step: int = -1  # with --resume: the checkpoint step to resume from; -1 = the newest complete one
     skip_data_to: int = 0  # with --resume: move the data position forward to this many consumed micro-batches
+    dry_run: bool = False  # print the data plan (each source's tokens, share, epochs for max_iters) and exit
     fault_injection: str = ""  # tests only, first process of a run: sleep:rank=R,iter=I,seconds=S | spike:from=I,to=J
 
     def validate(self) -> None:
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"--spike_factor must be > 1 (a multiple of the median loss), got {self.spike_factor}")
         if (self.resume_step >= 0 or self.skip_data_to > 0) and not self.resume:
             raise ValueError("--resume_step and --skip_data_to pick where a resumed run continues: add --resume")
+        if self.dry_run and self.task_type != "pretrain":
+            raise ValueError(f"--dry_run plans the pretraining data; drop it for --task_type={self.task_type}")
         if self.fault_injection:
             from tasks.faults import Fault
 

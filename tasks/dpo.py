@@ -28,7 +28,7 @@ from dataset.prefetch import move_batch
 from dataset.sampler import ResumableBatchSampler
 from dataset.sft import DPOBatch, DPODataset, collate_dpo
 from model import Z2allConfig, Z2allForCausalLM
-from model.weights import resolve_model_dir
+from model.weights import weight_files
 from tasks import finetune
 from tasks.base import MicroBatchLoss, TaskInputs
 from tasks.dpo_loss import dpo_loss, sequence_logps
@@ -70,6 +70,7 @@ class DPOTask:
 
     name = "dpo"
     normalization = "mean"
+    shown_metrics = ("rewards/accuracy", "rewards/margin")
 
     def __init__(self, inputs: TaskInputs):
         t, self.f, ctx, data = inputs.train, inputs.finetune, inputs.ctx, inputs.data
@@ -121,8 +122,9 @@ class DPOTask:
         The file name holds a key of the reference weights, the data's manifest and the averaging, so a
         changed reference, data set or loss type never reuses a stale table.
         """
-        weights = os.path.join(resolve_model_dir(ref_path), "model.safetensors")
-        key = {"ref_sha256": sha256_file(weights), "data": self.ds.manifest["key"], "average": self.average}
+        hashes = [sha256_file(f) for f in weight_files(ref_path)]  # one file, or an HF model's shards
+        ref = hashes[0] if len(hashes) == 1 else finetune.key_digest({"shards": hashes})
+        key = {"ref_sha256": ref, "data": self.ds.manifest["key"], "average": self.average}
         path = os.path.join(self.ds.data_dir, f"ref_logps-{finetune.key_digest(key)}.npy")
         exists = os.path.isfile(path)
         self.ctx.barrier()  # every rank has looked before rank 0 may write it: all take the same branch

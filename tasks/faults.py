@@ -83,6 +83,12 @@ class _FaultyStream:
     def state_at(self, consumed_micro_batches: int) -> dict:
         return self.inner.state_at(consumed_micro_batches)
 
+    def metrics_at(self, consumed_micro_batches: int) -> dict[str, float]:
+        return self.inner.metrics_at(consumed_micro_batches)
+
+    def check_resume(self, saved: dict) -> None:
+        self.inner.check_resume(saved)
+
 
 class FaultInjectingTask:
     """`task` (a tasks.base.Task) with `fault` injected into its stream (see the module docstring); everything else
@@ -92,6 +98,7 @@ class FaultInjectingTask:
     def __init__(self, task, fault: Fault, micro_batches_per_step: int, rank: int, vocab_size: int):
         self.task = task
         self.name, self.normalization, self.seq_len = task.name, task.normalization, task.seq_len
+        self.shown_metrics = task.shown_metrics
         self.stream = _FaultyStream(task.stream, fault, micro_batches_per_step, rank, vocab_size)
 
     def loss(self, model, batch):

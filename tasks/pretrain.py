@@ -15,12 +15,22 @@ from dataset.config import DataConfig
 from dataset.loader import BatchStream, stack_windows
 from dataset.pretrain import PretrainDataset
 from dataset.sampler import ResumableBatchSampler
+from model.hf.import_hf import is_hf_model_dir
 from tasks.base import MicroBatchLoss, TaskInputs
+from tasks.setup import check_init_tokenizer, model_tokenizer_dir
+from utils.fileio import sha256_file
 
 
-def locate_data(data: DataConfig, ctx) -> DataConfig:
-    """`data` with data_dir and tokenizer_dir filled in: the demo corpus (built on first use) when no --data_dir."""
+def locate_data(data: DataConfig, ctx, init_from: str = "") -> DataConfig:
+    """`data` with data_dir and tokenizer_dir filled in: the demo corpus (built on first use) when no --data_dir.
+    The tokenizer: --tokenizer_dir, else the data's (<data_dir>/tokenizer/), else the --init_from model's. A
+    Hugging Face model (--init_from=HF_DIR) trains only on data made with its own tokenizer."""
+    hf = bool(init_from) and is_hf_model_dir(init_from)
     if not data.data_dir:
+        if hf:
+            raise ValueError(f"--init_from={init_from} is a Hugging Face model, and the demo corpus is tokenized with "
+                             f"z2all's demo tokenizer; pretokenize your text with `python -m data_preprocess."
+                             f"pretokenize --input=TEXT --tokenizer_dir={init_from} --out_dir=DATA` and pass --data_dir=DATA")
         from data_preprocess.demo import ensure_demo_data
 
         if ctx.is_main:
@@ -36,10 +46,29 @@ def locate_data(data: DataConfig, ctx) -> DataConfig:
             f"--data_dir={data.data_dir} does not exist; make it with `python -m data_preprocess.pretokenize "
             f"--input=TEXT --tokenizer_dir=TOK --out_dir={data.data_dir}`, or omit --data_dir to train on the demo corpus"
         )
-    tok_dir = data.tokenizer_dir or os.path.join(data.data_dir, "tokenizer")
-    if data.tokenizer_dir and not os.path.isdir(tok_dir):
-        raise ValueError(f"--tokenizer_dir={tok_dir} does not exist; pass the directory written by tokenizer training")
-    return dataclasses.replace(data, tokenizer_dir=tok_dir if os.path.isdir(tok_dir) else "")
+    if data.tokenizer_dir and not os.path.isdir(data.tokenizer_dir):
+        raise ValueError(f"--tokenizer_dir={data.tokenizer_dir} does not exist; pass the directory written by "
+                         f"tokenizer training")
+    own = os.path.join(data.data_dir, "tokenizer")
+    tok_dir = data.tokenizer_dir or (own if os.path.isdir(own) else "")
+    if hf:
+        tok_dir = _check_hf_data(init_from, data.data_dir, tok_dir)
+    return dataclasses.replace(data, tokenizer_dir=tok_dir or (model_tokenizer_dir(init_from) if init_from else ""))
+
+
+def _check_hf_data(init_from: str, data_dir: str, tok_dir: str) -> str:
+    """The tokenizer of pretraining data for a Hugging Face model: refused when its vocabulary is not the model's
+    (tokenizer.json differs), the model's own when the data has none."""
+    model_tok = model_tokenizer_dir(init_from)
+    if not tok_dir:
+        check_init_tokenizer(init_from)  # neither the data nor the model has one: refused
+    elif model_tok:
+        mine, theirs = (os.path.join(d, "tokenizer.json") for d in (tok_dir, model_tok))
+        if not os.path.isfile(mine) or sha256_file(mine) != sha256_file(theirs):
+            raise ValueError(f"--data_dir={data_dir} goes with the tokenizer {tok_dir}, not with the one of "
+                             f"--init_from={init_from} (their tokenizer.json differ); pretokenize the text with "
+                             f"--tokenizer_dir={init_from}")
+    return tok_dir or model_tok
 
 
 class PretrainTask:
@@ -47,6 +76,7 @@ class PretrainTask:
 
     name = "pretrain"
     normalization = "mean"
+    shown_metrics = ()
 
     def __init__(self, inputs: TaskInputs):
         train, data, ctx = inputs.train, inputs.data, inputs.ctx

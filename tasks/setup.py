@@ -2,10 +2,12 @@
 the memory check and the start-up line. Each reads the config and the DistContext; none writes anything."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from model.memory import check_fits, training_bytes
-from model.ops import flash_attn_available, flex_attention_available
+from model.ops import check_fp8, flash_attn_available, flex_attention_available
 from utils.checkpoint import CheckpointManager, resolve_checkpoint
 from utils.run_layout import step_dir_name
 from utils.memory import available_bytes
@@ -30,14 +32,41 @@ def check_attention_impl(model_cfg, device: torch.device) -> None:
                          f"device {device}, available: {flex_attention_available()}); use --attn_impl=auto")
 
 
+def model_tokenizer_dir(path: str) -> str:
+    """The tokenizer that belongs to a model path: a Hugging Face model dir's own tokenizer files, <run>/tokenizer/,
+    or the tokenizer/ of the run above a step dir (ckpt/step_N, ckpt/best); "" when there is none."""
+    from tokenizer import is_tokenizer_dir
+
+    p = Path(path)
+    for cand in (p, p / "tokenizer", p.resolve().parent.parent / "tokenizer"):
+        if cand.is_dir() and is_tokenizer_dir(cand):
+            return str(cand)
+    return ""
+
+
+def check_init_tokenizer(init_from: str) -> None:
+    """Refuse to give a Hugging Face model another tokenizer by default: one without its tokenizer files needs
+    --tokenizer_dir (the demo tokenizer's ids would mean other tokens to it)."""
+    from model.hf.import_hf import is_hf_model_dir
+
+    if init_from and is_hf_model_dir(init_from) and not model_tokenizer_dir(init_from):
+        raise ValueError(f"--init_from={init_from} is a Hugging Face model without its tokenizer (no tokenizer.json "
+                         f"there); pass --tokenizer_dir=DIR of the tokenizer it was trained with")
+
+
+def check_fp8_support(model_cfg, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before anything is built, an --fp8 recipe that this machine cannot run (one line: what it lacks)."""
+    check_fp8(model_cfg.fp8, device, dtype)
+
+
 def load_tokenizer(cfg, tokenizer_dir: str):
-    """Load the tokenizer (if any) and check that it fits the model's vocab (its special ids go to the model that
-    train.build_model makes, never into the config)."""
+    """Load the tokenizer (if any: a z2all one, or a Hugging Face one) and check that it fits the model's vocab
+    (its special ids go to the model that train.build_model makes, never into the config)."""
     if not tokenizer_dir:
         return None
-    from tokenizer import Z2allTokenizer
+    from tokenizer import load_tokenizer as load
 
-    tok = Z2allTokenizer.from_pretrained(tokenizer_dir)
+    tok = load(tokenizer_dir)
     if tok.model_vocab_size > cfg.model.vocab_size:
         raise ValueError(
             f"the tokenizer in {tokenizer_dir} has {tok.vocab_size} tokens (model vocab "
@@ -79,6 +108,7 @@ def check_memory(cfg, ctx, dtype: torch.dtype) -> None:
 
 def describe_run(cfg, ctx, model, dtype) -> str:
     t = cfg.train
-    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}, "
+    fp8 = f" with FP8 {cfg.model.fp8} GEMMs" if cfg.model.fp8 != "off" else ""
+    return (f"z2all {t.task_type}: {model.num_params(non_embedding=False) / 1e6:.2f}M params, {dtype}{fp8}, "
             f"device {ctx.device}, world {ctx.world_size}, micro-batch {t.batch_size} x seq {cfg.model.max_seq_len}, "
             f"grad accum {t.gradient_accumulation_steps} (global), out_dir {t.out_dir}; model shape from {cfg.shape_source}")

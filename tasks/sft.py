@@ -47,6 +47,7 @@ class SFTTask:
 
     name = "sft"
     normalization = "sum"
+    shown_metrics = ()
 
     def __init__(self, inputs: TaskInputs):
         t, ctx, data = inputs.train, inputs.ctx, inputs.data

@@ -106,6 +106,7 @@ class Trainer:
             "sampler": self.task.stream.state_at(self.consumed_micro_batches),
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "world_size": self.ctx.world_size,
+            "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
             "rng": all_rng,
             "skipped_steps": self.nonfinite.total,
             "data_skips": self.data_skips,
@@ -127,6 +128,7 @@ class Trainer:
             self.data_skips.append([self.iter, self.consumed_micro_batches, self.cfg.skip_data_to])
             self.consumed_micro_batches = self.cfg.skip_data_to
         self.task.stream.seek(self.consumed_micro_batches)
+        print0(self._data_position_note(state), rank=self.ctx.rank)
         if state["world_size"] == self.ctx.world_size:
             set_rng_state(state["rng"][self.ctx.rank])
         else:
@@ -134,6 +136,18 @@ class Trainer:
             print0(f"note: resuming on {self.ctx.world_size} ranks from {state['world_size']}; RNG streams are reseeded",
                    rank=self.ctx.rank)
             torch.manual_seed(self.cfg.seed + self.iter * 1000 + self.ctx.rank)
+
+    def _data_position_note(self, state: dict) -> str:
+        """What a resume does to the data: the position is one global stream of micro-batches, so another world size
+        or accumulation continues it without repeating or skipping a sample (configurator refuses a batch size
+        or sequence length that would change what a micro-batch is)."""
+        world, ga = self.ctx.world_size, self.cfg.gradient_accumulation_steps
+        was_world, was_ga = state["world_size"], state.get("gradient_accumulation_steps", ga)
+        change = "" if (world, ga) == (was_world, was_ga) else \
+            f" (was {was_world} rank(s) x {was_ga // was_world} per step)"
+        return (f"data: continuing at micro-batch {self.consumed_micro_batches} of the global stream "
+                f"({self.cfg.batch_size} samples each); {world} rank(s) x {self.ga_local} micro-batches per step"
+                f"{change}: no sample is repeated or skipped")
 
     def beat(self, section: str) -> None:
         if self.heartbeat is not None:
@@ -238,10 +252,12 @@ class Trainer:
         for k, v in metrics.items():
             rec[k] = self.reduce_over_ranks(v / self.ga_local)
         rec.update(self.ddp.comm_hook.state.metrics())  # e.g. PowerSGD's comm_compression_ratio
+        rec.update(self.task.stream.metrics_at(self.consumed_micro_batches))  # a mix's tokens/NAME, epoch/NAME
         if self.ctx.is_main:
             self.logger.log(rec)
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-        print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f} | lr {rec['lr']:.2e} | grad_norm "
+        shown = "".join(f" | {k.rsplit('/', 1)[-1]} {rec[k]:.3f}" for k in self.task.shown_metrics if k in rec)
+        print0(f"iter {self.iter}/{self.cfg.max_iters} | loss {loss:.4f}{shown} | lr {rec['lr']:.2e} | grad_norm "
                f"{rec['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | mfu {mfu_text} | mem {rec['peak_mem_gb']:.2f} GB"
                f" | {self._clock()}", rank=self.ctx.rank)
         self._tokens_since_log = 0
@@ -265,7 +281,8 @@ class Trainer:
         self.last_val_loss = metrics["valid_loss"]
         if self.ctx.is_main:
             self.logger.log({"iter": self.iter, **metrics})
-        print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}", rank=self.ctx.rank)
+        parts = "".join(f" | {k[len('valid/'):]} {v:.4f}" for k, v in metrics.items() if k.startswith("valid/"))
+        print0(f"iter {self.iter} | valid loss {self.last_val_loss:.4f}{parts}", rank=self.ctx.rank)
 
     def train(self) -> None:
         self._t0 = self._started = time.perf_counter()
@@ -315,6 +332,7 @@ class Trainer:
         lines = [f"done: {t.task_type} to iter {self.iter} in {_hms(time.perf_counter() - self._started)}; outputs in "
                  f"{out}/ ({METRICS_NAME}, {PLOT_NAME}, tb/, ckpt/{step_dir_name(self.iter)}"
                  f"{', ckpt/best' if math.isfinite(self.best_val_loss) else ''})",
+                 *_data_lines(self.task.stream.metrics_at(self.consumed_micro_batches)),
                  f"  train further:  python train.py --resume --out_dir={out} --max_iters={2 * t.max_iters}",
                  f"  export to HF:   python -m model.hf.export_hf --ckpt={out} --out_dir={out}/hf",
                  f"  chat with it:   python -m tasks.chat {out}" if t.task_type != "pretrain" else
@@ -329,6 +347,15 @@ class Trainer:
         text = self.task.sample(self.model)
         if text is not None:
             print(f"--- sample ({self.cfg.sample_tokens} tokens) ---\n{text}\n---", flush=True)
+
+
+def _data_lines(metrics: dict[str, float]) -> list[str]:
+    """The summary's line of the data read, from the stream's tokens/NAME and epoch/NAME (a mix; none otherwise)."""
+    names = [k[len("tokens/"):] for k in metrics if k.startswith("tokens/")]
+    if not names:
+        return []
+    parts = [f"{n} {metrics[f'tokens/{n}']:,.0f} tokens ({metrics.get(f'epoch/{n}', 0.0):.3f} epochs)" for n in names]
+    return [f"  data read:      {'; '.join(parts)}"]
 
 
 def _hms(seconds: float) -> str:

@@ -126,3 +126,30 @@ def run_file_in_interpreter(test_file: str) -> None:
     why = file_verdict(run, test_file)
     if why:
         pytest.fail(f"{why}\n({run.cmd})\n{run.output}")
+
+
+def e4m3_conversion_rounds_to_nearest_even(monkeypatch) -> None:
+    """In the child, make the interpreter convert fp32 to e4m3 (tl.float8e4nv) as the GPU does; elsewhere nothing.
+
+    The interpreter's conversion (triton/runtime/interpreter.py, _convert_float, Triton 3.x) adds the cut-off bit
+    to the truncated mantissa without carrying into the exponent: 127.8 becomes 64 where the GPU's
+    cvt.rn.satfinite gives 128. Tests of FP8 kernels call this (monkeypatch undoes it) so that they can compare
+    codes bitwise; torch's conversion rounds to nearest even, as the GPU.
+    """
+    if not IN_CHILD:
+        return
+    import numpy as np
+    import torch
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter._convert_float
+
+    def convert(data, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.float32 and output_dtype == tl.float8e4nv:
+            values = torch.from_numpy(np.ascontiguousarray(data).view(np.float32))
+            return values.to(torch.float8_e4m3fn).view(torch.uint8).numpy().reshape(data.shape)
+        return original(data, input_dtype, output_dtype, rounding_mode)
+
+    monkeypatch.setattr(interpreter, "_convert_float", convert)
+

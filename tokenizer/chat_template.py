@@ -23,6 +23,7 @@ newline after ``<|im_end|>``. Where a token straddles the header and the content
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,7 +42,7 @@ class ChatEncoding:
     turn_ends: list[int]  # per message, the index just past its closing "\n" (a whole-turn cut point)
 
 
-def _check_messages(messages: Sequence[dict]) -> None:
+def check_messages(messages: Sequence[dict]) -> None:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise TypeError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}")
     for i, m in enumerate(messages):
@@ -66,7 +67,7 @@ def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool
        encode(role + "\\n"); the reply and ``<|im_end|>`` get mask 1.
     3. Optionally append the generation prompt ``<|im_start|>`` + encode("assistant\\n") (mask 0).
     """
-    _check_messages(messages)
+    check_messages(messages)
     newline = tokenizer.encode("\n")
     ids: list[int] = [tokenizer.bos_id] if add_bos else []
     mask: list[int] = [0] * len(ids)
@@ -93,3 +94,29 @@ def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool
 def render_generation_prompt(tokenizer, messages: Sequence[dict], add_bos: bool = True) -> list[int]:
     """Ids that prompt the model for the next assistant reply (generation stops at ``<|im_end|>``)."""
     return render_chat(tokenizer, messages, add_generation_prompt=True, add_bos=add_bos).input_ids
+
+
+class ChatMLChat:
+    """The chat format of a z2all tokenizer (the layout above), behind the interface every tokenizer's `chat` has:
+    `description`, `fingerprint` (what the rendered ids depend on besides the tokenizer's vocabulary),
+    `turn_end_id`, `render`, `generation_prompt` and `response` (tokenizer/template_chat.py has the other one)."""
+
+    description = "z2all ChatML"
+    fingerprint = hashlib.sha256(CHATML_JINJA.encode()).hexdigest()
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.turn_end_id = tok.im_end_id
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> ChatEncoding:
+        return render_chat(self.tok, messages, add_generation_prompt)
+
+    def generation_prompt(self, messages: Sequence[dict]) -> list[int]:
+        return render_generation_prompt(self.tok, messages)
+
+    def response(self, prompt: Sequence[dict], reply: dict) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a reply after generation_prompt(prompt): its content and ``<|im_end|>`` (mask 1), then
+        the newline (mask 0). The content is encoded on its own, as the model generates it after the prompt."""
+        newline = self.tok.encode("\n")
+        ids = self.tok.encode(reply["content"]) + [self.tok.im_end_id]
+        return ids + newline, [1] * len(ids) + [0] * len(newline)

@@ -21,7 +21,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from tokenizer.chat_template import CHATML_JINJA
+from tokenizer.chat_template import CHATML_JINJA, ChatMLChat
 from tokenizer.special_tokens import (BOS_TOKEN, EOS_TOKEN, IM_END_TOKEN, IM_START_TOKEN, PAD_TOKEN,
                                       resolve_allowed, split_on_special)
 from utils.fileio import atomic_write_bytes
@@ -124,6 +124,11 @@ class Z2allTokenizer:
     @property
     def im_end_id(self) -> int:
         return self.special_tokens[IM_END_TOKEN]
+
+    @property
+    def chat(self) -> ChatMLChat:
+        """The chat format (z2all ChatML, BOS first): render, generation prompt, DPO response, end-of-turn id."""
+        return ChatMLChat(self)
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from tokenizer.special_tokens import SPECIAL_TOKENS
 from tokenizer.tokenizer import TOKENIZER_TYPES, Z2allTokenizer
+from utils.progress import progress_bar
 
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 PRE_SPLIT_PATTERN = (
@@ -48,19 +49,23 @@ _SP_CHUNK_CHARS = 4000  # sentencepiece drops sentences above max_sentence_lengt
 
 class _Feed:
     """The documents as the trainer consumes them: counted, and stopped after ``max_chars`` characters of text
-    (0: no cap) to bound training time on huge inputs."""
+    (0: no cap) to bound training time on huge inputs. On a terminal a bar shows the characters read (the trainers'
+    own bars cannot: they are handed an iterator of unknown length and count up to a total of 0)."""
 
     def __init__(self, docs: Iterable[str], max_chars: int):
         self._docs, self._max_chars = docs, max_chars
         self.documents = self.chars = 0
 
     def __iter__(self) -> Iterator[str]:
-        for doc in self._docs:
-            yield doc
-            self.documents += 1
-            self.chars += len(doc)
-            if self._max_chars and self.chars >= self._max_chars:
-                return
+        with progress_bar(total=self._max_chars or None, unit="char", unit_scale=True,
+                          desc="tokenizer: reading text") as bar:
+            for doc in self._docs:
+                yield doc
+                self.documents += 1
+                self.chars += len(doc)
+                bar.update(len(doc))
+                if self._max_chars and self.chars >= self._max_chars:
+                    return
 
 
 def train_bbpe(docs: Iterable[str], vocab_size: int, show_progress: bool = True) -> Z2allTokenizer:
@@ -184,7 +189,7 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, type: str, out_dir: st
     if first is None:
         raise ValueError(f"no documents to train on in {source}: check the input (and --text_field)")
     feed = _Feed(itertools.chain([first], docs), max_chars)
-    tok = train_bbpe(feed, vocab_size) if type == "bbpe" else train_sentencepiece(feed, vocab_size)
+    tok = train_bbpe(feed, vocab_size, show_progress=False) if type == "bbpe" else train_sentencepiece(feed, vocab_size)
     if tok.vocab_size != vocab_size:
         raise ValueError(f"{source} ({feed.documents} documents, {feed.chars:,} characters) yields only "
                          f"{tok.vocab_size} of the {vocab_size} tokens asked: train on more text or pass a "

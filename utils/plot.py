@@ -24,11 +24,20 @@ def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def loss_curves(records: list[dict]) -> list[tuple[str, str, list[float], list[float]]]:
+    """(label, line style, iters, values) of the loss panel: train loss, valid loss, then each valid/NAME."""
+    per_source = sorted({k for r in records for k in r if k.startswith("valid/")})
+    keys = [("loss", "train loss", "-"), ("valid_loss", "valid loss", "o-")]
+    keys += [(k, f"valid {k[len('valid/'):]}", "o--") for k in per_source]
+    return [(label, style, *_series(records, key)) for key, label, style in keys if _series(records, key)[0]]
+
+
 def plot_metrics(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
     """Plot a metrics.jsonl file to `out_png` (written atomically). Returns the png path.
 
-    Train loss comes from records with "loss", valid loss from records with "valid_loss", and the learning
-    rate from records with "lr". Missing series are simply absent from the figure.
+    Train loss comes from records with "loss", valid loss from records with "valid_loss", a mix's per-source
+    valid losses from records with "valid/NAME" (dashed, one per source), and the learning rate from records with
+    "lr". Missing series are simply absent from the figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -37,10 +46,8 @@ def plot_metrics(metrics_path: str | os.PathLike, out_png: str | os.PathLike) ->
     fig = Figure(figsize=(11, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax_loss, ax_lr = fig.subplots(1, 2)
-    for key, label, style in (("loss", "train loss", "-"), ("valid_loss", "valid loss", "o-")):
-        xs, ys = _series(records, key)
-        if xs:
-            ax_loss.plot(xs, ys, style, label=label, markersize=3)
+    for label, style, xs, ys in loss_curves(records):
+        ax_loss.plot(xs, ys, style, label=label, markersize=3)
     ax_loss.set_xlabel("iter")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("loss")

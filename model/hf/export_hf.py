@@ -4,6 +4,12 @@
 
 The output loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`, no custom code.
 
+Stop tokens: config.json and generation_config.json list as eos_token_id the end-of-turn token of the
+tokenizer's chat format and its EOS, [<|im_end|>, <|endoftext|>] for a z2all tokenizer, so transformers'
+`generate` (and a server reading generation_config.json) ends a reply where SFT taught the model to end it. The
+end-of-turn id is the one the checkpoint's config recorded from the run's tokenizer; a checkpoint from before
+that record takes <|im_end|> from the tokenizer files it exports.
+
 Layout notes (why the conversion is plain slicing):
 - RoPE: z2all uses the rotate-half layout (pairs (i, i + D/2)), the same as HF Llama/Qwen2, so q/k rows
   need no permutation (the interleaved (2i, 2i+1) layout of Meta's original checkpoints would).
@@ -34,9 +40,32 @@ from utils.fileio import follow_umask
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
+def stop_ids(cfg: Z2allConfig, tokenizer_dir: Path | None = None) -> int | list[int]:
+    """eos_token_id for the export: [end-of-turn, EOS] when the model has an end-of-turn token, else EOS alone."""
+    eot = cfg.eot_token_id
+    if eot < 0 and tokenizer_dir is not None:
+        eot = _im_end_of(tokenizer_dir)
+    return [eot, cfg.eos_token_id] if 0 <= eot != cfg.eos_token_id else cfg.eos_token_id
+
+
+def _im_end_of(tokenizer_dir: Path) -> int:
+    """<|im_end|>'s id in a z2all tokenizer dir (z2all_tokenizer.json), or -1 (read as data: model/ does not import
+    tokenizer/)."""
+    try:
+        special = json.loads((tokenizer_dir / "z2all_tokenizer.json").read_text(encoding="utf-8"))["special_tokens"]
+        return int(special["<|im_end|>"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def generation_config(cfg: Z2allConfig, eos: int | list[int]) -> dict:
+    """generation_config.json: the stop ids (what transformers' generate reads), BOS and PAD."""
+    return {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id}
+
+
+def hf_config(cfg: Z2allConfig, dtype: torch.dtype, eos: int | list[int] | None = None) -> dict:
     """The HF config.json: llama, or qwen2 when attention_bias. RoPE is written both as the 4.x keys
-    (rope_theta, rope_scaling) and the 5.x rope_parameters, which agree."""
+    (rope_theta, rope_scaling) and the 5.x rope_parameters, which agree. `eos` (stop_ids) defaults to EOS."""
     qwen = cfg.attention_bias
     rope_type = "default" if cfg.rope_scaling_type == "none" else cfg.rope_scaling_type
     rope_parameters = {"rope_type": rope_type, "rope_theta": cfg.rope_theta}
@@ -65,7 +94,7 @@ def hf_config(cfg: Z2allConfig, dtype: torch.dtype) -> dict:
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_dropout": cfg.attention_dropout,
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
+        "eos_token_id": cfg.eos_token_id if eos is None else eos,
         "pad_token_id": cfg.pad_token_id,
         "use_cache": True,
         "torch_dtype": dtype_name,
@@ -115,9 +144,9 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
     1. Resolve ckpt (saved dir, step dir or run dir) and read its config and weights; check out_dir is new,
        empty or an earlier export (never replace anything else).
     2. Cast floating tensors if --dtype is not keep; unfuse qkv_proj and gate_up_proj.
-    3. Write the HF config (llama or qwen2), the weights and every tokenizer file into a temp dir beside
-       out_dir, then rename it into place: a failed export leaves out_dir as it was and no temp dir (a disk
-       fault is a DiskFault: one line, exit 2).
+    3. Write the HF config (llama or qwen2), generation_config.json (the stop ids), the weights and every
+       tokenizer file into a temp dir beside out_dir, then rename it into place: a failed export leaves out_dir
+       as it was and no temp dir (a disk fault is a DiskFault: one line, exit 2).
     """
     from safetensors.torch import save_file
 
@@ -137,7 +166,11 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | None =
         save_file(to_hf_state(cfg, state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         follow_umask(tmp / "model.safetensors")
         param_dtype = state["embed_tokens.weight"].dtype
-        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, param_dtype), indent=2) + "\n", encoding="utf-8")
+        eos = stop_ids(cfg, tok)
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, param_dtype, eos), indent=2) + "\n",
+                                         encoding="utf-8")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(cfg, eos), indent=2) + "\n",
+                                                    encoding="utf-8")
         if tok is not None:
             for f in tok.iterdir():
                 (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)

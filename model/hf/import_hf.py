@@ -1,8 +1,11 @@
-"""Import a Hugging Face Llama / Qwen2 / Mistral (no sliding window) checkpoint as a z2all run.
+"""Read a Hugging Face Llama / Qwen2 / Mistral checkpoint (no sliding window that matters) as z2all weights, and
+import one as a z2all run.
 
     python -m model.hf.import_hf --hf_dir=DIR --out_dir=RUN
 
-Writes `RUN/ckpt/step_000000000/` (config.json + model.safetensors + COMPLETE, through
+`read_hf_dir(DIR)` converts in memory (the directory is only read): `train.py --init_from=DIR`,
+`Z2allForCausalLM.from_pretrained(DIR)` and the chat load an HF directory through it (model/weights.py). The CLI
+writes `RUN/ckpt/step_000000000/` (config.json + model.safetensors + COMPLETE, through
 utils.checkpoint.CheckpointManager) so that `train.py --init_from=RUN`, `Z2allForCausalLM.from_pretrained(RUN)`
 and `python -m model.export_hf --ckpt=RUN` all read it; the HF tokenizer files go to `RUN/tokenizer/`.
 The weight layout is the inverse of model/export_hf.py (rotate-half RoPE on both sides: no permutation).
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import secrets
 import shutil
 import sys
@@ -33,10 +37,19 @@ def _is_tokenizer_file(p: Path) -> bool:
     return p.is_file() and (any(m in p.name for m in TOKENIZER_MARKERS) or p.name.endswith(TOKENIZER_SUFFIXES))
 
 
-def _first_id(v, default: int) -> int:
-    if isinstance(v, list):
-        v = v[0] if v else None
-    return default if v is None else int(v)
+def _special_ids(hf: dict) -> dict:
+    """bos/eos/pad/eot ids of an HF config. An eos list (transformers' several stop ids) is read as our export
+    writes it: [end-of-turn, EOS]; a longer one keeps its last id as EOS (every id of it stops generation)."""
+    def one(v, default: int) -> int:
+        return default if v is None else int(v)
+
+    eos = hf.get("eos_token_id")
+    eot = -1
+    if isinstance(eos, list):
+        eot = int(eos[0]) if len(eos) > 1 else -1
+        eos = eos[-1] if eos else None
+    return dict(bos_token_id=one(hf.get("bos_token_id"), 1), eos_token_id=one(eos, 2),
+                pad_token_id=one(hf.get("pad_token_id"), 0), eot_token_id=eot)
 
 
 def _rope_from_hf(hf: dict) -> tuple[float, str, float]:
@@ -47,24 +60,45 @@ def _rope_from_hf(hf: dict) -> tuple[float, str, float]:
     if kind == "default":
         return theta, "none", 1.0
     if kind not in ("linear", "dynamic"):
-        raise ValueError(f"RoPE type {kind!r} of this checkpoint is not supported by z2all (linear, dynamic, none)")
+        raise ValueError(f"its RoPE type {kind!r} is not one z2all implements (default, linear, dynamic): the "
+                         f"model would compute other positions than it was trained with")
     return theta, kind, float(params["factor"])
 
 
+def _sliding_window(hf: dict, mtype: str) -> int | None:
+    """The attention window when some layer uses one that is shorter than the model's context, else None (a window
+    at least as long as max_position_embeddings never masks anything: full attention)."""
+    window, context = hf.get("sliding_window"), hf.get("max_position_embeddings", 2048)
+    if mtype == "mistral":
+        used = window is not None
+    elif mtype == "qwen2":
+        layers = hf.get("num_hidden_layers", 0)
+        used = "sliding_attention" in (hf.get("layer_types") or []) or (
+            bool(hf.get("use_sliding_window")) and window is not None and hf.get("max_window_layers", layers) < layers)
+    else:
+        used = False
+    return window if used and window is not None and window < context else None
+
+
 def z2all_config_from_hf(hf: dict) -> Z2allConfig:
-    """Map an HF config dict to Z2allConfig; ValueError for features z2all does not have."""
+    """Map an HF config dict to Z2allConfig; ValueError (one line: what the checkpoint has that z2all has not) for
+    the rest."""
     mtype = hf.get("model_type")
     if mtype not in SUPPORTED:
         raise ValueError(f"model_type {mtype!r} is not supported; expected one of {', '.join(SUPPORTED)}")
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias", False):
-        raise ValueError("only SwiGLU MLPs without bias (hidden_act=silu, mlp_bias=false) can be imported")
+        raise ValueError(f"its MLP is hidden_act={hf.get('hidden_act')!r} mlp_bias={hf.get('mlp_bias', False)}; z2all "
+                         f"has SwiGLU MLPs without bias (hidden_act=silu, mlp_bias=false) only")
     if mtype == "llama" and hf.get("attention_bias", False):
         raise ValueError("Llama with attention_bias has an o_proj bias, which z2all does not have")
-    if hf.get("use_sliding_window", False) or (mtype == "mistral" and hf.get("sliding_window") is not None):
-        raise ValueError("sliding-window attention is not supported by z2all; use a checkpoint without it")
+    window = _sliding_window(hf, mtype)
+    if window is not None:
+        raise ValueError(f"it uses sliding-window attention (sliding_window={window} < max_position_embeddings="
+                         f"{hf.get('max_position_embeddings')}), which z2all does not have; use a checkpoint without it")
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hidden // heads):
-        raise ValueError(f"head_dim={hf['head_dim']} != hidden_size/num_attention_heads={hidden // heads}")
+        raise ValueError(f"head_dim={hf['head_dim']} != hidden_size/num_attention_heads={hidden // heads}, which z2all "
+                         f"requires")
     theta, scaling, factor = _rope_from_hf(hf)
     cfg = Z2allConfig(
         vocab_size=hf["vocab_size"], hidden_dim=hidden, n_layers=hf["num_hidden_layers"], n_heads=heads,
@@ -73,41 +107,99 @@ def z2all_config_from_hf(hf: dict) -> Z2allConfig:
         rope_scaling_factor=factor, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         initializer_range=hf.get("initializer_range", 0.02),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), attention_bias=mtype == "qwen2",
-        attention_dropout=hf.get("attention_dropout", 0.0), bos_token_id=_first_id(hf.get("bos_token_id"), 1),
-        eos_token_id=_first_id(hf.get("eos_token_id"), 2), pad_token_id=_first_id(hf.get("pad_token_id"), 0),
+        attention_dropout=hf.get("attention_dropout", 0.0), **_special_ids(hf),
     )
     cfg.validate()
     return cfg
 
 
+def is_hf_model_dir(path: str | Path) -> bool:
+    """A Hugging Face model directory: a config.json that names a model_type or architectures (the config.json of
+    z2all's own saved and checkpoint dirs has neither)."""
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and ("model_type" in raw or "architectures" in raw)
+
+
+def read_hf_config(hf_dir: str | Path) -> Z2allConfig:
+    """The Z2allConfig of an HF model dir; one ValueError line naming the dir, what it has and what z2all takes."""
+    path = Path(hf_dir) / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return z2all_config_from_hf(raw)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        what = f"its config.json lacks {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"cannot load the Hugging Face model {hf_dir}: {what}") from e
+
+
+# Weight files of an HF model dir, in the order transformers prefers them: safetensors, then PyTorch pickles
+# (read with weights_only=True: tensors only, never code).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def hf_weight_files(hf_dir: str | Path) -> list[Path]:
+    """The files that hold the weights of an HF model dir (one file, or the shards an index names)."""
+    hf_dir = Path(hf_dir)
+    for name in WEIGHT_FILES:
+        path = hf_dir / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"cannot read the shard index {path} ({type(e).__name__}: {e}); restore it") from e
+        return [hf_dir / s for s in shards]
+    raise ValueError(f"{hf_dir} has none of {', '.join(WEIGHT_FILES)}; save the HF model there with "
+                     f"save_pretrained() first")
+
+
 def load_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of model.safetensors or of the shards listed in model.safetensors.index.json."""
+    """All tensors of the HF model dir's weight files (safetensors, or .bin through torch.load(weights_only=True))."""
     from safetensors.torch import load_file
 
-    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(str(hf_dir / shard)))
-        return state
-    raise ValueError(f"{hf_dir} has no model.safetensors or model.safetensors.index.json; save the HF model "
-                     f"with save_pretrained(..., safe_serialization=True) first")
+    state = {}
+    for f in hf_weight_files(hf_dir):
+        if f.suffix == ".safetensors":
+            state.update(load_file(str(f)))
+        else:
+            try:
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+            except pickle.UnpicklingError as e:  # weights_only refuses any object that is not plain tensors/data
+                raise ValueError(f"{f} holds more than tensors, and z2all loads PyTorch pickles with weights_only="
+                                 f"True only (no code runs); convert it to safetensors") from e
+    return state
 
 
 def from_hf_state(cfg: Z2allConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF state dict → Z2all state dict (fuses q/k/v and gate/up by concatenating rows)."""
-    out = {ours: hf[name] for ours, name in one_to_one_pairs(cfg.n_layers, cfg.tie_word_embeddings)}
-    for i in range(cfg.n_layers):
-        src, dst = f"model.layers.{i}.", f"layers.{i}."
-        for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
-            parts = [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            out[f"{dst}attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
-        out[dst + "mlp.gate_up_proj.weight"] = torch.cat([hf[src + "mlp.gate_proj.weight"],
-                                                          hf[src + "mlp.up_proj.weight"]], dim=0)
+    hf = {k.removeprefix("module."): v for k, v in hf.items()}
+    try:
+        out = {ours: hf[name] for ours, name in one_to_one_pairs(cfg.n_layers, cfg.tie_word_embeddings)}
+        for i in range(cfg.n_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
+                parts = [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+                out[f"{dst}attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
+            out[dst + "mlp.gate_up_proj.weight"] = torch.cat([hf[src + "mlp.gate_proj.weight"],
+                                                              hf[src + "mlp.up_proj.weight"]], dim=0)
+    except KeyError as e:
+        raise ValueError(f"the weights lack the tensor {e.args[0]} that its config.json implies: an incomplete or "
+                         f"foreign checkpoint") from e
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def read_hf_dir(hf_dir: str | Path) -> tuple[Z2allConfig, dict[str, torch.Tensor]]:
+    """(config, our state dict on the CPU) of an HF model dir, converted in memory: the dir is only read."""
+    cfg = read_hf_config(hf_dir)
+    state = load_hf_state(Path(hf_dir))  # its errors name their files
+    try:
+        return cfg, from_hf_state(cfg, state)
+    except ValueError as e:
+        raise ValueError(f"cannot load the Hugging Face model {hf_dir}: {e}") from e
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
@@ -125,11 +217,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     for name in ("ckpt", "tokenizer"):
         if (out / name).exists():
             raise ValueError(f"--out_dir={out} already holds a run ({name}/); choose a new --out_dir for the import")
-    config_path = hf_dir / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path} does not exist; --hf_dir must be a Hugging Face model directory")
-    cfg = z2all_config_from_hf(json.loads(config_path.read_text(encoding="utf-8")))
-    state = from_hf_state(cfg, load_hf_state(hf_dir))
+    if not (hf_dir / "config.json").is_file():
+        raise ValueError(f"{hf_dir / 'config.json'} does not exist; --hf_dir must be a Hugging Face model directory")
+    cfg, state = read_hf_dir(hf_dir)
     created = not out.exists()
     stage = out / f".tmp-import-{secrets.token_hex(4)}"
 

@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from utils.triton_env import LazyKernel, interpret_mode, triton_available  # noqa: F401 (re-exported)
+from utils.triton_env import JitHelper, LazyKernel, interpret_mode, triton_available  # noqa: F401 (re-exported)
 
 IMPLS = ("auto", "triton", "torch")
 

@@ -30,6 +30,7 @@ from model.ops._triton_utils import (
     resolve_impl,
     rows_2d,
 )
+from model.ops.fp8 import store_e4m3_rows
 
 MAX_ROW_WIDTH = 65536  # a row is held in registers; wider rows would spill
 
@@ -42,12 +43,15 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 def _norm_fwd_kernel(
-    X, R, W, Y, S, RSTD,
-    n_rows, n_cols, stride_x, stride_r, stride_y, stride_s, eps,
-    HAS_R: tl.constexpr, STORE_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    X, R, W, Y, S, RSTD, Q, QSCALE,
+    n_rows, n_cols, stride_x, stride_r, stride_y, stride_s, stride_q, eps,
+    HAS_R: tl.constexpr, STORE_S: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # Steps: 1. load BLOCK_R rows of x (plus residual) in fp32; 2. optionally round the sum to the residual dtype
     # and store it; 3. rstd = 1/sqrt(mean(s^2)+eps); 4. y = s*rstd*w in Y's dtype; store rstd.
+    # FP8_OUT stores y quantized by rows instead (fp8.py's steps: y rounded to Y's dtype first, so the codes are
+    # those of quantizing the stored output; the power-of-two scale from the row's amax bits); Y is not written.
     pid = tl.program_id(0)
     rows = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
@@ -64,7 +68,11 @@ def _norm_fwd_kernel(
     rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / n_cols + eps)
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     y = s * rstd[:, None] * w[None, :]
-    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if FP8_OUT:
+        y = y.to(Y.dtype.element_ty).to(tl.float32)
+        store_e4m3_rows(y, Q, QSCALE, rows, cols, rmask, mask, stride_q)
+    else:
+        tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(RSTD + rows, rstd, mask=rmask)
 
 
@@ -156,29 +164,39 @@ def _fwd_warps(block_elems: int) -> int:
     return 8 if block_elems >= 2048 else num_warps_for(block_elems)
 
 
-def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None, block_r=None, num_warps=None):
+def norm_fwd_triton(x2, weight, eps, residual2=None, sum_dtype=None, block_r=None, num_warps=None, fp8_out=False):
     """Launch the forward on (N, D) rows. Returns (y, new_residual or None, rstd).
 
+    fp8_out: y is returned as its row-wise e4m3 quantization, a pair (q (N, D), scale (N, 1) fp32), written in
+    place of the x.dtype output (model/ops/fp8.py has the scaling math).
     block_r/num_warps override the launch heuristics (bench/sweep_tiles.py uses them to tune).
     """
     n_rows, n_cols = x2.shape
     default_r, block_d = _blocks(n_cols)
     block_r = block_r or default_r
-    y = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
+    if fp8_out:
+        q = torch.empty((n_rows, n_cols), dtype=torch.float8_e4m3fn, device=x2.device)
+        qscale = torch.empty((n_rows, 1), dtype=torch.float32, device=x2.device)
+        y = x2  # only its dtype is read (the rounding before the quantization); nothing is written to it
+    else:
+        y = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
+        q = qscale = None
     s = torch.empty((n_rows, n_cols), dtype=sum_dtype, device=x2.device) if sum_dtype is not None else None
     rstd = torch.empty((n_rows,), dtype=torch.float32, device=x2.device)
+    out = (q, qscale) if fp8_out else y
     if n_rows == 0:
-        return y, s, rstd
+        return out, s, rstd
     r = residual2 if residual2 is not None else x2
     s_arg = s if s is not None else y
+    q_arg, qscale_arg = (q, qscale) if fp8_out else (y, rstd)
     grid = (cdiv(n_rows, block_r),)
     _norm_fwd[grid](
-        x2, r, weight, y, s_arg, rstd,
-        n_rows, n_cols, x2.stride(0), r.stride(0), y.stride(0), s_arg.stride(0), float(eps),
-        HAS_R=residual2 is not None, STORE_S=s is not None, BLOCK_R=block_r, BLOCK_D=block_d,
+        x2, r, weight, y, s_arg, rstd, q_arg, qscale_arg,
+        n_rows, n_cols, x2.stride(0), r.stride(0), y.stride(0), s_arg.stride(0), q_arg.stride(0), float(eps),
+        HAS_R=residual2 is not None, STORE_S=s is not None, FP8_OUT=fp8_out, BLOCK_R=block_r, BLOCK_D=block_d,
         num_warps=num_warps or _fwd_warps(block_r * block_d),
     )
-    return y, s, rstd
+    return out, s, rstd
 
 
 def norm_bwd_triton(dy2, x2, weight, rstd, dx_dtype, ds2=None, dx2_dtype=None, block_r=None, num_warps=None,

@@ -7,6 +7,11 @@ which keep two projections).
 and the weight for backward and recomputes the SwiGLU output there (activation_checkpointing=selective): the
 (..., I) activation is the largest one of a block that costs a single elementwise pass to rebuild.
 
+With FP8 (the model's --fp8): `swiglu(gate_up, fp8_out=True)` returns an fp8.Fp8Input, the output quantized by
+rows to e4m3 in the forward kernel's own pass (`_swiglu_fwd_fp8_kernel`: one program holds whole rows, so each
+row's amax is taken in registers); `swiglu_down(..., w8=...)` runs the down projection as fp8_linear.py does,
+quantizing the SwiGLU output in that same pass (with recompute it is rebuilt in bf16 for the weight gradient).
+
 Triton path: the kernels take separate gate and up pointers with their own row strides, so the fused tensor is
 read in place through two views. Programs cover (rows x columns) tiles (several rows per tile for narrow
 widths). The backward recomputes silu from the saved input (nothing else is stored) and writes d(gate) and
@@ -33,6 +38,9 @@ from model.ops._triton_utils import (
     resolve_impl,
     rows_2d,
 )
+from model.ops.fp8 import (FAST_ACCUM_FWD, FP8_DTYPE, Fp8Input, fp8_input_ref, fp8_mm, grad_anchor, quantize_rows_ref,
+                           row_blocks, store_e4m3_rows, whole_row_warps)
+from model.ops.fp8_linear import Fp8Weight, fp8_dgrad, fp8_linear, weight_grad
 from model.ops.linear import linear
 
 
@@ -99,7 +107,25 @@ def _swiglu_bwd_kernel(
     tl.store(DU + rows[:, None] * stride_du + cols[None, :], (do * silu).to(DU.dtype.element_ty), mask=mask)
 
 
+def _swiglu_fwd_fp8_kernel(
+    G, U, Q, QSCALE, n_rows, n_cols, stride_g, stride_u, stride_q,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Steps: 1. BLOCK_R whole rows of gate and up in fp32; 2. out = g*sigmoid(g)*u rounded to G's dtype (the codes
+    # are those of quantizing the stored bf16 output); 3. fp8.py's row scale from the amax bits (NaN for a row with
+    # inf/NaN); 4. store the e4m3 codes and the scales.
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < n_cols)[None, :]
+    g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + rows[:, None] * stride_u + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    out = (g * tl.sigmoid(g) * u).to(G.dtype.element_ty).to(tl.float32)
+    store_e4m3_rows(out, Q, QSCALE, rows, cols, rmask, mask, stride_q)
+
+
 _swiglu_fwd = LazyKernel(_swiglu_fwd_kernel)
+_swiglu_fwd_fp8 = LazyKernel(_swiglu_fwd_fp8_kernel)
 _swiglu_fwd_flat = LazyKernel(_swiglu_fwd_flat_kernel)
 _swiglu_bwd = LazyKernel(_swiglu_bwd_kernel)
 
@@ -149,6 +175,20 @@ def silu_mul_fwd_triton(g2: torch.Tensor, u2: torch.Tensor, flat: bool = True, b
     return out
 
 
+def silu_mul_fwd_fp8_triton(g2: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, I) gate and up views -> the output quantized by rows: (q (N, I) e4m3, scale (N, 1) fp32)."""
+    n_rows, n_cols = g2.shape
+    q = torch.empty((n_rows, n_cols), dtype=FP8_DTYPE, device=g2.device)
+    scale = torch.empty((n_rows, 1), dtype=torch.float32, device=g2.device)
+    if n_rows:
+        block_r, block_c = row_blocks(n_cols)
+        _swiglu_fwd_fp8[(cdiv(n_rows, block_r),)](
+            g2, u2, q, scale, n_rows, n_cols, g2.stride(0), u2.stride(0), q.stride(0),
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=whole_row_warps(block_r * block_c),
+        )
+    return q, scale
+
+
 def silu_mul_bwd_triton(do2, g2, u2, dg2, du2, tiles=None) -> None:
     """Write d(gate) into dg2 and d(up) into du2 (both (N, I), unit column stride).
 
@@ -186,6 +226,27 @@ class SwiGLUFunction(torch.autograd.Function):
         return dx.view(ctx.in_shape)
 
 
+class SwiGLUFp8Function(torch.autograd.Function):
+    """SwiGLUFunction whose output is written in e4m3 with row scales, plus the zero-stride anchor that carries
+    d(out) back here (fp8.Fp8Input); the backward is SwiGLUFunction's."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        x2 = rows_2d(gate_up)
+        half = x2.shape[1] // 2
+        q, scale = silu_mul_fwd_fp8_triton(x2[:, :half], x2[:, half:])
+        ctx.save_for_backward(x2)
+        ctx.in_shape = gate_up.shape
+        lead = gate_up.shape[:-1]
+        q, scale = q.view(*lead, half), scale.view(*lead, 1)
+        ctx.mark_non_differentiable(q, scale)
+        return grad_anchor((*lead, half), gate_up.dtype, gate_up.device), q, scale
+
+    @staticmethod
+    def backward(ctx, d_anchor, d_q, d_scale):
+        return SwiGLUFunction.backward(ctx, d_anchor)
+
+
 class SiluMulFunction(torch.autograd.Function):
     """Separate gate and up (..., I) -> (..., I); saves both inputs."""
 
@@ -206,13 +267,18 @@ class SiluMulFunction(torch.autograd.Function):
         return dg.view(ctx.in_shape), du.view(ctx.in_shape)
 
 
-def swiglu(gate_up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """silu(gate) * up for gate_up (..., 2I) with gate = [..., :I], up = [..., I:]; returns (..., I)."""
+def swiglu(gate_up: torch.Tensor, impl: str = "auto", fp8_out: bool = False) -> torch.Tensor | Fp8Input:
+    """silu(gate) * up for gate_up (..., 2I) with gate = [..., :I], up = [..., I:]; returns (..., I), or with fp8_out
+    its row-wise e4m3 quantization as an Fp8Input (for an FP8 GEMM)."""
     check_float("gate_up", gate_up)
     if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up last dim must be even (gate and up halves); got shape {tuple(gate_up.shape)}")
     if resolve_impl(impl, gate_up.device) == "torch":
-        return swiglu_ref(gate_up)
+        out = swiglu_ref(gate_up)
+        return fp8_input_ref(out) if fp8_out else out
+    if fp8_out:
+        anchor, q, scale = apply_eager(SwiGLUFp8Function, gate_up)
+        return Fp8Input(q, scale, anchor)
     return apply_eager(SwiGLUFunction, gate_up)
 
 
@@ -289,13 +355,53 @@ class SwiGLUDownFunction(torch.autograd.Function):
         return d_gate_up, d_weight, None, None
 
 
+class Fp8SwiGLUDownFunction(torch.autograd.Function):
+    """out = swiglu(gate_up) @ W.T with FP8 GEMMs (fp8_linear.py's recipe), saving gate_up only.
+
+    Forward: the SwiGLU output quantized by rows in the SwiGLU pass, times W's FP8 copy.
+    Backward:
+    1. flatten to rows: d_out (N, d), gate_up (N, 2I);
+    2. dW = d_out^T @ h in bf16 from h = swiglu(gate_up) recomputed (the sink first, as SwiGLUDownFunction);
+    3. d_h = d_out @ W through FP8 (fp8_dgrad), then d_gate_up by the SwiGLU backward.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up, weight, w8, use_triton: bool, sink=None):
+        x2 = rows_2d(gate_up)
+        half = x2.shape[1] // 2
+        if use_triton:
+            q, scale = silu_mul_fwd_fp8_triton(x2[:, :half], x2[:, half:])
+        else:
+            q, scale = quantize_rows_ref(swiglu_ref(x2))
+        out = fp8_mm(q, scale, w8.data, w8.scale, gate_up.dtype, fast_accum=FAST_ACCUM_FWD)
+        ctx.save_for_backward(x2)
+        ctx.weight, ctx.w8, ctx.use_triton, ctx.in_shape, ctx.sink = weight, w8, use_triton, gate_up.shape, sink
+        return out.view(*gate_up.shape[:-1], w8.data.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        (x2,) = ctx.saved_tensors
+        d_out2 = rows_2d(d_out)
+        impl = "triton" if ctx.use_triton else "torch"
+        d_weight = d_gate_up = None
+        if ctx.needs_input_grad[1]:
+            d_weight = weight_grad(ctx.weight, d_out2, _swiglu_rows(x2, ctx.use_triton), ctx.sink)
+        if ctx.needs_input_grad[0]:
+            d_h = fp8_dgrad(d_out2, ctx.w8, x2.dtype, impl)
+            d_gate_up = _swiglu_rows_bwd(d_h, x2, ctx.use_triton).view(ctx.in_shape)
+        return d_gate_up, d_weight, None, None, None
+
+
 def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "auto",
-                recompute: bool = True, sink=None) -> torch.Tensor:
+                recompute: bool = True, sink=None, w8: Fp8Weight | None = None) -> torch.Tensor:
     """swiglu(gate_up) @ down_weight.T: gate_up (..., 2I), down_weight (d, I) -> (..., d).
 
     recompute=True stores only gate_up (and the weight) for backward and rebuilds the SwiGLU output there;
     recompute=False is linear(swiglu(gate_up, impl), down_weight, sink=sink), which stores it. `sink` takes the
-    weight gradient when it manages the weight (model/ops/linear.py).
+    weight gradient when it manages the weight (model/ops/linear.py). w8: the weight's FP8 copies
+    (fp8_linear.Fp8WeightCache): the GEMMs run in FP8 (fp8_linear.py's recipe); without recompute the SwiGLU
+    output is stored in its FP8 form.
     """
     check_float("gate_up", gate_up)
     if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
@@ -307,6 +413,11 @@ def swiglu_down(gate_up: torch.Tensor, down_weight: torch.Tensor, impl: str = "a
         raise TypeError(f"down_weight dtype {down_weight.dtype} must equal gate_up dtype {gate_up.dtype}; "
                         f"cast the model to one dtype")
     use_triton = resolve_impl(impl, gate_up.device) == "triton"
+    flag = "triton" if use_triton else "torch"
+    if w8 is not None and not recompute:
+        return fp8_linear(swiglu(gate_up, impl=flag, fp8_out=True), down_weight, None, w8, sink, impl=flag)
+    if w8 is not None:
+        return apply_eager(Fp8SwiGLUDownFunction, gate_up, down_weight, w8, use_triton, sink)
     if not recompute:
-        return linear(swiglu(gate_up, impl="triton" if use_triton else "torch"), down_weight, sink=sink)
+        return linear(swiglu(gate_up, impl=flag), down_weight, sink=sink)
     return apply_eager(SwiGLUDownFunction, gate_up, down_weight, use_triton, sink)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.support.finetune import make_finetune
-from tests.support.runs import command, kill_after_checkpoint, make_run, read_losses, start
+from tests.support.runs import command, kill_after_checkpoint, kill_when, make_run, read_losses, start
 
 ITERS = 14
 COMMON = ["--attention_dropout=0", "--residual_dropout=0", f"--max_iters={ITERS}", "--save_interval=2",
@@ -64,3 +64,18 @@ def test_chained_kills_give_the_uninterrupted_losses(tmp_path, case):
     got, want = final_state(out), final_state(ref_out)
     assert got["consumed_micro_batches"] == want["consumed_micro_batches"] == ITERS * ga
     assert got["sampler"] == want["sampler"]
+
+
+@pytest.mark.slow
+def test_a_kill_between_checkpoints_with_dropout_resumes_bitwise(tmp_path):
+    """One SIGKILL at a random moment after iter 5 (between the checkpoints of iters 4 and 6, after the eval at 4),
+    with dropout on: the resume restores every RNG and drops the log lines written after its checkpoint."""
+    cfg_file, args, out = make_run(tmp_path, "killed")
+    _, ref_args, ref_out = make_run(tmp_path, "ref")
+    ref = subprocess.run(command(1, [cfg_file, *ref_args]), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = start(command(1, [cfg_file, *args]))
+    kill_when(proc, out, 5)
+    resumed = subprocess.run(command(1, [*args, "--resume"]), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_losses(out) == read_losses(ref_out)

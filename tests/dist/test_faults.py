@@ -39,6 +39,27 @@ def test_a_rejected_resume_override_leaves_the_run_intact(tmp_path, capsys):
     assert train.main([*args, "--resume", "--max_iters=3"]) == 0  # the plain resume still works
 
 
+def test_a_resume_keeps_the_data_position_under_other_accumulation_and_refuses_another_batch_size(tmp_path, capsys):
+    """--gradient_accumulation_steps (and the world size) may change on --resume: the position counts micro-batches of
+    one global stream, so the run continues it, says so, and reads each micro-batch once. --batch_size may not."""
+    cfg_file, args, out = make_run(tmp_path)
+    common = ["--save_interval=2", "--eval_interval=0", "--sample_tokens=0"]
+    assert train.main([cfg_file, *args, *common, "--max_iters=2", "--gradient_accumulation_steps=2"]) == 0
+    capsys.readouterr()
+    before = (out / "exp_config.json").read_bytes()
+    assert train.main([*args, "--resume", "--batch_size=3"]) == ec.USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch_size=3 on --resume: the run's data position counts micro-batches made with " \
+        "batch_size=4" in err[0] and "drop --batch_size" in err[0], err
+    assert (out / "exp_config.json").read_bytes() == before and _steps(out) == ["step_000000002"]
+    assert train.main([*args, "--resume", "--max_iters=4", "--gradient_accumulation_steps=4"]) == 0
+    text = capsys.readouterr().out
+    assert ("data: continuing at micro-batch 4 of the global stream (4 samples each); 1 rank(s) x 4 micro-batches "
+            "per step (was 1 rank(s) x 2 per step): no sample is repeated or skipped") in text, text
+    state = json.loads((out / "ckpt" / "step_000000004" / "trainer_state.json").read_text())
+    assert state["consumed_micro_batches"] == 2 * 2 + 2 * 4 and state["gradient_accumulation_steps"] == 4
+
+
 NAN_ARGS = ["--learning_rate=1e4", "--grad_clip=0", "--warmup_iters=0", "--max_iters=40", "--save_interval=2",
             "--max_skipped_steps=3"]
 

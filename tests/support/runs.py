@@ -68,6 +68,25 @@ def make_run(tmp_path, name="run"):
     return str(tmp_path / "tiny.py"), [f"--data_dir={data}", f"--out_dir={tmp_path / name}"], tmp_path / name
 
 
+MIX = "a:0.7:{root}/a,b:0.3:{root}/b"  # a is small (18 training windows of 17 tokens): it runs through epochs
+STAGES = "7:a:1,b:3"  # the stage switch of the mix runs: after step 7 of 14
+
+
+def make_mix_run(tmp_path, name="run"):
+    """Two synthetic sources (a small, b larger, different patterns) for the TINY config: (config file, argv with
+    --data_mix, --data_stages and --out_dir, out_dir)."""
+    root = tmp_path / "mix"
+    if not root.exists():
+        rng = np.random.default_rng(1)
+        for src, docs, ks in (("a", 8, (1, 4)), ("b", 90, (4, 8))):
+            (root / src).mkdir(parents=True)
+            tokens = np.concatenate([(np.arange(40) * k + src.encode()[0]) % VOCAB for k in rng.integers(*ks, docs)])
+            write_bin(root / src / "shard_000.bin", tokens.astype(np.uint16), VOCAB, num_docs=docs)
+        (tmp_path / "tiny.py").write_text(TINY)
+    return (str(tmp_path / "tiny.py"), [f"--data_mix={MIX.format(root=root)}", f"--data_stages={STAGES}",
+                                        f"--out_dir={tmp_path / name}"], tmp_path / name)
+
+
 def read_losses(out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f]

@@ -157,14 +157,28 @@ def test_run_config_is_data_never_code(tmp_path):
 
 
 def test_help_lists_every_key_with_its_type_default_and_meaning(capsys):
+    """Each key once, with its type, its declared default, what `python train.py` runs where that differs (the
+    recipe's value or a derived one), and its meaning; section headers are the sections' docstrings; a comment
+    above a field is its own note line, never run into the field's meaning."""
+    import re
+
     import train
 
     assert train.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for key in c.KEYS:
-        line = next((ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")), None)
-        assert line is not None, key
-        assert f"({c.KEYS[key][1].__name__})" in line and len(line.split(")", 1)[1].strip()) > 3, line
+    for key, (_, typ) in c.KEYS.items():
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(f"  --{key}=")]
+        m = re.match(rf"  --{key}=(.*?) \(({typ.__name__})(; python train.py: (.*?))?\)  (.+)$", line)
+        assert m and len(m.group(5)) > 3, line
+    assert "  --max_iters=1000 (int; python train.py: 400)  optimizer steps of the whole run" in text
+    assert "  --hidden_dim=2048 (int; python train.py: 256)  model width d" in text
+    assert "  --intermediate_size=0 (int; python train.py: 704)" in text  # derived from the recipe's width
+    assert "  --comm_hook='auto' (str; python train.py: 'allreduce')" in text
+    assert "  --log_interval=10 (int)  optimizer steps between log lines" in text  # same in both: one value
+    assert "[data] Where the pretokenized data lives (one directory, or a mix of corpora) and how it is read." in text
+    assert "DataConfig(" not in text
+    note = text.index("  # bf16/fp32: one host read of the grad norm per step")
+    assert text[note:].splitlines()[1].startswith("  --skip_nonfinite=True (bool)  skip the update on every rank")
 
 
 def test_auto_resume_resumes_only_a_run_with_a_checkpoint(tmp_path, monkeypatch):

@@ -92,3 +92,33 @@ def test_no_documents_names_the_text_field(corpus, tmp_path):
     with pytest.raises(ValueError, match="no documents found.*--text_field"):
         pretokenize(str(inp), str(tok_dir), str(tmp_path / "out"), progress=False, log=lambda m: None)
     assert not list((tmp_path / "out").glob("*.bin"))
+
+
+def test_ensure_pretokenized_builds_reuses_rebuilds_and_never_takes_a_foreign_dir(corpus, tmp_path):
+    from data_preprocess.pretokenize import ensure_pretokenized
+    from utils.cli import UserError
+
+    import shutil
+
+    src, tok_dir = corpus
+    inp = tmp_path / "in"
+    shutil.copytree(src, inp)  # changed below: the module's corpus stays as it is
+    out = tmp_path / "in.z2all-pretrain"
+    msgs = []
+    assert ensure_pretokenized(str(inp), str(tok_dir), str(out), log=msgs.append) == str(out)
+    first = _files(out)
+    assert any("building" in m for m in msgs) and "pretokenize.json" in first
+    msgs.clear()
+    ensure_pretokenized(str(inp), str(tok_dir), str(out), log=msgs.append)
+    assert msgs == [] and _files(out) == first  # fresh: reused as it is
+    with open(inp / "part1.jsonl", "a") as f:
+        f.write(json.dumps({"text": "one more document"}) + "\n")
+    ensure_pretokenized(str(inp), str(tok_dir), str(out), log=msgs.append)
+    assert any("rebuilding the stale" in m for m in msgs) and _files(out) != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary dir left
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not a pretokenized copy"):
+        ensure_pretokenized(str(inp), str(tok_dir), str(foreign), log=msgs.append)
+    assert _files(foreign) == {"notes.txt": b"mine"}

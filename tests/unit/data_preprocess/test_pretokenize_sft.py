@@ -183,3 +183,42 @@ def test_cli_user_error_is_one_line(tmp_path, tok_dir):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
     assert "bad.jsonl: line 2: conversations[0]: 'from' is 'bot'" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_an_hf_tokenizer_uses_its_template_and_a_changed_template_rebuilds(tmp_path):
+    """A Hugging Face tokenizer's own template renders the set (ids and masks as tok.chat gives them, the DPO
+    responses after the generation prompt), and the template is part of the staleness key."""
+    import shutil
+
+    from tests.support.hf_models import make_tokenizer
+    from tokenizer import load_tokenizer
+
+    make_tokenizer(tmp_path / "tok", "llama3")
+    tok = load_tokenizer(tmp_path / "tok")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"messages": c} for c in CHATS])
+    logs = []
+    build = lambda: ps.ensure_pretokenized(src, str(tmp_path / "tok"), str(tmp_path / "out"), max_seq_len=128,
+                                           progress=False, log=logs.append)
+    ds = SFTDataset(build())
+    for k, chat in enumerate(CHATS):
+        enc = tok.chat.render(chat)
+        ids, mask = ds.example(k)
+        assert ids.tolist() == enc.input_ids and mask.tolist() == enc.loss_mask
+    assert ds.manifest["counts"]["turn_end_id"] == tok.chat.turn_end_id
+    assert filecmp.cmp(tmp_path / "out" / "tokenizer" / "chat_template.jinja", tmp_path / "tok" / "chat_template.jinja")
+    build()
+    assert len(logs) == 2  # fresh: reused
+    old = ds.example(0)[0].tolist()
+    template = tmp_path / "tok" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|end_header_id|>\n\n", "<|end_header_id|>\n"))
+    ds = SFTDataset(build())
+    assert "rebuilding the stale" in logs[2]
+    assert old != ds.example(0)[0].tolist() == load_tokenizer(tmp_path / "tok").chat.render(CHATS[0]).input_ids
+    shutil.rmtree(tmp_path / "out")
+    pair = {"prompt": "Say hi", "chosen": "hi there", "rejected": "no"}
+    out = ps.ensure_pretokenized(write_jsonl(tmp_path / "dpo.jsonl", [pair]), str(tmp_path / "tok"),
+                                 str(tmp_path / "dpo"), task="dpo", max_seq_len=64, progress=False, log=logs.append)
+    tok = load_tokenizer(tmp_path / "tok")
+    p = DPODataset(out).pair(0)
+    full = tok.chat.render([{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}])
+    assert p.chosen_ids.tolist() == full.input_ids and p.chosen_mask.tolist() == full.loss_mask

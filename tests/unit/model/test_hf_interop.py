@@ -1,4 +1,5 @@
-"""Export to Hugging Face (Llama / Qwen2) matches our logits; import(export(x)) == x bitwise."""
+"""Export to Hugging Face (Llama / Qwen2) matches our logits; import(export(x)) == x bitwise; the export stops
+transformers' generate at the end-of-turn token."""
 import json
 
 import pytest
@@ -59,3 +60,47 @@ def test_import_rejects_unsupported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
         import_hf(tmp_path, tmp_path / "run")
+
+
+def _successor_model(tok, chain: list[int], eot: int) -> Z2allForCausalLM:
+    """A model whose greedy next token after chain[i] is chain[i + 1], whatever came before: attention and MLP
+    write nothing (o_proj, down_proj = 0), so the last hidden state is the token's own normed embedding, and each
+    successor's lm_head row is the embedding of the token before it."""
+    cfg = Z2allConfig(vocab_size=tok.model_vocab_size, hidden_dim=64, n_layers=1, n_heads=4, n_kv_heads=2,
+                      intermediate_size=32, max_seq_len=32).with_special_ids(tok.bos_id, tok.eos_id, tok.pad_id, eot)
+    torch.manual_seed(0)
+    model = Z2allForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.layers[0].attn.o_proj.weight.zero_()
+        model.layers[0].mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for a, b in zip(chain, chain[1:]):
+            e = model.embed_tokens.weight[a]
+            model.lm_head.weight[b] = 20 * e / e.norm()
+    return model
+
+
+@pytest.mark.parametrize("recorded", [True, False])  # the config's end-of-turn id, or an older checkpoint's fallback
+def test_export_stops_generate_at_im_end(tmp_path, recorded):
+    from tests.unit.dataset.sft_fixtures import tiny_tokenizer
+
+    tok, tok_dir = tiny_tokenizer(tmp_path / "tok")
+    a, b, c = tok.encode("def")[0], tok.encode(" return")[0], tok.encode(" x")[0]
+    model = _successor_model(tok, [a, b, tok.im_end_id, c, a], tok.im_end_id if recorded else -1)
+    model.save_pretrained(tmp_path / "saved")
+    export_main([f"--ckpt={tmp_path / 'saved'}", f"--out_dir={tmp_path / 'hf'}", f"--tokenizer_dir={tok_dir}"])
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((tmp_path / "hf" / name).read_text())["eos_token_id"] == [tok.im_end_id, tok.eos_id], name
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert hf.generation_config.eos_token_id == [tok.im_end_id, tok.eos_id]
+    prompt = torch.tensor([[a]])
+    with torch.no_grad():
+        out = hf.generate(prompt, max_new_tokens=6, do_sample=False)
+        past = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_id)
+    assert out[0].tolist() == [a, b, tok.im_end_id]  # ends with the turn
+    assert past[0, :5].tolist() == [a, b, tok.im_end_id, c, a]  # what the EOS alone let it do: run past it
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf").decode(out[0, 1:]) == tok.decode([b]) + "<|im_end|>"
+    back = import_hf(tmp_path / "hf", tmp_path / "run")
+    saved = json.loads((back / "config.json").read_text())
+    assert (saved["eos_token_id"], saved["eot_token_id"]) == (tok.eos_id, tok.im_end_id)

@@ -1,4 +1,5 @@
-"""tasks.chat on piped stdin with a tiny random model; model.generate's per-token callback."""
+"""tasks.chat on piped stdin with a tiny random model, with a Hugging Face model and its own template; Ctrl-C in a
+reply; model.generate's per-token callback. (On a terminal: tests/dist/test_chat_terminal.py.)"""
 import io
 import os
 import subprocess
@@ -13,6 +14,7 @@ from tasks import chat
 from tests.conftest import ROOT
 from tests.unit.dataset.sft_fixtures import tiny_tokenizer
 from tokenizer import render_generation_prompt
+from utils.cli import run_main
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +90,45 @@ def test_chat_with_an_hf_export(run_dir, tmp_path):
     chat.main([d, "--temperature=0", "--max_new_tokens=3"], stdin=io.StringIO("hi\n"), stdout=direct)
     assert stdout.getvalue().count("bot> ") == 1
     assert stdout.getvalue().split("bot> ")[1] == direct.getvalue().split("bot> ")[1]  # same weights, same reply
+
+
+def test_a_missing_directory_is_named(tmp_path, capsys):
+    assert run_main(chat.main, [str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no such directory: {tmp_path / 'nope'}"
+
+
+def test_ctrl_c_during_a_reply_stops_it_and_the_chat_goes_on(run_dir, monkeypatch):
+    _, d = run_dir
+    real = chat.generate
+
+    def interrupted(model, prompt, n, on_token, **kw):
+        def tick(nxt):
+            on_token(nxt)
+            if len(on_token.ids) == 2:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the middle of a reply
+        return real(model, prompt, n, on_token=tick, **kw)
+
+    monkeypatch.setattr(chat, "generate", interrupted)
+    stdout = io.StringIO()
+    assert chat.main([d, "--temperature=0", "--max_new_tokens=8"], stdin=io.StringIO("hello\nagain\n"),
+                     stdout=stdout) == 0
+    assert stdout.getvalue().count(" (stopped)\n") == 2 and stdout.getvalue().count("bot> ") == 2
+
+
+def test_chat_with_an_hf_model_and_its_own_template(tmp_path):
+    from tests.support.hf_models import make_model
+    from tokenizer import load_tokenizer
+
+    hf_dir = make_model(tmp_path / "hf", "llama_gqa", style="llama3")
+    tok = load_tokenizer(hf_dir)
+    stdout = io.StringIO()
+    chat.main([str(hf_dir), "--temperature=0", "--max_new_tokens=6"], stdin=io.StringIO("Say red\n"), stdout=stdout)
+    text = stdout.getvalue()
+    assert "chat template: the tokenizer's own (Llama-3 style" in text.splitlines()[0]
+    model = Z2allForCausalLM.from_pretrained(hf_dir)
+    prompt = tok.chat.generation_prompt([{"role": "user", "content": "Say red"}])
+    ids = generate(model, prompt, 6, temperature=0.0, eos_id=tok.chat.turn_end_id)[0, len(prompt):].tolist()
+    ids = ids[:ids.index(tok.chat.turn_end_id)] if tok.chat.turn_end_id in ids else ids
+    shown, expected = text.split("bot> ")[1].split("\nyou> ")[0], tok.decode(ids, skip_special_tokens=True)
+    # the streamer holds back a last half character (U+FFFD) that no later token completed
+    assert expected.startswith(shown) and set(expected[len(shown):]) <= {"\ufffd"}, (shown, expected)

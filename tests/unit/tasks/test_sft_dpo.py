@@ -61,12 +61,14 @@ def _records(out):
 
 
 @pytest.mark.parametrize("precompute", [False, True])
-def test_dpo_reward_accuracy_rises_and_the_reference_stays_frozen(tmp_path, precompute):
+def test_dpo_reward_accuracy_rises_and_the_reference_stays_frozen(tmp_path, precompute, capsys):
     ft = make_finetune(tmp_path)
     out = tmp_path / f"dpo{int(precompute)}"
     argv = _argv(ft, out, "dpo", "--max_iters=24", "--eval_interval=12", "--learning_rate=1e-2",
                  "--dpo_beta=0.5", f"--precompute_ref_logps={precompute}")
     assert train.main(argv) == 0
+    log_lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("iter 24/24 | loss")]
+    assert log_lines and " | accuracy " in log_lines[0] and " | margin " in log_lines[0], log_lines  # on the terminal
     valid = [r for r in _records(out) if "valid_rewards/accuracy" in r]
     assert valid[-1]["valid_rewards/accuracy"] > 0.9 and valid[-1]["valid_loss"] < valid[0]["valid_loss"]
     train_acc = [r["rewards/accuracy"] for r in _records(out) if "rewards/accuracy" in r]
@@ -84,6 +86,7 @@ def test_sft_sample_replies_to_a_held_out_prompt(tmp_path, capsys):
     assert train.main(_argv(ft, tmp_path / "s", "sft", "--max_iters=2")) == 0
     out = capsys.readouterr().out
     assert "user: Say the colour" in out and "\nassistant:" in out
+    assert "\nchat template: z2all ChatML\n" in out
     rec = _records(tmp_path / "s")
     assert any("valid_loss" in r for r in rec)
 

@@ -23,6 +23,21 @@ def test_plot_metrics(tmp_path):
     assert plot_metrics(tmp_path / "missing.jsonl", tmp_path / "empty.png").is_file()
 
 
+def test_plot_draws_each_sources_valid_loss(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    recs = [{"iter": i, "loss": 5.0 / i, "tokens/web": 100 * i} for i in range(1, 5)]
+    recs += [{"iter": 2, "valid_loss": 1.2, "valid/web": 1.5, "valid/code": 0.8},
+             {"iter": 4, "valid_loss": 0.9, "valid/web": 1.1, "valid/code": 0.6}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from utils.logging import read_metrics
+    from utils.plot import loss_curves
+
+    curves = {label: (xs, ys) for label, _, xs, ys in loss_curves(read_metrics(metrics))}
+    assert sorted(curves) == ["train loss", "valid code", "valid loss", "valid web"]
+    assert curves["valid code"] == ([2, 4], [0.8, 0.6])
+    assert plot_metrics(metrics, tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_peak_flops_and_mfu():
     assert peak_flops_for_name("NVIDIA H100 80GB HBM3") == 989.4e12
     assert peak_flops_for_name("NVIDIA H200") == 989.4e12

@@ -13,8 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dataset.format import make_header
 from tests.conftest import ROOT
 
 PRE = "data_preprocess.pretokenize"
@@ -56,6 +58,9 @@ def _tok(*args: str) -> list[str]:
     return [*args, "--out_dir={d}/out"]
 
 
+_MIX_RUN = ["--out_dir={d}/out", "--vocab_size=320", "--max_iters=1"]
+_SHORT_BIN = make_header(300, 100, 1).tobytes() + np.arange(100, dtype=np.uint16).tobytes()  # 100 tokens: no window
+
 CASES = [
     # ---- pretokenize: input files
     Case("jsonl_malformed", PRE, _pre("--input={d}/bad.jsonl"), ("bad.jsonl: line 2", "--skip_bad_records"),
@@ -85,7 +90,7 @@ CASES = [
          ("a.jsonl: line 41", "--skip_bad_records"), {"a.jsonl": GOOD + "{oops\n"}),
     # ---- pretokenize: tokenizer and output directory
     Case("tokenizer_dir_not_one", PRE, [*_pre("--input={d}/a.jsonl"), "--tokenizer_dir={d}/empty"],
-         ("empty", "not a z2all tokenizer directory", "train_tokenizer --input"),
+         ("empty", "holds no tokenizer", "train_tokenizer --input"),
          {"a.jsonl": GOOD, "empty/.keep": ""}),
     Case("tokenizer_meta_corrupt", PRE, [*_pre("--input={d}/a.jsonl"), "--tokenizer_dir={d}/tok"],
          ("z2all_tokenizer.json: not valid JSON", "retrain"),
@@ -173,6 +178,23 @@ CASES = [
     Case("train_bad_fault", TRAIN, ["--fault_injection=boom", "--max_iters=1", "--data_dir={bin}",
                                     "--out_dir={d}/out", "--vocab_size=320", "--tokenizer_dir={tok}"],
          ("--fault_injection='boom'",)),
+    # ---- train.py on a mix (--data_mix): each mistake one line, nothing in --out_dir
+    *[Case(f"mix_{cid}", TRAIN, [f"--data_mix={mix}", *extra, *_MIX_RUN], expect, files)
+      for cid, mix, extra, expect, files in (
+        ("negative_weight", "a:-0.5:{bin},b:1:{d}/b", [], ("source 'a' has weight -0.5", "must be > 0"), {}),
+        ("zero_weight", "a:0:{bin},b:1:{d}/b", [], ("source 'a' has weight 0", "must be > 0"), {}),
+        ("missing_source", "a:1:{bin},b:1:{d}/nope", [], ("source 'b'", "nope does not exist"), {}),
+        ("empty_source", "a:1:{bin},b:1:{d}/empty", [], ("source 'b'", "is empty", "no .bin shards"),
+         {"empty/.keep": ""}),
+        ("different_tokenizers", "a:1:{bin},b:1:{bin2}", [], ("different tokenizers", "tokenizer"), {}),
+        ("duplicate_name", "a:1:{bin},a:2:{d}/b", [], ("source name 'a' appears twice",), {}),
+        ("no_window", "a:1:{bin},b:1:{d}/short", [], ("source 'b'", "max_seq_len=256 needs windows of 257 tokens",
+                                                      "lower --max_seq_len"), {"short/x.bin": _SHORT_BIN}),
+        ("stages_out_of_order", "a:1:{bin}", ["--data_stages=9:a:1;5:a:2"], ("stage at step 5 is out of order",),
+         {}),
+        ("for_sft", "a:1:{bin}", ["--task_type=sft", "--memory_check=false"],
+         ("--data_mix mixes pretraining corpora", "--data_dir"), {}),
+    )],
     # ---- HF export and import, SFT pretokenize
     Case("export_not_a_run", EXPORT, ["--ckpt={d}/src", "--out_dir={d}/out"], ("no checkpoint found", "src"),
          {"src/readme.txt": "x"}),
@@ -200,7 +222,9 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     (root / "a.jsonl").write_text(GOOD)
     train_tokenizer(DOCS, 300, "bbpe", str(root / "tok"))
     pretokenize(str(root / "a.jsonl"), str(root / "tok"), str(root / "bin"), progress=False, log=lambda m: None)
-    return {"tok": root / "tok", "bin": root / "bin"}
+    train_tokenizer(DOCS[::-1], 290, "bbpe", str(root / "tok2"))  # another tokenizer, for the mix of two
+    pretokenize(str(root / "a.jsonl"), str(root / "tok2"), str(root / "bin2"), progress=False, log=lambda m: None)
+    return {"tok": root / "tok", "bin": root / "bin", "bin2": root / "bin2"}
 
 
 def run_cli(module: str, args: list[str], debug: bool = False) -> subprocess.CompletedProcess:
@@ -227,7 +251,7 @@ def _prepare(case: Case, d: Path, shared: dict[str, Path]) -> list[str]:
     for name, content in case.files.items():
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    return [a.format(d=d, tok=shared["tok"], bin=shared["bin"]) for a in case.args]
+    return [a.format(d=d, tok=shared["tok"], bin=shared["bin"], bin2=shared["bin2"]) for a in case.args]
 
 
 @pytest.mark.slow

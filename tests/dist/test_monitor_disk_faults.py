@@ -4,7 +4,7 @@ read-only disk) keeps supervising."""
 from pathlib import Path
 
 from tests.support.disks import fill, needs_mount, read_only, tmpfs  # noqa: F401
-from tests.unit.test_monitor_process import _attempts, _monitor
+from tests.dist.test_monitor_process import _attempts, _monitor
 from utils import exit_codes as ec
 from utils.run_status import read_exit_status
 
