@@ -400,6 +400,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if o.overlap_optim_step and t.dtype == "float16":
         raise ValueError("--overlap_optim_step cannot skip a step on an inf/NaN found in a later bucket, so it cannot "
                          "run with fp16 loss scaling: use --dtype=bfloat16 or drop --overlap_optim_step")
+    if cfg.data.data_mix and t.task_type != "pretrain":
+        raise ValueError(f"--data_mix mixes pretraining corpora; --task_type={t.task_type} reads one set of records: "
+                         f"pass --data_dir=FILE_OR_DIR instead")
     if o.loss_scale > 0 and t.dtype != "float16":
         raise ValueError(f"--loss_scale is for --dtype=float16 only (got --dtype={t.dtype}); drop --loss_scale")
 

@@ -118,7 +118,9 @@ class DistributedDataParallel(nn.Module):
         self._zeroed = None  # CUDA event: the comm stream zeroed the grad buffers (zero_grad_buffer)
         self._gather_pending = False
         self._prehooks_installed = False
-        self._comm_hook = CommHook(*build_hook(ddp_config))
+        state, hook = build_hook(ddp_config)
+        self._comm_hook = CommHook(state, hook)
+        self._check_hook_state(state)
         self._post_reduce: PostReduce | None = None
         grad_hook = self._make_grad_hook()
         self._hook_handles = [p.register_post_accumulate_grad_hook(grad_hook) for p in trainable]
@@ -200,11 +202,15 @@ class DistributedDataParallel(nn.Module):
         """Use `hook(state, bucket) -> Future[Tensor]` for every bucket from now on (not during a sync)."""
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        self._check_hook_state(state)
+        self._refuse_during_sync("register_comm_hook")
+        self._comm_hook = CommHook(state, hook)
+
+    @staticmethod
+    def _check_hook_state(state) -> None:
         if not isinstance(state, HookState):
             raise TypeError(f"a comm hook state needs state_dict(), load_state_dict() and metrics() (the checkpoint "
                             f"and the log read them); {type(state).__name__} lacks some")
-        self._refuse_during_sync("register_comm_hook")
-        self._comm_hook = CommHook(state, hook)
 
     def register_post_reduce(self, callback: PostReduce | None) -> None:
         """Call `callback(bucket)` as soon as each bucket's reduction is done, on the stream the hook ran on (the

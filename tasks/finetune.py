@@ -34,9 +34,6 @@ DEMO_FILES = {"sft": "sft.jsonl", "dpo": "dpo.jsonl"}
 def locate_data(cfg, ctx, task: str) -> DataConfig:
     """cfg.data with data_dir (raw or pretokenized) and tokenizer_dir resolved (see the module docstring)."""
     data, t = cfg.data, cfg.train
-    if data.data_mix:
-        raise ValueError(f"--data_mix mixes pretraining corpora; --task_type={task} reads one set of records: pass "
-                         f"--data_dir=FILE_OR_DIR instead")
     demo = None
     if not data.data_dir:
         from data_preprocess.demo import ensure_demo_data

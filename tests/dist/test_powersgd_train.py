@@ -21,6 +21,23 @@ STEPS = ["--max_iters=60", "--log_interval=5", "--eval_interval=0", "--save_inte
 POWERSGD = ["--comm_hook=powersgd", "--powersgd_rank=4", "--powersgd_start_iter=5"]
 
 
+class _TorchState:
+    """torch's PowerSGDState under our hook-state contract (parallel/comm_hooks/bucket.HookState): this comparison
+    saves no hook state (one run, never resumed) and reports no metrics."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        raise AssertionError("the torch-hook run is never resumed")
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
 def _run_train_with_torch_hook() -> None:
     """train.py, with --comm_hook=powersgd building torch's PowerSGDState and hook (group: the default one)."""
     sys.path.insert(0, ROOT)
@@ -38,7 +55,7 @@ def _run_train_with_torch_hook() -> None:
                                   start_powerSGD_iter=max(2, cfg.powersgd_start_iter),
                                   min_compression_rate=cfg.powersgd_min_compression_rate,
                                   use_error_feedback=cfg.powersgd_error_feedback, warm_start=cfg.powersgd_warm_start)
-        return state, lambda s, bucket: ref.powerSGD_hook(s, _TorchBucket(bucket))
+        return _TorchState(state), lambda s, bucket: ref.powerSGD_hook(s.inner, _TorchBucket(bucket))
 
     parallel.ddp.build_hook = build_hook
     sys.argv = [os.path.join(ROOT, "train.py"), *sys.argv[1:]]
