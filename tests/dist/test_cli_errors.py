@@ -18,6 +18,7 @@ import pytest
 
 from dataset.format import make_header
 from tests.conftest import ROOT
+from tests.support.forked import run_module_forked
 
 PRE = "data_preprocess.pretokenize"
 TOK = "data_preprocess.train_tokenizer"
@@ -227,11 +228,16 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     return {"tok": root / "tok", "bin": root / "bin", "bin2": root / "bin2"}
 
 
-def run_cli(module: str, args: list[str], debug: bool = False) -> subprocess.CompletedProcess:
+def run_cli(module: str, args: list[str], debug: bool = False, forked: bool = True) -> subprocess.CompletedProcess:
+    """The CLI in a child process: forked from this one (tests/support/forked.py: the module's __main__ as
+    `python -m` runs it, without the interpreter's start) for the many cases, or a fresh interpreter (forked=False)
+    for the tests of the entry point itself."""
     env = {k: v for k, v in os.environ.items() if k != "Z2ALL_DEBUG"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     if debug:
         env["Z2ALL_DEBUG"] = "1"
+    if forked:
+        return run_module_forked(module, args, env, ROOT)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -276,14 +282,14 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, shared):
 @pytest.mark.slow
 def test_debug_env_gives_the_traceback(tmp_path, shared):
     case = CASES[0]
-    proc = run_cli(case.module, _prepare(case, tmp_path, shared), debug=True)
+    proc = run_cli(case.module, _prepare(case, tmp_path, shared), debug=True, forked=False)
     assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr and "bad.jsonl: line 2" in proc.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", [PRE, TOK, IDX, CORPUS, DEMO])
 def test_help(module):
-    proc = run_cli(module, ["--help"])
+    proc = run_cli(module, ["--help"], forked=False)
     assert proc.returncode == 0 and "usage:" in proc.stdout and not proc.stderr, proc.stderr
 
 
