@@ -306,7 +306,9 @@ class Trainer:
             self.log(loss_sum, grad_norm, metrics, time.perf_counter() - self._t0, self._iters_since_log)
             self._t0, self._iters_since_log = time.perf_counter(), 0
         if t.eval_interval > 0 and (self.iter % t.eval_interval == 0 or self.iter == t.max_iters):
+            t_eval = time.perf_counter()
             self.evaluate()
+            self._t0 += time.perf_counter() - t_eval  # keep eval time out of the next log's ms_per_iter and tokens/s
         saved = self.iter % t.save_interval == 0 or self.iter == t.max_iters
         if saved:
             self.save()

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny model and synthetic data: run dir, logs, checkpoints, user errors, exact resume."""
 import json
 import os
+import time
 
 import pytest
 
@@ -102,3 +103,25 @@ def test_weights_follow_the_umask(tmp_path):
     for path in (out / "ckpt").rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_eval_time_stays_out_of_the_logged_step_time(tmp_path, monkeypatch):
+    """ms_per_iter (and tokens/s) time the training steps: a slow evaluation does not inflate the log interval
+    after it, so a run's training time is the sum of its intervals (bench/slow_link.py --time_to_loss)."""
+    from tasks.trainer import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(self):
+        time.sleep(1.5)
+        evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    cfg_file, args, out = make_run(tmp_path)
+    assert train.main([cfg_file, *args, "--max_iters=6", "--log_interval=1", "--eval_interval=2",
+                       "--save_interval=6"]) == 0
+    with open(out / "metrics.jsonl") as f:
+        recs = [json.loads(line) for line in f]
+    assert [r["iter"] for r in recs if "valid_loss" in r] == [2, 4, 6]
+    after_eval = {r["iter"]: r["ms_per_iter"] for r in recs if "ms_per_iter" in r and r["iter"] in (3, 5)}
+    assert len(after_eval) == 2 and max(after_eval.values()) < 1000, after_eval
