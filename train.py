@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(configurator.help_text(), end="")
         return 0
     rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0  # one error line, from rank 0
-    stop, cfg, error = StopSignal(rank), None, None
+    stop, cfg, ctx, error = StopSignal(rank), None, None, None
     show_warning, warnings.showwarning = warnings.showwarning, _one_line_warning(rank)
     try:
         cfg = configurator.build_config(argv)
@@ -225,13 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as e:  # every ending gets its code and its record; a crash its traceback
         error = e
     finally:
-        destroy()
+        iteration = stop.release_trainer()
+        # the run (and a traceback's locals) holds the process group: let it go, so that destroy() frees the group
+        # and its threads end before the interpreter does (parallel/dist.py, destroy)
+        ctx = None
+        lifecycle.release_frames(error)
+        if not destroy():
+            print(f"warning: rank {rank}: the process group is still referenced after the run; its threads may "
+                  f"abort the exit (SIGABRT)", file=sys.stderr, flush=True)
         stop.restore()
         warnings.showwarning = show_warning
-    code, reason, spike = lifecycle.outcome(error, stop.iteration)
+    code, reason, spike = lifecycle.outcome(error, iteration)
     out_dir = cfg.train.out_dir if cfg is not None else lifecycle.argv_out_dir(argv)
     if not (cfg is not None and cfg.train.dry_run):  # a dry run leaves out_dir as it was
-        lifecycle.record(out_dir, rank, code, reason, stop.iteration, spike,
+        lifecycle.record(out_dir, rank, code, reason, iteration, spike,
                          under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     if code == CRASH or (code == USER_ERROR and debug_enabled()):
         raise error

@@ -4,7 +4,9 @@ Nothing else in the project reads RANK/WORLD_SIZE or calls dist.get_rank(); the 
 """
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Mapping
@@ -13,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 _DEVICES = ("auto", "cpu", "cuda")
+_MADE: list[weakref.ref] = []  # the process groups init_distributed created, for destroy() to check they are gone
 
 
 @dataclass
@@ -103,10 +106,31 @@ def init_distributed(device: str = "auto", timeout_s: int = 600, env: Mapping[st
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s), **kwargs)
+        _MADE.append(weakref.ref(dist.group.WORLD))
     return DistContext(rank, world_size, local_rank, dev, dist.group.WORLD, backend)
 
 
-def destroy() -> None:
-    """Tear down the process group (idempotent; a no-op for a single process without a group)."""
+def destroy() -> bool:
+    """Tear down the process group and free it, so that its threads end while the interpreter is alive.
+
+    Returns whether every group init_distributed made is gone (True without one). Idempotent.
+
+    Why freeing matters: destroy_process_group() only unregisters the group; its C++ object, and with it gloo's
+    worker threads, lives as long as a Python reference to it does (DistContext.group, every GradBucket.group).
+    A gloo worker releases a finished collective a moment after the waiting thread went on, and with it the
+    collective's tensors; a tensor whose Python object is already gone needs the GIL to be freed. If the
+    interpreter is finalizing by then (a loaded machine delays the worker), taking the GIL ends the thread with
+    pthread_exit, whose unwinding through C++ calls std::terminate: the process dies of SIGABRT, "terminate called
+    without an active exception", after the run finished (bench/exit_abort.py reproduces it). Freed here, the
+    group's destructor waits for its queued work and joins its threads, the GIL released, so that nothing is left
+    to run during finalization. The caller drops its own references first (train.py's main drops the run, and
+    the locals of a traceback); the cycles among our objects are collected here.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if not _MADE:
+        return True
+    gc.collect()
+    alive = [ref for ref in _MADE if ref() is not None]
+    _MADE[:] = alive
+    return not alive

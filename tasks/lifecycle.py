@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 
 from tasks.guards import RunStop
 from utils.cli import error_line, is_user_error
@@ -52,6 +53,11 @@ class StopSignal:
     def iteration(self) -> int:
         return self.trainer.iter if self.trainer is not None else 0
 
+    def release_trainer(self) -> int:
+        """Let the Trainer go (it holds the process group, which parallel.dist.destroy must free); its iteration."""
+        iteration, self.trainer = self.iteration, None
+        return iteration
+
     def requested(self) -> bool:
         return self.received
 
@@ -72,6 +78,23 @@ def outcome(exc: BaseException | None, iteration: int = 0) -> tuple[int, str, ob
     if is_user_error(exc):
         return USER_ERROR, error_line(exc), None
     return CRASH, f"{type(exc).__name__}: {exc}", None
+
+
+def release_frames(exc: BaseException | None) -> None:
+    """Drop the local variables of the frames in exc's traceback and in those of its causes and contexts.
+
+    A traceback keeps every frame it passed through alive, and with them the run (the model, the DDP and its
+    process group) until the exception dies; parallel.dist.destroy() must be able to free the group first.
+    A printed traceback shows the same lines without them.
+    """
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
 
 
 def argv_out_dir(argv: list[str]) -> str:
