@@ -244,11 +244,6 @@ class Z2allForCausalLM(nn.Module):
         if self.fp8_weights is not None:
             self.fp8_weights.new_step()
 
-    def compile(self, *args, **kwargs) -> None:
-        """nn.Module.compile, after the fused ops' graph breaks are made (ops.prepare_for_compile): outside any trace."""
-        ops.prepare_for_compile()
-        super().compile(*args, **kwargs)
-
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() re-point the weights: copies of the old ones would only hold memory
         if self.fp8_weights is not None:
@@ -442,7 +437,7 @@ def _check_shapes(input_ids, position_ids, cu_seqlens) -> tuple[int, int]:
     return B, T
 
 
-@ops.run_outside_compile
+@torch.compiler.disable
 def _check_range(name: str, t: torch.Tensor, upper: int) -> None:
     """Host-syncing check 0 <= t < upper (CPU always; CUDA only with --debug_checks)."""
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
@@ -450,7 +445,7 @@ def _check_range(name: str, t: torch.Tensor, upper: int) -> None:
                          f"check the tokenizer/data against --vocab_size (ids) or --max_seq_len (positions)")
 
 
-@ops.run_outside_compile
+@torch.compiler.disable
 def _check_cu_seqlens(cu: torch.Tensor, total: int, max_seqlen: int) -> None:
     c = cu.tolist()
     lengths = [b - a for a, b in zip(c[:-1], c[1:])]

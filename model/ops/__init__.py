@@ -3,7 +3,7 @@
 Each op's `impl` is "auto" | "triton" | "torch"; auto = Triton on CUDA, the reference elsewhere.
 Triton is optional: without it every op still works through its torch path.
 """
-from model.ops._triton_utils import prepare_for_compile, resolve_impl, run_outside_compile, triton_available
+from model.ops._triton_utils import resolve_impl, triton_available
 from model.ops.add_rmsnorm import add_rms_norm, add_rms_norm_ref
 from model.ops.attention import (PackedDocs, attention, attention_ref, flash_attn_available, flex_attention_available,
                                  packed_docs)

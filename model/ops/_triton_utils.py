@@ -10,7 +10,6 @@ with the optimizer's fused AdamW), which jit-wraps them on first launch per mode
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 
@@ -44,43 +43,7 @@ def resolve_impl(flag: str, device: torch.device | str) -> str:
     return "triton"
 
 
-def run_outside_compile(fn):
-    """Decorator: `torch.compiler.disable(fn)` (a graph break: fn runs eagerly, never traced), made lazily.
-
-    `torch.compiler.disable` imports torch._dynamo, 1.7 s of every process start on a 2-core CPU (train.py, each
-    torchrun worker, each CLI) that never compiles. A process in which dynamo was never imported is not
-    compiling, so fn is called directly there; once dynamo is loaded (torch.compile imports it before it traces),
-    the disabled fn is made, once, and used. `prepare_for_compile` makes every one before a compile.
-    """
-    disabled = None
-
-    def make():
-        nonlocal disabled
-        if disabled is None:
-            disabled = torch.compiler.disable(fn)
-        return disabled
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if disabled is None and "torch._dynamo" not in sys.modules:
-            return fn(*args, **kwargs)
-        return make()(*args, **kwargs)
-
-    _MAKERS.append(make)
-    return call
-
-
-_MAKERS: list = []
-
-
-def prepare_for_compile() -> None:
-    """Make every run_outside_compile wrapper now, outside any trace (Z2allForCausalLM.compile and patch_hf call
-    it), so a compile never meets one being made."""
-    for make in _MAKERS:
-        make()
-
-
-@run_outside_compile
+@torch.compiler.disable
 def apply_eager(function_cls, *args):
     """`function_cls.apply(*args)` outside any torch.compile graph (a graph break around each fused op).
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from model.ops._triton_utils import run_outside_compile
-
 ATTN_IMPLS = ("auto", "sdpa", "flash_attn", "flex", "torch")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
@@ -140,7 +138,7 @@ def _kv_blocks(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
 
 
-@run_outside_compile  # built eagerly, once per forward, outside any compiled graph
+@torch.compiler.disable  # built eagerly, once per forward, outside any compiled graph
 def flex_block_mask(bsz: int, seq_len: int, cu_seqlens: torch.Tensor | None, causal: bool, device):
     """A FlexAttention BlockMask (128 x 128 tiles) of the documents (and the causal triangle when causal).
 

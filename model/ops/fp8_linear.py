@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from model.ops._triton_utils import apply_eager, rows_2d, run_outside_compile
+from model.ops._triton_utils import apply_eager, rows_2d
 from model.ops.fp8 import (FAST_ACCUM_DGRAD, FAST_ACCUM_FWD, Fp8Input, dequantize_rows, dequantize_rows_ref, fp8_mm,
                            fp8_mm_ref, quantize_rows, quantize_rows_ref)
 
@@ -67,7 +67,7 @@ class Fp8WeightCache:
         """Drop every copy now (the model moves to another device or dtype)."""
         self._entries.clear()
 
-    @run_outside_compile
+    @torch.compiler.disable
     def get(self, weight: torch.nn.Parameter) -> Fp8Weight:
         key = (self.generation, weight.data_ptr(), weight._version, weight.shape, weight.device)
         hit = self._entries.get(weight)
