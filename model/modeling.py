@@ -162,6 +162,34 @@ class Z2allMLP(nn.Module):
         return self.down_proj(self.gate_up_proj(x))
 
 
+class Z2allLMHead(nn.Linear):
+    """The output projection (an nn.Linear: same parameter and state dict key), and the loss taken through it.
+
+    Called with targets it returns the fused linear cross-entropy, which never materialises the (N, V) logits;
+    without, the logits. The loss goes through this module's call rather than reading `lm_head.weight` from the
+    model's forward because ZeRO-1's overlapped param gather waits for a module's weights in that module's forward
+    pre-hook: a bare weight read skips the wait and, on another rank's shard, uses the weights before the gather
+    landed (tests/unit/model/test_param_reads.py holds every parameter of the model to this).
+    """
+
+    def __init__(self, hidden_dim: int, vocab_size: int, chunk_size: int, impl: str = "auto"):
+        super().__init__(hidden_dim, vocab_size, bias=False)
+        self.chunk_size, self.impl = chunk_size, impl
+
+    def forward(self, hidden, targets=None, reduction: str = "mean"):
+        """hidden (..., d) -> logits (..., V); with targets (...): the loss (reduction "mean", "sum", or "none":
+        the fp32 loss of each position, 0 where ignored, shaped like targets)."""
+        if targets is None:
+            return F.linear(hidden, self.weight)
+        rows, flat = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        if reduction == "none":
+            return ops.linear_cross_entropy_per_token(rows, self.weight, flat, ignore_index=-100,
+                                                      chunk_size=self.chunk_size).view(targets.shape)
+        return ops.fused_linear_cross_entropy(rows, self.weight, flat, ignore_index=-100, reduction=reduction,
+                                              chunk_size=self.chunk_size,
+                                              impl=ops.resolve_impl(self.impl, hidden.device))
+
+
 class Z2allBlock(nn.Module):
     def __init__(self, cfg: Z2allConfig):
         super().__init__()
@@ -191,7 +219,8 @@ class Z2allForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_dim)
         self.layers = nn.ModuleList(Z2allBlock(config) for _ in range(config.n_layers))
         self.norm = _norm(config)
-        self.lm_head = nn.Linear(config.hidden_dim, config.vocab_size, bias=False)
+        self.lm_head = Z2allLMHead(config.hidden_dim, config.vocab_size, config.cross_entropy_chunk_size,
+                                   config.use_fused_cross_entropy)
         self._rope_tables: dict = {}
         self.fp8_weights = Fp8WeightCache() if config.fp8 != "off" else None
         for module in self.layers.modules():
@@ -356,16 +385,8 @@ class Z2allForCausalLM(nn.Module):
             _check_range("labels/targets (other than -100)", targets[targets != -100], self.config.vocab_size)
         hidden = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen, kv_cache)
         loss = logits = None
-        if targets is not None and loss_reduction == "none":
-            loss = ops.linear_cross_entropy_per_token(
-                hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1), ignore_index=-100,
-                chunk_size=self.config.cross_entropy_chunk_size).view(targets.shape)
-        elif targets is not None:
-            loss = ops.fused_linear_cross_entropy(
-                hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1),
-                ignore_index=-100, reduction=loss_reduction, chunk_size=self.config.cross_entropy_chunk_size,
-                impl=ops.resolve_impl(self.config.use_fused_cross_entropy, hidden.device),
-            )
+        if targets is not None:
+            loss = self.lm_head(hidden, targets, reduction=loss_reduction)
         if return_logits or (return_logits is None and targets is None):
             logits = self.lm_head(hidden)
         return Z2allOutput(loss, logits)
