@@ -25,6 +25,19 @@ step), timed by the ms_per_iter that train.py writes to metrics.jsonl.
    load average before and after the case: other work on the machine shows in the step times); then a summary
    line with the targets: allreduce >= 5x no_comm, PowerSGD rank 4 <= 1.3x no_comm with its loss within 3%.
 6. Delete the namespace, whatever happened.
+
+Time to loss (--time_to_loss): what a user on a slow link compares is wall-clock time to a target loss, not equal
+steps. Same namespace and launch, validation every --eval_every steps:
+  a. allreduce trains --steps steps (300 here by default); its final validation loss is the target and its
+     training time T the yardstick;
+  b. bf16_allreduce and powersgd_rR (each R of --ranks, default 4,8,16; plain all-reduce for the first
+     --warmup_frac of allreduce's steps, torch's advice for start_powerSGD_iter) train until their training time
+     reaches --budget_frac * T (stopped by SIGTERM at the first validation past it);
+  c. one JSON line per case: the validation curve (iter, training seconds, loss), the loss reached within the
+     budget, the training seconds to reach the target and that over T; then a summary line with the best
+     setting and the target: the best PowerSGD reaches the target in <= T/3.
+  Training time is the sum of the log intervals' ms_per_iter (evaluation and checkpoint time are outside them,
+  and the same for every case).
 """
 from __future__ import annotations
 
@@ -35,7 +48,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 
 import torch
@@ -58,14 +73,28 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--rate_mbit", type=float, default=100.0, help="the link's rate (both ranks share it)")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps per case")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per case (default 30; with --time_to_loss allreduce's steps, default 300)")
     p.add_argument("--log_interval", type=int, default=5, help="steps per timed interval")
-    p.add_argument("--ranks", default="1,2,4", help="PowerSGD ranks, one case each")
+    p.add_argument("--ranks", default=None, help="PowerSGD ranks, one case each (default 1,2,4; 4,8,16 with "
+                   "--time_to_loss)")
     p.add_argument("--powersgd_start_iter", type=int, default=5, help="all-reduce steps before compression")
     p.add_argument("--cases", default="", help="comma-separated subset of the cases (default: all)")
-    p.add_argument("--timeout_s", type=int, default=900, help="per case")
+    p.add_argument("--timeout_s", type=int, default=None, help="per case (default 900 s; 7200 s with --time_to_loss)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--time_to_loss", action="store_true",
+                   help="train to allreduce's --steps-step validation loss within a time budget (see the docstring)")
+    p.add_argument("--eval_every", type=int, default=20, help="--time_to_loss: steps between validations")
+    p.add_argument("--budget_frac", type=float, default=1.0,
+                   help="--time_to_loss: each other case's training time, as a fraction of allreduce's")
+    p.add_argument("--warmup_frac", type=float, default=0.1,
+                   help="--time_to_loss: PowerSGD's all-reduce warm-up, as a fraction of allreduce's steps")
     args = p.parse_args(own)
+    args.steps = args.steps or (300 if args.time_to_loss else 30)
+    args.ranks = args.ranks or ("4,8,16" if args.time_to_loss else "1,2,4")
+    args.timeout_s = args.timeout_s or (7200 if args.time_to_loss else 900)
+    if args.time_to_loss:
+        return _time_to_loss_args(args, p), extra
     if args.steps < 2 * args.log_interval or args.steps <= args.powersgd_start_iter + args.log_interval:
         p.error(f"--steps={args.steps} leaves no timed interval after the first one and the PowerSGD warm-up: use "
                 f"--steps >= {max(2 * args.log_interval, args.powersgd_start_iter + args.log_interval + 1)}")
@@ -76,6 +105,24 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"--cases: unknown {bad}; choose from {', '.join(known)}")
     args.case_list = [c for c in known if c in chosen]
     return args, extra
+
+
+def _time_to_loss_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
+    """The --time_to_loss cases (no no_comm; allreduce first, it sets the target) and constraints."""
+    if args.steps % args.eval_every:
+        p.error(f"--steps={args.steps} must be a multiple of --eval_every={args.eval_every}: allreduce's last "
+                f"validation gives the target loss; e.g. --steps={args.steps // args.eval_every * args.eval_every}")
+    if not 0 < args.budget_frac or not 0 <= args.warmup_frac < 1:
+        p.error(f"--budget_frac={args.budget_frac} must be > 0 and --warmup_frac={args.warmup_frac} in [0, 1)")
+    args.powersgd_start_iter = round(args.warmup_frac * args.steps)
+    known = ["allreduce", "bf16_allreduce"] + [f"powersgd_r{r}" for r in _ranks(args.ranks, p)]
+    chosen = [c for c in args.cases.split(",") if c] or known
+    bad = [c for c in chosen if c not in known]
+    if bad or "allreduce" not in chosen:
+        p.error(f"--cases: {bad or 'allreduce missing'}; --time_to_loss needs allreduce (the target) and takes "
+                f"{', '.join(known)}")
+    args.case_list = [c for c in known if c in chosen]
+    return args
 
 
 def _ranks(text: str, p: argparse.ArgumentParser) -> list[int]:
@@ -204,6 +251,112 @@ def add_comparisons(results: list[dict]) -> dict:
     return summary
 
 
+# ------------------------------------------------------------------ --time_to_loss
+def ttl_argv(case: str, args: argparse.Namespace, extra: list[str], out_dir: str) -> tuple[int, list[str]]:
+    """train_argv with a validation every --eval_every steps, logged at the same steps; allreduce stops at --steps,
+    the others run on until they are stopped at their budget."""
+    world, argv = train_argv(case, args, [], out_dir)
+    steps = args.steps if case == "allreduce" else 100 * args.steps
+    ttl = [f"--max_iters={steps}", f"--log_interval={args.eval_every}", f"--eval_interval={args.eval_every}",
+           f"--save_interval={steps}"]
+    replaced = {flag.split("=")[0] for flag in ttl}
+    return world, [a for a in argv if a.split("=")[0] not in replaced] + ttl + extra
+
+
+def loss_curve(records: list[dict]) -> list[tuple[int, float, float]]:
+    """(iter, training seconds so far, validation loss) at each validation that follows a log at its iter."""
+    train_s, t, last = {0: 0.0}, 0.0, 0
+    curve = []
+    for r in records:
+        if "ms_per_iter" in r:
+            t += r["ms_per_iter"] / 1000.0 * (r["iter"] - last)
+            last, train_s[r["iter"]] = r["iter"], t
+        elif "valid_loss" in r and r["iter"] in train_s:
+            curve.append((r["iter"], train_s[r["iter"]], r["valid_loss"]))
+    return curve
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the case's process group (torchrun and its ranks), SIGKILL when it has not ended in 60 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_to_budget(case: str, ns: str, args, extra: list[str], work: str, budget_s: float | None) -> list:
+    """Run one case; with a budget, stop it at its first validation whose training time reaches the budget.
+    Returns its loss curve."""
+    out_dir = os.path.join(work, case)
+    cmd = launch_command(ns, *ttl_argv(case, args, extra, out_dir))
+    metrics, log_path = os.path.join(out_dir, "metrics.jsonl"), os.path.join(work, f"{case}.log")
+    deadline = time.monotonic() + (args.timeout_s if budget_s is None else 3 * budget_s + 600)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                curve = loss_curve(read_metrics(metrics))
+                if budget_s is not None and curve and curve[-1][1] >= budget_s:
+                    break
+                time.sleep(1.0)
+            ended_alone, timed_out = proc.poll() is not None, time.monotonic() >= deadline
+        finally:
+            _stop(proc)
+    curve = loss_curve(read_metrics(metrics))
+    if timed_out or (ended_alone and (proc.returncode != 0 or budget_s is not None)):
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        why = "timed out" if timed_out else f"ended before its budget (exit {proc.returncode})"
+        raise RuntimeError(f"{case} {why}: {' '.join(cmd)}\n{tail}")
+    return curve
+
+
+def ttl_result(case: str, curve: list, target: float, ref_s: float, budget_s: float) -> dict:
+    """Step c for one case: the loss within the budget, the time to the target and its ratio to allreduce's."""
+    within = [c for c in curve if c[1] <= budget_s * (1 + 1e-9)]
+    reach = next((c for c in curve if c[2] <= target), None)
+    return {"case": case, "steps": curve[-1][0], "train_s": round(curve[-1][1], 1),
+            "valid_loss_at_budget": within[-1][2] if within else None,
+            "time_to_target_s": round(reach[1], 1) if reach else None,
+            "time_vs_allreduce": reach[1] / ref_s if reach else None,
+            "curve": [[i, round(t, 1), round(loss, 4)] for i, t, loss in curve]}
+
+
+def ttl_summary(results: list[dict], args) -> dict:
+    """The target (allreduce's final validation loss), the best PowerSGD setting and whether it takes <= T/3."""
+    ar = next(r for r in results if r["case"] == "allreduce")
+    psgd = [r for r in results if r["case"].startswith("powersgd") and r["time_to_target_s"] is not None]
+    best = min(psgd, key=lambda r: r["time_to_target_s"]) if psgd else None
+    return {"summary": "slow_link_time_to_loss", "rate_mbit": args.rate_mbit, "allreduce_steps": args.steps,
+            "target_loss": ar["curve"][-1][2], "allreduce_train_s": ar["train_s"],
+            "budget_s": round(args.budget_frac * ar["train_s"], 1), "powersgd_start_iter": args.powersgd_start_iter,
+            "best": best["case"] if best else None, "best_time_vs_allreduce": best["time_vs_allreduce"] if best else None,
+            "target_met": bool(best and best["time_vs_allreduce"] <= 1 / 3)}
+
+
+def time_to_loss(args, extra: list[str], ns: str, work: str) -> list[dict]:
+    """Steps a-c: allreduce to --steps, then every other case to the same (scaled) training-time budget."""
+    ref = run_to_budget("allreduce", ns, args, extra, work, None)
+    if not ref or ref[-1][0] != args.steps:
+        raise RuntimeError(f"allreduce logged no validation at step {args.steps}: {ref}")
+    target, ref_s = ref[-1][2], ref[-1][1]
+    budget_s = args.budget_frac * ref_s
+    print(f"allreduce: valid {target:.4f} after {ref_s:.0f} s of training; budget {budget_s:.0f} s",
+          file=sys.stderr, flush=True)
+    results = [ttl_result("allreduce", ref, target, ref_s, ref_s)]
+    for case in args.case_list[1:]:
+        results.append(ttl_result(case, run_to_budget(case, ns, args, extra, work, budget_s), target, ref_s,
+                                  budget_s))
+        r = results[-1]
+        print(f"{case}: valid {r['valid_loss_at_budget']} within the budget; target reached after "
+              f"{r['time_to_target_s']} s", file=sys.stderr, flush=True)
+    return results
+
+
 def check_can_run() -> None:
     if os.geteuid() != 0:
         raise SystemExit("error: bench/slow_link.py needs root (it adds a network namespace and a tc qdisc): run it "
@@ -216,14 +369,22 @@ def check_can_run() -> None:
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     ns = f"z2slow{os.getpid()}"
+    argv_of = ttl_argv if args.time_to_loss else train_argv
     if args.dry_run:
         for cmd in netns_setup(ns, args.rate_mbit):
             print(" ".join(cmd))
         for case in args.case_list:
-            print(" ".join(launch_command(ns, *train_argv(case, args, extra, f"<tmp>/{case}"))))
+            print(" ".join(launch_command(ns, *argv_of(case, args, extra, f"<tmp>/{case}"))))
         print(" ".join(["ip", "netns", "del", ns]))
         return 0
     check_can_run()
+    if args.time_to_loss:
+        with tempfile.TemporaryDirectory(prefix="z2slow_") as work, namespace(ns, args.rate_mbit):
+            results = time_to_loss(args, extra, ns, work)
+        for r in results:
+            print(json.dumps(r), flush=True)
+        print(json.dumps(ttl_summary(results, args)), flush=True)
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="z2slow_") as work, namespace(ns, args.rate_mbit):
         for case in args.case_list:

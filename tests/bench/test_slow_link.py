@@ -57,3 +57,41 @@ def test_comparisons_and_targets():
     assert res[1]["vs_no_comm"] == 6.0 and res[2]["loss_vs_allreduce"] == pytest.approx(1.02)
     assert summary["link_bound"] and summary["target_met"] and summary["powersgd_r4_tokens_vs_allreduce"] == 5.0
     json.dumps(summary)
+
+
+def test_time_to_loss_args_and_commands(capsys):
+    args, _ = b.parse_args(["--time_to_loss"])
+    assert (args.steps, args.ranks, args.powersgd_start_iter, args.timeout_s) == (300, "4,8,16", 30, 7200)
+    assert args.case_list == ["allreduce", "bf16_allreduce", "powersgd_r4", "powersgd_r8", "powersgd_r16"]
+    for bad in (["--steps=310"], ["--cases=powersgd_r4"], ["--warmup_frac=1"], ["--budget_frac=0"]):
+        with pytest.raises(SystemExit):
+            b.parse_args(["--time_to_loss", *bad])
+    assert b.main(["--time_to_loss", "--dry_run", "--steps=40", "--eval_every=10", "--ranks=8"]) == 0
+    runs = capsys.readouterr().out.strip().splitlines()[4:-1]
+    assert len(runs) == 3
+    # each flag once: the time-to-loss settings replace the step-timing ones
+    assert all(len(set(a.split("=")[0] for a in r.split())) == len(r.split()) for r in runs)
+    assert runs[0].endswith("--comm_hook=allreduce --max_iters=40 --log_interval=10 --eval_interval=10 "
+                            "--save_interval=40")
+    assert "--powersgd_rank=8 --powersgd_start_iter=4 --max_iters=4000" in runs[2]
+
+
+def test_loss_curve_sums_the_log_intervals():
+    recs = [{"iter": 0, "valid_loss": 9.0}, {"iter": 10, "ms_per_iter": 100.0, "loss": 5.0},
+            {"iter": 10, "valid_loss": 4.0}, {"iter": 20, "ms_per_iter": 300.0, "loss": 4.0},
+            {"iter": 20, "valid_loss": 3.5}, {"iter": 30, "ms_per_iter": 200.0, "loss": 3.0}]
+    assert b.loss_curve(recs) == [(0, 0.0, 9.0), (10, 1.0, 4.0), (20, 4.0, 3.5)]
+
+
+def test_time_to_target_budget_and_summary():
+    args, _ = b.parse_args(["--time_to_loss", "--steps=20", "--eval_every=10", "--budget_frac=0.5"])
+    ar = b.ttl_result("allreduce", [(10, 50.0, 4.0), (20, 100.0, 3.0)], 3.0, 100.0, 100.0)
+    slow = b.ttl_result("powersgd_r4", [(10, 20.0, 3.6), (20, 40.0, 3.2), (30, 55.0, 3.1)], 3.0, 100.0, 50.0)
+    fast = b.ttl_result("powersgd_r8", [(10, 15.0, 3.4), (20, 30.0, 2.9), (30, 52.0, 2.8)], 3.0, 100.0, 50.0)
+    assert ar["time_to_target_s"] == 100.0 and ar["time_vs_allreduce"] == 1.0
+    assert slow["valid_loss_at_budget"] == 3.2 and slow["time_to_target_s"] is None and slow["steps"] == 30
+    assert fast["valid_loss_at_budget"] == 2.9 and fast["time_vs_allreduce"] == 0.3
+    summary = b.ttl_summary([ar, slow, fast], args)
+    assert summary["target_loss"] == 3.0 and summary["budget_s"] == 50.0 and summary["best"] == "powersgd_r8"
+    assert summary["target_met"] and json.dumps(summary)
+    assert not b.ttl_summary([ar, slow], args)["target_met"]
