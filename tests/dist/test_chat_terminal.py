@@ -24,6 +24,28 @@ def run_dir(tmp_path_factory):
     return str(d)
 
 
+def _wait_until_reading(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the chat's main thread sleeps in readline's select() for the next key.
+
+    A key sent earlier is read all the same, but a Ctrl-C that comes before that call starts is only seen at the
+    next key, by Python's readline as by any: a person never types that fast, a loaded machine makes the test do
+    it. The kernel tells where the thread sleeps (wchan), else its system call; without either, a fixed pause.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read()
+            with open(f"/proc/{pid}/syscall") as f:
+                call = f.read().split()[0]
+        except OSError:
+            time.sleep(0.5)
+            return
+        if "poll" in wchan or "select" in wchan or call in ("7", "23", "270", "271"):  # x86-64 poll/select
+            return
+        time.sleep(0.05)
+
+
 def _terminal_session(d: str, keys: list[bytes], timeout: float = 120) -> tuple[int, str]:
     """Run the chat on a pseudo-terminal: send each of `keys` once the prompt shows; (exit status, the screen)."""
     pid, fd = pty.fork()
@@ -34,9 +56,7 @@ def _terminal_session(d: str, keys: list[bytes], timeout: float = 120) -> tuple[
     screen, pending, deadline = b"", list(keys), time.time() + timeout
     while time.time() < deadline:
         if pending and screen.count(b"you> ") > len(keys) - len(pending):
-            # as a person types: a moment after the prompt shows (readline waits for keys in select(); a signal
-            # that comes before that call starts is only seen at the next key, by Python's readline as by any)
-            time.sleep(0.5)
+            _wait_until_reading(pid)  # as a person types: once the prompt shows and readline waits for a key
             os.write(fd, pending.pop(0))
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
