@@ -27,17 +27,20 @@ step), timed by the ms_per_iter that train.py writes to metrics.jsonl.
 6. Delete the namespace, whatever happened.
 
 Time to loss (--time_to_loss): what a user on a slow link compares is wall-clock time to a target loss, not equal
-steps. Same namespace and launch, validation every --eval_every steps:
-  a. allreduce trains --steps steps (300 here by default); its final validation loss is the target and its
-     training time T the yardstick;
-  b. bf16_allreduce and powersgd_rR (each R of --ranks, default 4,8,16; plain all-reduce for the first
-     --warmup_frac of allreduce's steps, torch's advice for start_powerSGD_iter) train until their training time
-     reaches --budget_frac * T (stopped by SIGTERM at the first validation past it);
-  c. one JSON line per case: the validation curve (iter, training seconds, loss), the loss reached within the
-     budget, the training seconds to reach the target and that over T; then a summary line with the best
-     setting and the target: the best PowerSGD reaches the target in <= T/3.
-  Training time is the sum of the log intervals' ms_per_iter (evaluation and checkpoint time are outside them,
-  and the same for every case).
+steps. Same namespace and launch, a validation every --eval_every steps:
+  a. allreduce trains --steps steps (300 by default); its last validation loss is the target, its training time T.
+  b. Each other case gets the budget B = --budget_frac * T (T/3 by default, the target's bound) and is sized to it
+     as a user would size a run: its step time is measured first (a --calib_steps run, PowerSGD compressing from
+     the first step), then max_iters = the steps that fit in B, so its learning-rate schedule (warm-up, cosine
+     decay to min_lr) spans its own run as allreduce's spans 300 steps. PowerSGD runs plain all-reduce for the
+     first --warmup_frac of its steps (torch's advice for start_powerSGD_iter: 10 % of the run), at
+     allreduce's step time. Cases: bf16_allreduce and powersgd_rR_wP for each R of --ranks and each P of
+     --warmup_frac (in %).
+  c. One JSON line per case: its steps, warm-up, measured step time, training time, the validation curve (iter,
+     training seconds, loss), its last validation loss, the training seconds to the target (the first validation
+     at or below it) and that over T; then a summary line: the best setting and the target, the best PowerSGD
+     reaching allreduce's loss in <= T/3.
+  Training time is the sum of the log intervals' ms_per_iter: evaluation and checkpoint time are outside them.
 """
 from __future__ import annotations
 
@@ -50,7 +53,6 @@ import subprocess
 import sys
 import signal
 import tempfile
-import time
 from contextlib import contextmanager
 
 import torch
@@ -85,10 +87,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--time_to_loss", action="store_true",
                    help="train to allreduce's --steps-step validation loss within a time budget (see the docstring)")
     p.add_argument("--eval_every", type=int, default=20, help="--time_to_loss: steps between validations")
-    p.add_argument("--budget_frac", type=float, default=1.0,
+    p.add_argument("--budget_frac", type=float, default=1 / 3,
                    help="--time_to_loss: each other case's training time, as a fraction of allreduce's")
-    p.add_argument("--warmup_frac", type=float, default=0.1,
-                   help="--time_to_loss: PowerSGD's all-reduce warm-up, as a fraction of allreduce's steps")
+    p.add_argument("--warmup_frac", default="0.1",
+                   help="--time_to_loss: PowerSGD's all-reduce warm-up, a fraction of its run (comma-separated)")
+    p.add_argument("--calib_steps", type=int, default=15, help="--time_to_loss: steps of each step-time run")
     args = p.parse_args(own)
     args.steps = args.steps or (300 if args.time_to_loss else 30)
     args.ranks = args.ranks or ("4,8,16" if args.time_to_loss else "1,2,4")
@@ -108,14 +111,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _time_to_loss_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
-    """The --time_to_loss cases (no no_comm; allreduce first, it sets the target) and constraints."""
+    """The --time_to_loss cases (no no_comm; allreduce first: it sets the target) and their constraints."""
     if args.steps % args.eval_every:
         p.error(f"--steps={args.steps} must be a multiple of --eval_every={args.eval_every}: allreduce's last "
                 f"validation gives the target loss; e.g. --steps={args.steps // args.eval_every * args.eval_every}")
-    if not 0 < args.budget_frac or not 0 <= args.warmup_frac < 1:
-        p.error(f"--budget_frac={args.budget_frac} must be > 0 and --warmup_frac={args.warmup_frac} in [0, 1)")
-    args.powersgd_start_iter = round(args.warmup_frac * args.steps)
-    known = ["allreduce", "bf16_allreduce"] + [f"powersgd_r{r}" for r in _ranks(args.ranks, p)]
+    try:
+        fracs = [float(f) for f in args.warmup_frac.split(",") if f]
+    except ValueError:
+        fracs = []
+    if not fracs or not all(0 <= f < 1 for f in fracs) or not 0 < args.budget_frac:
+        p.error(f"--warmup_frac={args.warmup_frac!r} takes fractions in [0, 1) (e.g. 0.1,0.03) and "
+                f"--budget_frac={args.budget_frac} must be > 0")
+    if args.calib_steps < 2 * args.log_interval:
+        p.error(f"--calib_steps={args.calib_steps} leaves no timed interval: use >= {2 * args.log_interval}")
+    known = ["allreduce", "bf16_allreduce"] + [f"powersgd_r{r}_w{round(100 * f):g}" for r in _ranks(args.ranks, p)
+                                               for f in fracs]
     chosen = [c for c in args.cases.split(",") if c] or known
     bad = [c for c in chosen if c not in known]
     if bad or "allreduce" not in chosen:
@@ -140,7 +150,7 @@ def case_flags(case: str, args: argparse.Namespace) -> tuple[int, list[str]]:
     if case == "no_comm":
         return 1, ["--comm_hook=allreduce"]
     if case.startswith("powersgd_r"):
-        return 2, ["--comm_hook=powersgd", f"--powersgd_rank={case[len('powersgd_r'):]}",
+        return 2, ["--comm_hook=powersgd", f"--powersgd_rank={case[len('powersgd_r'):].split('_w')[0]}",
                    f"--powersgd_start_iter={args.powersgd_start_iter}"]
     return 2, [f"--comm_hook={case}"]
 
@@ -252,13 +262,21 @@ def add_comparisons(results: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------ --time_to_loss
-def ttl_argv(case: str, args: argparse.Namespace, extra: list[str], out_dir: str) -> tuple[int, list[str]]:
-    """train_argv with a validation every --eval_every steps, logged at the same steps; allreduce stops at --steps,
-    the others run on until they are stopped at their budget."""
+def warmup_fraction(case: str) -> float:
+    """powersgd_rR_wP -> P / 100 (0 for the all-reduce cases)."""
+    return float(case.split("_w")[1]) / 100 if "_w" in case else 0.0
+
+
+def ttl_argv(case: str, args, extra: list[str], out_dir: str, steps: int | str | None = None,
+             start_iter: int | str = 0, eval_every: int | None = None) -> tuple[int, list[str]]:
+    """train_argv for a run of `steps` (default --steps) with a validation and a log every `eval_every` steps
+    (default --eval_every; 0: no validation, logs every --log_interval) and PowerSGD from step `start_iter`
+    (the dry run shows the steps that the budget decides as N and the warm-up as W)."""
     world, argv = train_argv(case, args, [], out_dir)
-    steps = args.steps if case == "allreduce" else 100 * args.steps
-    ttl = [f"--max_iters={steps}", f"--log_interval={args.eval_every}", f"--eval_interval={args.eval_every}",
-           f"--save_interval={steps}"]
+    steps = args.steps if steps is None else steps
+    every = args.eval_every if eval_every is None else eval_every
+    ttl = [f"--max_iters={steps}", f"--log_interval={every or args.log_interval}", f"--eval_interval={every}",
+           f"--save_interval={steps}"] + ([f"--powersgd_start_iter={start_iter}"] if "powersgd" in case else [])
     replaced = {flag.split("=")[0] for flag in ttl}
     return world, [a for a in argv if a.split("=")[0] not in replaced] + ttl + extra
 
@@ -288,72 +306,87 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_to_budget(case: str, ns: str, args, extra: list[str], work: str, budget_s: float | None) -> list:
-    """Run one case; with a budget, stop it at its first validation whose training time reaches the budget.
-    Returns its loss curve."""
-    out_dir = os.path.join(work, case)
-    cmd = launch_command(ns, *ttl_argv(case, args, extra, out_dir))
-    metrics, log_path = os.path.join(out_dir, "metrics.jsonl"), os.path.join(work, f"{case}.log")
-    deadline = time.monotonic() + (args.timeout_s if budget_s is None else 3 * budget_s + 600)
+def run_records(name: str, ns: str, world: int, argv: list[str], work: str, timeout_s: float) -> list[dict]:
+    """Run one train.py job in the namespace to its end; its metrics.jsonl records. The whole process group is
+    stopped on a timeout or an interrupt, so no rank outlives the bench."""
+    out_dir = argv[[a.split("=")[0] for a in argv].index("--out_dir")].split("=", 1)[1]
+    cmd = launch_command(ns, world, argv)
+    log_path = os.path.join(work, f"{name}.log")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                curve = loss_curve(read_metrics(metrics))
-                if budget_s is not None and curve and curve[-1][1] >= budget_s:
-                    break
-                time.sleep(1.0)
-            ended_alone, timed_out = proc.poll() is not None, time.monotonic() >= deadline
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
         finally:
             _stop(proc)
-    curve = loss_curve(read_metrics(metrics))
-    if timed_out or (ended_alone and (proc.returncode != 0 or budget_s is not None)):
+    if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
-        why = "timed out" if timed_out else f"ended before its budget (exit {proc.returncode})"
-        raise RuntimeError(f"{case} {why}: {' '.join(cmd)}\n{tail}")
-    return curve
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return read_metrics(os.path.join(out_dir, "metrics.jsonl"))
 
 
-def ttl_result(case: str, curve: list, target: float, ref_s: float, budget_s: float) -> dict:
-    """Step c for one case: the loss within the budget, the time to the target and its ratio to allreduce's."""
-    within = [c for c in curve if c[1] <= budget_s * (1 + 1e-9)]
+def plan_steps(budget_s: float, warm_frac: float, ar_step_s: float, step_s: float, eval_every: int) -> int:
+    """The steps that fit in the budget when the first warm_frac of them run at all-reduce's step time, rounded
+    down to a validation (at least one)."""
+    steps = int(budget_s / (warm_frac * ar_step_s + (1 - warm_frac) * step_s))
+    return max(eval_every, steps // eval_every * eval_every)
+
+
+def ttl_result(case: str, curve: list, target: float, ref_s: float) -> dict:
+    """Step c for one case: its last validation loss, the time to the target and its ratio to allreduce's."""
     reach = next((c for c in curve if c[2] <= target), None)
-    return {"case": case, "steps": curve[-1][0], "train_s": round(curve[-1][1], 1),
-            "valid_loss_at_budget": within[-1][2] if within else None,
+    return {"case": case, "steps": curve[-1][0], "train_s": round(curve[-1][1], 1), "valid_loss": curve[-1][2],
             "time_to_target_s": round(reach[1], 1) if reach else None,
             "time_vs_allreduce": reach[1] / ref_s if reach else None,
             "curve": [[i, round(t, 1), round(loss, 4)] for i, t, loss in curve]}
 
 
 def ttl_summary(results: list[dict], args) -> dict:
-    """The target (allreduce's final validation loss), the best PowerSGD setting and whether it takes <= T/3."""
+    """The target (allreduce's last validation loss), the best PowerSGD setting and whether it takes <= T/3."""
     ar = next(r for r in results if r["case"] == "allreduce")
     psgd = [r for r in results if r["case"].startswith("powersgd") and r["time_to_target_s"] is not None]
     best = min(psgd, key=lambda r: r["time_to_target_s"]) if psgd else None
     return {"summary": "slow_link_time_to_loss", "rate_mbit": args.rate_mbit, "allreduce_steps": args.steps,
-            "target_loss": ar["curve"][-1][2], "allreduce_train_s": ar["train_s"],
-            "budget_s": round(args.budget_frac * ar["train_s"], 1), "powersgd_start_iter": args.powersgd_start_iter,
-            "best": best["case"] if best else None, "best_time_vs_allreduce": best["time_vs_allreduce"] if best else None,
+            "target_loss": ar["valid_loss"], "allreduce_train_s": ar["train_s"],
+            "budget_s": round(args.budget_frac * ar["train_s"], 1), "best": best["case"] if best else None,
+            "best_time_vs_allreduce": best["time_vs_allreduce"] if best else None,
             "target_met": bool(best and best["time_vs_allreduce"] <= 1 / 3)}
 
 
+def step_time_s(case: str, ns: str, args, extra: list[str], work: str) -> float:
+    """The case's step time (compressing from the first step): the median log interval after the first one."""
+    name = f"calib_{case.split('_w')[0]}"
+    world, argv = ttl_argv(case, args, extra, os.path.join(work, name), args.calib_steps, 0, 0)
+    timed = timed_intervals(run_records(name, ns, world, argv, work, args.timeout_s), 0)
+    return statistics.median(r["ms_per_iter"] for r in timed) / 1000.0
+
+
 def time_to_loss(args, extra: list[str], ns: str, work: str) -> list[dict]:
-    """Steps a-c: allreduce to --steps, then every other case to the same (scaled) training-time budget."""
-    ref = run_to_budget("allreduce", ns, args, extra, work, None)
+    """Steps a-c: allreduce to --steps, then every other case sized to the budget."""
+    world, argv = ttl_argv("allreduce", args, extra, os.path.join(work, "allreduce"))
+    ref = loss_curve(run_records("allreduce", ns, world, argv, work, args.timeout_s))
     if not ref or ref[-1][0] != args.steps:
         raise RuntimeError(f"allreduce logged no validation at step {args.steps}: {ref}")
     target, ref_s = ref[-1][2], ref[-1][1]
     budget_s = args.budget_frac * ref_s
     print(f"allreduce: valid {target:.4f} after {ref_s:.0f} s of training; budget {budget_s:.0f} s",
           file=sys.stderr, flush=True)
-    results = [ttl_result("allreduce", ref, target, ref_s, ref_s)]
+    results, calib = [ttl_result("allreduce", ref, target, ref_s)], {}
     for case in args.case_list[1:]:
-        results.append(ttl_result(case, run_to_budget(case, ns, args, extra, work, budget_s), target, ref_s,
-                                  budget_s))
-        r = results[-1]
-        print(f"{case}: valid {r['valid_loss_at_budget']} within the budget; target reached after "
-              f"{r['time_to_target_s']} s", file=sys.stderr, flush=True)
+        key = case.split("_w")[0]
+        if key not in calib:
+            calib[key] = step_time_s(case, ns, args, extra, work)
+        frac = warmup_fraction(case)
+        steps = plan_steps(budget_s, frac, ref_s / args.steps, calib[key], args.eval_every)
+        world, argv = ttl_argv(case, args, extra, os.path.join(work, case), steps, round(frac * steps))
+        curve = loss_curve(run_records(case, ns, world, argv, work, args.timeout_s))
+        results.append({**ttl_result(case, curve, target, ref_s), "warmup_steps": round(frac * steps),
+                        "step_ms": round(1000 * calib[key], 1), "budget_s": round(budget_s, 1)})
+        print(f"{case}: {steps} steps, valid {curve[-1][2]:.4f} after {curve[-1][1]:.0f} s; target "
+              f"{'reached after %.0f s' % results[-1]['time_to_target_s'] if results[-1]['time_to_target_s'] else 'not reached'}",
+              file=sys.stderr, flush=True)
     return results
 
 
@@ -369,12 +402,14 @@ def check_can_run() -> None:
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     ns = f"z2slow{os.getpid()}"
-    argv_of = ttl_argv if args.time_to_loss else train_argv
     if args.dry_run:
         for cmd in netns_setup(ns, args.rate_mbit):
             print(" ".join(cmd))
         for case in args.case_list:
-            print(" ".join(launch_command(ns, *argv_of(case, args, extra, f"<tmp>/{case}"))))
+            sized = args.time_to_loss and case != "allreduce"
+            argv_of = ttl_argv if args.time_to_loss else train_argv
+            print(" ".join(launch_command(ns, *argv_of(case, args, extra, f"<tmp>/{case}",
+                                                       **({"steps": "N", "start_iter": "W"} if sized else {})))))
         print(" ".join(["ip", "netns", "del", ns]))
         return 0
     check_can_run()

@@ -61,9 +61,13 @@ def test_comparisons_and_targets():
 
 def test_time_to_loss_args_and_commands(capsys):
     args, _ = b.parse_args(["--time_to_loss"])
-    assert (args.steps, args.ranks, args.powersgd_start_iter, args.timeout_s) == (300, "4,8,16", 30, 7200)
-    assert args.case_list == ["allreduce", "bf16_allreduce", "powersgd_r4", "powersgd_r8", "powersgd_r16"]
-    for bad in (["--steps=310"], ["--cases=powersgd_r4"], ["--warmup_frac=1"], ["--budget_frac=0"]):
+    assert (args.steps, args.ranks, args.timeout_s, args.budget_frac) == (300, "4,8,16", 7200, 1 / 3)
+    assert args.case_list == ["allreduce", "bf16_allreduce", "powersgd_r4_w10", "powersgd_r8_w10", "powersgd_r16_w10"]
+    args, _ = b.parse_args(["--time_to_loss", "--ranks=16", "--warmup_frac=0.1,0.03"])
+    assert args.case_list == ["allreduce", "bf16_allreduce", "powersgd_r16_w10", "powersgd_r16_w3"]
+    assert b.warmup_fraction("powersgd_r16_w3") == 0.03 and b.warmup_fraction("bf16_allreduce") == 0.0
+    for bad in (["--steps=310"], ["--cases=powersgd_r4_w10"], ["--warmup_frac=1"], ["--warmup_frac=x"],
+                ["--budget_frac=0"], ["--calib_steps=4"]):
         with pytest.raises(SystemExit):
             b.parse_args(["--time_to_loss", *bad])
     assert b.main(["--time_to_loss", "--dry_run", "--steps=40", "--eval_every=10", "--ranks=8"]) == 0
@@ -73,7 +77,12 @@ def test_time_to_loss_args_and_commands(capsys):
     assert all(len(set(a.split("=")[0] for a in r.split())) == len(r.split()) for r in runs)
     assert runs[0].endswith("--comm_hook=allreduce --max_iters=40 --log_interval=10 --eval_interval=10 "
                             "--save_interval=40")
-    assert "--powersgd_rank=8 --powersgd_start_iter=4 --max_iters=4000" in runs[2]
+    # the other cases' steps and warm-up are decided by the budget once the step times are measured
+    assert "--powersgd_rank=8 --max_iters=N --log_interval=10 --eval_interval=10 --save_interval=N " \
+           "--powersgd_start_iter=W" in runs[2]
+    # the step-time run: compression from the first step, no validation
+    _, calib = b.ttl_argv("powersgd_r8_w10", args, [], "/tmp/c", 15, 0, 0)
+    assert "--max_iters=15" in calib and "--eval_interval=0" in calib and "--powersgd_start_iter=0" in calib
 
 
 def test_loss_curve_sums_the_log_intervals():
@@ -83,15 +92,22 @@ def test_loss_curve_sums_the_log_intervals():
     assert b.loss_curve(recs) == [(0, 0.0, 9.0), (10, 1.0, 4.0), (20, 4.0, 3.5)]
 
 
-def test_time_to_target_budget_and_summary():
+def test_steps_fit_the_budget_with_the_warm_up_at_all_reduce_speed():
+    # 100 s: 10 % of the steps at 4 s, the rest at 0.5 s -> 100 / 0.85 = 117 steps -> 100 (validations every 20)
+    assert b.plan_steps(100.0, 0.1, 4.0, 0.5, 20) == 100
+    assert b.plan_steps(100.0, 0.0, 4.0, 0.5, 20) == 200
+    assert b.plan_steps(1.0, 0.0, 4.0, 0.5, 20) == 20  # at least one validation
+
+
+def test_time_to_target_and_summary():
     args, _ = b.parse_args(["--time_to_loss", "--steps=20", "--eval_every=10", "--budget_frac=0.5"])
-    ar = b.ttl_result("allreduce", [(10, 50.0, 4.0), (20, 100.0, 3.0)], 3.0, 100.0, 100.0)
-    slow = b.ttl_result("powersgd_r4", [(10, 20.0, 3.6), (20, 40.0, 3.2), (30, 55.0, 3.1)], 3.0, 100.0, 50.0)
-    fast = b.ttl_result("powersgd_r8", [(10, 15.0, 3.4), (20, 30.0, 2.9), (30, 52.0, 2.8)], 3.0, 100.0, 50.0)
+    ar = b.ttl_result("allreduce", [(10, 50.0, 4.0), (20, 100.0, 3.0)], 3.0, 100.0)
+    slow = b.ttl_result("powersgd_r4_w10", [(10, 20.0, 3.6), (20, 40.0, 3.2), (30, 50.0, 3.1)], 3.0, 100.0)
+    fast = b.ttl_result("powersgd_r8_w10", [(10, 15.0, 3.4), (20, 30.0, 2.9), (30, 48.0, 2.8)], 3.0, 100.0)
     assert ar["time_to_target_s"] == 100.0 and ar["time_vs_allreduce"] == 1.0
-    assert slow["valid_loss_at_budget"] == 3.2 and slow["time_to_target_s"] is None and slow["steps"] == 30
-    assert fast["valid_loss_at_budget"] == 2.9 and fast["time_vs_allreduce"] == 0.3
+    assert slow["valid_loss"] == 3.1 and slow["time_to_target_s"] is None and slow["steps"] == 30
+    assert fast["valid_loss"] == 2.8 and fast["time_vs_allreduce"] == 0.3
     summary = b.ttl_summary([ar, slow, fast], args)
-    assert summary["target_loss"] == 3.0 and summary["budget_s"] == 50.0 and summary["best"] == "powersgd_r8"
+    assert summary["target_loss"] == 3.0 and summary["budget_s"] == 50.0 and summary["best"] == "powersgd_r8_w10"
     assert summary["target_met"] and json.dumps(summary)
     assert not b.ttl_summary([ar, slow], args)["target_met"]
