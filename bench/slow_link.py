@@ -92,6 +92,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--warmup_frac", default="0.1",
                    help="--time_to_loss: PowerSGD's all-reduce warm-up, a fraction of its run (comma-separated)")
     p.add_argument("--calib_steps", type=int, default=15, help="--time_to_loss: steps of each step-time run")
+    p.add_argument("--reference", default="",
+                   help="--time_to_loss: the JSON lines of an earlier run with the same --steps and flags; its "
+                        "allreduce line gives the target and T instead of training allreduce again")
     args = p.parse_args(own)
     args.steps = args.steps or (300 if args.time_to_loss else 30)
     args.ranks = args.ranks or ("4,8,16" if args.time_to_loss else "1,2,4")
@@ -128,9 +131,9 @@ def _time_to_loss_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> 
                                                for f in fracs]
     chosen = [c for c in args.cases.split(",") if c] or known
     bad = [c for c in chosen if c not in known]
-    if bad or "allreduce" not in chosen:
-        p.error(f"--cases: {bad or 'allreduce missing'}; --time_to_loss needs allreduce (the target) and takes "
-                f"{', '.join(known)}")
+    if bad or ("allreduce" not in chosen and not args.reference):
+        p.error(f"--cases: {bad or 'allreduce missing'}; --time_to_loss needs allreduce (the target; or give "
+                f"--reference) and takes {', '.join(known)}")
     args.case_list = [c for c in known if c in chosen]
     return args
 
@@ -363,10 +366,23 @@ def step_time_s(case: str, ns: str, args, extra: list[str], work: str) -> float:
     return statistics.median(r["ms_per_iter"] for r in timed) / 1000.0
 
 
+def reference_curve(path: str) -> list[tuple[int, float, float]]:
+    """The allreduce curve of an earlier --time_to_loss run's JSON lines."""
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    ref = next((r for r in lines if r.get("case") == "allreduce"), None)
+    if ref is None:
+        raise SystemExit(f"error: --reference={path} has no allreduce line: give the output of a --time_to_loss run")
+    return [tuple(point) for point in ref["curve"]]
+
+
 def time_to_loss(args, extra: list[str], ns: str, work: str) -> list[dict]:
-    """Steps a-c: allreduce to --steps, then every other case sized to the budget."""
-    world, argv = ttl_argv("allreduce", args, extra, os.path.join(work, "allreduce"))
-    ref = loss_curve(run_records("allreduce", ns, world, argv, work, args.timeout_s))
+    """Steps a-c: allreduce to --steps (or its line of --reference), then every other case sized to the budget."""
+    if args.reference:
+        ref = reference_curve(args.reference)
+    else:
+        world, argv = ttl_argv("allreduce", args, extra, os.path.join(work, "allreduce"))
+        ref = loss_curve(run_records("allreduce", ns, world, argv, work, args.timeout_s))
     if not ref or ref[-1][0] != args.steps:
         raise RuntimeError(f"allreduce logged no validation at step {args.steps}: {ref}")
     target, ref_s = ref[-1][2], ref[-1][1]
@@ -374,7 +390,7 @@ def time_to_loss(args, extra: list[str], ns: str, work: str) -> list[dict]:
     print(f"allreduce: valid {target:.4f} after {ref_s:.0f} s of training; budget {budget_s:.0f} s",
           file=sys.stderr, flush=True)
     results, calib = [ttl_result("allreduce", ref, target, ref_s)], {}
-    for case in args.case_list[1:]:
+    for case in [c for c in args.case_list if c != "allreduce"]:
         key = case.split("_w")[0]
         if key not in calib:
             calib[key] = step_time_s(case, ns, args, extra, work)

@@ -111,3 +111,17 @@ def test_time_to_target_and_summary():
     assert summary["target_loss"] == 3.0 and summary["budget_s"] == 50.0 and summary["best"] == "powersgd_r8_w10"
     assert summary["target_met"] and json.dumps(summary)
     assert not b.ttl_summary([ar, slow], args)["target_met"]
+
+
+def test_a_reference_run_gives_the_target_instead_of_training_allreduce_again(tmp_path):
+    with pytest.raises(SystemExit):
+        b.parse_args(["--time_to_loss", "--cases=powersgd_r16_w10"])
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text(json.dumps({"case": "allreduce", "curve": [[20, 80.0, 6.0], [40, 160.0, 5.5]]}) + "\n"
+                   + json.dumps({"summary": "slow_link_time_to_loss"}) + "\n")
+    args, _ = b.parse_args(["--time_to_loss", "--cases=powersgd_r16_w10", f"--reference={ref}"])
+    assert args.case_list == ["powersgd_r16_w10"]
+    assert b.reference_curve(str(ref)) == [(20, 80.0, 6.0), (40, 160.0, 5.5)]
+    (tmp_path / "none.jsonl").write_text(json.dumps({"case": "bf16_allreduce"}) + "\n")
+    with pytest.raises(SystemExit, match="no allreduce line"):
+        b.reference_curve(str(tmp_path / "none.jsonl"))
