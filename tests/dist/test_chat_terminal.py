@@ -3,6 +3,7 @@ exit with status 0 and no traceback."""
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
@@ -50,6 +51,9 @@ def _terminal_session(d: str, keys: list[bytes], timeout: float = 120) -> tuple[
     """Run the chat on a pseudo-terminal: send each of `keys` once the prompt shows; (exit status, the screen)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the chat, its stdin and stdout the terminal
+        # a shell's background job (CI scripts, nohup ... &) starts with SIGINT ignored, which the chat would inherit
+        # and Python then keeps: Ctrl-C would do nothing. A terminal user's chat starts with the default.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(ROOT)
         os.execve(sys.executable, [sys.executable, "-m", "tasks.chat", d, "--temperature=0", "--max_new_tokens=2"],
                   {**os.environ, "PYTHONPATH": ROOT, "TERM": "xterm"})
