@@ -45,13 +45,15 @@ steps. Same namespace and launch, a validation every --eval_every steps:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import signal
+import sys
 import tempfile
 from contextlib import contextmanager
 
@@ -146,6 +148,19 @@ def _ranks(text: str, p: argparse.ArgumentParser) -> list[int]:
     if not ranks or min(ranks) < 1:
         p.error(f"--ranks={text!r}: give ranks >= 1, e.g. 1,2,4")
     return ranks
+
+
+def environment() -> dict:
+    """Where a CPU bench ran (its JSON lines carry it): the date, the CPU model and cores, torch and Python."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": f"cpu: {model}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def case_flags(case: str, args: argparse.Namespace) -> tuple[int, list[str]]:

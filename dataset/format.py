@@ -197,3 +197,10 @@ class BinWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_bin(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int, num_docs: int = 0) -> Path:
+    """Write one whole .bin shard atomically (BinWriter: a temporary file, then the rename)."""
+    with BinWriter(path, vocab_size) as writer:
+        writer.write(tokens, num_docs)
+    return Path(path)

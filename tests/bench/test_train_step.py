@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import bench.train_step as ts
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 
 
 @pytest.mark.slow

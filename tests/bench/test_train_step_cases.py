@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bench.train_step as ts
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 
 HAVE_TORCHTITAN = importlib.util.find_spec("torchtitan") is not None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.format import BinWriter
+from dataset.format import write_bin
 from tests.conftest import ROOT
 from utils.proctree import descendants
 
@@ -37,13 +37,6 @@ sample_tokens = 0
 attention_dropout = 0.1
 residual_dropout = 0.1
 """
-
-
-def write_bin(path, tokens: np.ndarray, vocab_size: int, num_docs: int = 0) -> Path:
-    """Write one whole .bin shard atomically (dataset.format.BinWriter: temporary file, then rename)."""
-    with BinWriter(path, vocab_size) as writer:
-        writer.write(tokens, num_docs)
-    return Path(path)
 
 
 def signal_tree(pid: int, sig: int = signal.SIGKILL) -> None:

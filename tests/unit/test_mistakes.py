@@ -4,7 +4,8 @@ import pytest
 
 import configurator
 import train
-from tests.support.runs import VOCAB, write_bin
+from dataset.format import write_bin
+from tests.support.runs import VOCAB
 from utils import exit_codes as ec
 
 

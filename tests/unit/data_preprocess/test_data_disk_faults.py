@@ -13,7 +13,7 @@ from data_preprocess.build_sample_index import main as build_index_main
 from data_preprocess.pretokenize import main as pretokenize_main
 from dataset.sample_index import index_paths, load_or_build_sample_index
 from tests.support.disks import fill, needs_mount, tmpfs  # noqa: F401
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 from tests.unit.data_preprocess.test_demo import fake_corpus  # noqa: F401
 from tests.unit.dataset.sft_fixtures import CHATS, tiny_tokenizer, write_jsonl
 from utils.cli import run_main

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from dataset.format import HEADER_BYTES, MAGIC, BinWriter, open_bin, read_header
-from tests.support.runs import write_bin
+from dataset.format import HEADER_BYTES, MAGIC, BinWriter, open_bin, read_header, write_bin
 
 
 def test_round_trip_uint16_and_uint32(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dataset.config import DataConfig
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 from dataset.loader import BatchStream, stack_windows
 from dataset.prefetch import map_tensors, move_batch
 from dataset.pretrain import PretrainDataset

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dataset.config import DataConfig
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 from dataset.pretrain import PretrainDataset
 from dataset.sampler import ResumableBatchSampler
 

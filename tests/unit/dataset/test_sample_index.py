@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.support.runs import write_bin
+from dataset.format import write_bin
 from dataset.sample_index import index_paths, load_or_build_sample_index, split_windows, write_windows
 
 
