@@ -325,9 +325,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_records(name: str, ns: str, world: int, argv: list[str], work: str, timeout_s: float) -> list[dict]:
-    """Run one train.py job in the namespace to its end; its metrics.jsonl records. The whole process group is
-    stopped on a timeout or an interrupt, so no rank outlives the bench."""
-    out_dir = argv[[a.split("=")[0] for a in argv].index("--out_dir")].split("=", 1)[1]
+    """Run one train.py job (its --out_dir work/name) in the namespace to its end; its metrics.jsonl records. The
+    whole process group is stopped on a timeout or an interrupt, so no rank outlives the bench."""
+    out_dir = os.path.join(work, name)
     cmd = launch_command(ns, world, argv)
     log_path = os.path.join(work, f"{name}.log")
     with open(log_path, "w") as log:
